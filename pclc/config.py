@@ -1,0 +1,44 @@
+"""Config helpers: where the configs live, composing them, and checks that run before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from pclc.data import LOADERS
+from pclc.models import check_model_fits
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """Compose a config from ``configs/`` with Hydra's compose API (tests and notebooks)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+def validate_data_model(cfg: DictConfig) -> None:
+    """Refuse an unknown dataset or a model that does not fit the dataset, before any work starts."""
+    d = cfg.dataset
+    if d.name not in LOADERS:
+        raise ValueError(f"unknown dataset {d.name!r}; known: {sorted(LOADERS)}")
+    check_model_fits(cfg.model.name, int(d.channels), int(d.size), int(d.num_classes))
+    if int(cfg.model.num_classes) != int(d.num_classes):
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but dataset {d.name} has {d.num_classes} classes")
+    for split in ("train", "test"):
+        n = (d.get("subset") or {}).get(split)
+        if n is not None and int(n) <= 0:
+            raise ValueError(f"dataset.subset.{split} must be a positive number of examples, got {n}")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda requested but no CUDA device is available")
+    return dev

@@ -1,0 +1,64 @@
+"""Every config file composes; unknown names and mismatched model/dataset pairs fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+from pclc.config import CONFIG_DIR, compose, validate_data_model
+
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+FILES = [(g, f.stem) for g in GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml")) if g != "experiment"]
+FITTING_DATASET = {"lenet5": "fmnist", "cnn3": "mnist", "vgg13": "cifar10", "resnet56": "cifar100"}
+FITTING_MODEL = {"mnist": "lenet5", "kmnist": "lenet5", "fmnist": "lenet5", "fake": "lenet5",
+                 "cifar10": "vgg13", "svhn": "vgg13", "cifar100": "vgg13", "tinyimagenet": "vgg13"}
+
+
+def overrides_for(group: str, name: str) -> list[str]:
+    if group == "model":
+        return [f"model={name}", f"dataset={FITTING_DATASET[name]}"]
+    if group == "dataset":
+        return [f"dataset={name}", f"model={FITTING_MODEL[name]}"]
+    return [f"{group}={name}"]
+
+
+@pytest.mark.parametrize("group,name", FILES, ids=[f"{g}/{n}" for g, n in FILES])
+def test_every_config_file_composes_and_resolves(group, name):
+    cfg = compose("train", overrides_for(group, name))
+    from omegaconf import OmegaConf
+
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    validate_data_model(cfg)
+
+
+@pytest.mark.parametrize("model,dataset", [("vgg13", "cifar10"), ("resnet56", "tinyimagenet"), ("lenet5", "kmnist")])
+def test_model_config_instantiates_for_its_dataset(model, dataset):
+    cfg = compose("train", [f"model={model}", f"dataset={dataset}"])
+    net = instantiate(cfg.model)
+    assert net.head.out_features == cfg.dataset.num_classes
+
+
+def test_unknown_names_fail_naming_the_option():
+    with pytest.raises(MissingConfigException, match="imagenet21k"):
+        compose("train", ["dataset=imagenet21k"])
+    with pytest.raises(MissingConfigException, match="resnet18"):
+        compose("train", ["model=resnet18"])
+
+
+@pytest.mark.parametrize("model,dataset,words", [
+    ("lenet5", "cifar10", ["lenet5", "1x28x28", "3x32x32"]),
+    ("vgg13", "fmnist", ["vgg13", "1x28x28"]),
+    ("cnn3", "tinyimagenet", ["cnn3", "3x64x64"]),
+])
+def test_mismatched_model_and_dataset_are_refused(model, dataset, words):
+    cfg = compose("train", [f"model={model}", f"dataset={dataset}"])
+    with pytest.raises(ValueError) as e:
+        validate_data_model(cfg)
+    assert all(w in str(e.value) for w in words)
+
+
+def test_class_count_mismatch_is_refused():
+    cfg = compose("train", ["model=lenet5", "dataset=fmnist", "model.num_classes=7"])
+    with pytest.raises(ValueError, match="num_classes=7"):
+        validate_data_model(cfg)
