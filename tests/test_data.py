@@ -108,7 +108,7 @@ def test_tinyimagenet_folder_layout(tmp_path):
     train, test = load_splits(dataset_cfg("tinyimagenet", tmp_path, download=False, num_classes=3))
 
     def decoded(path):  # exactly what the JPEG decodes to (JPEG itself is lossy)
-        return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
 
     assert train.x.shape == (6, 3, 64, 64) and test.x.shape == (4, 3, 64, 64)
     assert train.y.tolist() == [y for _, y in expected_train] and test.y.tolist() == [y for _, y in expected_test]
