@@ -164,6 +164,10 @@ def pclc_loss(
     _check_lam(lam)
     _check_mode(lc, "lc")
     target = _check_inputs(logits, target)
+    return _pclc_loss(logits, target, xi, lam, lc)
+
+
+def _pclc_loss(logits: torch.Tensor, target: torch.Tensor, xi: float, lam: float, lc: str) -> torch.Tensor:
     return _pc_loss(logits, target, xi) + lam * _logit_constraint(logits, target, lc)
 
 
@@ -182,6 +186,10 @@ def gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.333) -
     """
     _check_alpha(alpha)
     target = _check_inputs(logits, target)
+    return _gce_loss(logits, target, alpha)
+
+
+def _gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
     n, k = logits.shape
     p = torch.softmax(logits, dim=1)
     p_y = p.gather(1, target[:, None])
@@ -199,6 +207,14 @@ LOSSES: Dict[str, Callable[..., torch.Tensor]] = {
     "pclc": pclc_loss,
 }
 
+# The same losses without per-call input checks (no host sync): for training loops whose labels
+# were validated once when the dataset was loaded. Hyperparameters are still checked by get_loss.
+_UNCHECKED: Dict[str, Callable[..., torch.Tensor]] = {
+    "ce": F.cross_entropy,
+    "gce": _gce_loss,
+    "pclc": _pclc_loss,
+}
+
 _PARAM_CHECKS = {
     "xi": _check_xi,
     "lam": _check_lam,
@@ -208,10 +224,11 @@ _PARAM_CHECKS = {
 }
 
 
-def get_loss(name: str, **params) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def get_loss(name: str, check_inputs: bool = True, **params) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Return ``functools.partial(LOSSES[name], **params)`` as ``fn(logits, target)``.
 
     Hyperparameters are validated here so a bad config fails before training starts.
+    ``check_inputs=False`` skips the per-call shape/label checks (and their host sync).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; available losses: {sorted(LOSSES)}")
@@ -224,4 +241,7 @@ def get_loss(name: str, **params) -> Callable[[torch.Tensor, torch.Tensor], torc
         )
     for key, value in params.items():
         _PARAM_CHECKS[key](value)
+    if not check_inputs:
+        defaults = {p: v.default for p, v in inspect.signature(fn).parameters.items() if p in accepted}
+        return functools.partial(_UNCHECKED[name], **{**defaults, **params})
     return functools.partial(fn, **params)

@@ -360,3 +360,13 @@ _T = torch.tensor([0, 1, 2, 3])
 def test_invalid_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name,params", [("ce", {}), ("gce", {"alpha": 0.5}), ("pclc", {"xi": 0.9, "lc": "hard"}),
+                                         ("pclc", {})])
+def test_unchecked_losses_equal_the_checked_ones(name, params):
+    logits = torch.randn(16, 7, dtype=torch.float64)
+    target = torch.randint(0, 7, (16,))
+    checked = get_loss(name, **params)(logits, target)
+    fast = get_loss(name, check_inputs=False, **params)(logits, target)
+    assert torch.allclose(checked, fast, rtol=0, atol=1e-12)

@@ -1,0 +1,95 @@
+"""The run store: a trained model is keyed by a hash of the config that determines its weights.
+
+``runs/<key>/`` holds ``config.yaml`` (resolved), ``checkpoint.pt`` (last epoch, atomic),
+``warmup.pt`` (the end of phase 1, reused by PC+LC), ``metrics.json`` (per epoch), ``model.pt``
+(final weights) and ``summary.json`` (written last: its presence means the run is finished).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# Dataset fields that say where the data is, not what it is: never part of a run's identity.
+_DATASET_LOCATION = ("root", "download")
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The parts of a training config that determine the trained weights (not logging or paths)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    dataset = {k: v for k, v in c["dataset"].items() if k not in _DATASET_LOCATION}
+    return {"dataset": dataset, "model": c["model"], "loss": c["loss"], "trainer": c["trainer"], "seed": c["seed"]}
+
+
+def run_key(cfg: DictConfig) -> str:
+    """``<dataset>-<model>-<loss>-s<seed>-<hash>``: readable, and unique per identity."""
+    ident = identity(cfg)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}-{digest}"
+
+
+class RunDir:
+    """Paths of one run in the store."""
+
+    def __init__(self, store: str | Path, key: str):
+        self.key = key
+        self.path = Path(store) / key
+        self.config = self.path / "config.yaml"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.warmup = self.path / "warmup.pt"
+        self.metrics = self.path / "metrics.json"
+        self.model = self.path / "model.pt"
+        self.summary = self.path / "summary.json"
+        self.eval = self.path / "eval"
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.exists()
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text())
+
+
+def git_commit() -> str:
+    """The commit of the code that runs, with ``-dirty`` when the work tree has changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device, command: str | None = None) -> dict[str, Any]:
+    """What produced a result: command, commit, device, software versions and date."""
+    import sys
+
+    return {
+        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": git_commit(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+    }

@@ -1,0 +1,70 @@
+"""Experiment tracking: W&B (offline by default) or nothing. Secrets are never logged."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _scrub(obj: Any) -> Any:
+    """Drop any config entry whose name looks like a credential."""
+    if isinstance(obj, dict):
+        return {k: _scrub(v) for k, v in obj.items() if not any(w in str(k).lower() for w in _SECRET_WORDS)}
+    if isinstance(obj, list):
+        return [_scrub(v) for v in obj]
+    return obj
+
+
+class Tracker:
+    """Logs nothing: the ``logger=none`` choice (and the base of the W&B tracker)."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record per-step metrics (nothing to record without a backend)."""
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Record final values (nothing to record without a backend)."""
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (nothing to close without a backend)."""
+
+
+class WandbTracker(Tracker):
+    def __init__(self, project: str, name: str, group: str, config: dict, mode: str, dir: str,
+                 tags: list[str] | None = None, entity: str | None = None, job_type: str = "train"):
+        import wandb
+
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=project, entity=entity, name=name, group=group, job_type=job_type,
+                              config=_scrub(config), mode=mode, dir=dir, tags=tags or [], reinit="finish_previous")
+        self.dir = Path(self.run.dir).parent if self.run is not None and mode != "disabled" else None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            if isinstance(v, (int, float, str, bool)):
+                self.run.summary[k] = v
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def build_tracker(cfg, name: str, group: str, config: dict, job_type: str = "train") -> Tracker:
+    """``cfg`` is the ``logger`` config group: ``{name: wandb|none, mode, project, dir, ...}``."""
+    if cfg is None or cfg.name == "none":
+        return Tracker()
+    if cfg.name != "wandb":
+        raise ValueError(f"unknown logger {cfg.name!r}; known: wandb, none")
+    mode = os.environ.get("WANDB_MODE") if cfg.get("mode") is None else cfg.mode
+    mode = mode or "offline"
+    if mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"logger.mode must be online, offline or disabled, got {mode!r}")
+    return WandbTracker(project=cfg.project, entity=cfg.get("entity"), name=name, group=group, config=config,
+                        mode=mode, dir=cfg.dir, tags=list(cfg.get("tags") or []), job_type=job_type)
