@@ -193,7 +193,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     if state and "optimizer" in state and start % T != 0:  # mid-phase: keep Adam's moments
         optimizer.load_state_dict(state["optimizer"])
 
-    group = cfg.get("experiment") or f"{cfg.dataset.name}-{cfg.model.name}"
+    group = cfg.get("run_group") or f"{cfg.dataset.name}-{cfg.model.name}"
     tracker = build_tracker(cfg.logger, name=f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}",
                             group=group, config={"key": key, **OmegaConf.to_container(cfg, resolve=True)})
     prov = provenance(device)
