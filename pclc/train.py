@@ -158,7 +158,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     else:
         atomic_write_text(run.config, OmegaConf.to_yaml(OmegaConf.create(
             {"key": key, "identity": identity(cfg), "resolved": OmegaConf.to_container(cfg, resolve=True)})))
-    if run.checkpoint.exists() and int(load_tensors(run.checkpoint).get("epoch", 0)) >= stop:
+    if until_epoch is not None and run.checkpoint.exists() and int(load_tensors(run.checkpoint).get("epoch", 0)) >= stop:
         return {"key": key, "finished": False, "epoch": stop, "path": str(run.path)}
 
     torch.manual_seed(int(cfg.seed))
