@@ -24,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pclc.attacks import HalfAdversarial
 from pclc.config import CONFIG_DIR, resolve_device, validate_data_model
 from pclc.data import build_data
 from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
@@ -62,6 +63,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.lr must be > 0, got {t.lr}")
     if not 0 < float(t.gamma) <= 1:
         raise ValueError(f"trainer.gamma must be in (0, 1], got {t.gamma}")
+    build_adversary(t)
     if list(t.milestones) != sorted(int(m) for m in t.milestones):
         raise ValueError(f"trainer.milestones must be increasing integers, got {list(t.milestones)}")
 
@@ -81,6 +83,11 @@ def warmup_source(cfg: DictConfig) -> DictConfig:
     return src
 
 
+def build_adversary(trainer: DictConfig) -> HalfAdversarial | None:
+    adv = trainer.get("adversarial")
+    return None if adv is None else HalfAdversarial(**OmegaConf.to_container(adv, resolve=True))
+
+
 def lr_at(trainer: DictConfig, epoch_in_phase: int) -> float:
     """Adam lr with MultiStepLR(gamma) decays at ``milestones`` within each phase."""
     drops = sum(1 for m in trainer.milestones if epoch_in_phase >= int(m))
@@ -91,12 +98,18 @@ def lr_at(trainer: DictConfig, epoch_in_phase: int) -> float:
 # One epoch
 # ------------------------------------------------------------------------------------------
 def train_epoch(model: torch.nn.Module, data, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                batch_size: int, generator: torch.Generator, progress=None) -> dict[str, float]:
-    """One pass over ``data``; sums stay on the device (one host sync, at the end)."""
+                batch_size: int, generator: torch.Generator, progress=None,
+                adversary: Callable | None = None) -> dict[str, float]:
+    """One pass over ``data``; sums stay on the device (one host sync, at the end).
+
+    ``adversary(model, x, y, generator)`` replaces part of each batch with adversarial examples (Table 5).
+    """
     model.train()
     loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.device)
     for x, y in data.batches(batch_size, shuffle=True, generator=generator):
+        if adversary is not None:
+            x = adversary(model, x, y, generator)
         logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -189,6 +202,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
 
     phase_loss = [get_loss(c.name, check_inputs=False, **c.params)
                   for c in ((warmup_loss_cfg(cfg) if cfg.loss.get("warmup") else cfg.loss), cfg.loss)]
+    adversary = build_adversary(cfg.trainer)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.trainer.lr))
     if state and "optimizer" in state and start % T != 0:  # mid-phase: keep Adam's moments
         optimizer.load_state_dict(state["optimizer"])
@@ -209,7 +223,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
             te = time.perf_counter()
             bar = _progress(train_data.num_batches(int(cfg.trainer.batch_size)), f"{key} epoch {epoch + 1}/{total}")
             row = train_epoch(model, train_data, phase_loss[phase], optimizer, int(cfg.trainer.batch_size),
-                              generator, bar)
+                              generator, bar, adversary)
             if bar is not None:
                 bar.close()
             if not math.isfinite(row["train_loss"]):

@@ -1,0 +1,268 @@
+"""Evaluation: clean accuracy and accuracy under each (attack, eps, source) of a suite, per-run JSON.
+
+``python -m pclc.evaluate dataset=fmnist model=lenet5 loss=pclc attack/suite=table1`` evaluates the
+finished run that the training config names; ``run_dir=runs/<key>`` evaluates a run directory.
+Results go to ``runs/<key>/eval/<source>-<attack>-eps<eps>[-sub<N>]-<hash>.json``, with the attack's
+parameters, example count, seconds, device and per-example records (label, clean prediction, clean
+top-5 classes, adversarial prediction). Finished files are reused; an interrupted attack resumes
+from its last finished batch group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pclc.attacks import ATTACKS, build_attack, check_eps
+from pclc.config import CONFIG_DIR, resolve_device
+from pclc.data import DeviceData, load_splits
+from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
+from pclc.store import RunDir, provenance, run_key
+from pclc.tracking import build_tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cell of a suite: an attack config at one eps, white-box or transferred from the substitute."""
+
+    config: str                 # file in configs/attack/
+    kind: str                   # advertorch attack (fgsm, bim, pgd, mim, cw, spsa)
+    eps: float | None
+    source: str                 # white | transfer
+    params: dict = field(hash=False, compare=False)
+
+    def name(self, subset: int | None) -> str:
+        eps = "" if self.eps is None else f"-eps{self.eps:g}"
+        sub = "" if subset is None else f"-sub{subset}"
+        digest = hashlib.sha256(json.dumps([self.kind, self.params], sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.source}-{self.config}{eps}{sub}-{digest}"
+
+
+def attack_cfg(name: str) -> DictConfig:
+    path = CONFIG_DIR / "attack" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (CONFIG_DIR / "attack").glob("*.yaml"))
+        raise ValueError(f"unknown attack config {name!r}; known: {known}")
+    return OmegaConf.load(path)
+
+
+def expand_suite(suite: DictConfig, dataset: DictConfig) -> list[Entry]:
+    """Suite entries -> (attack, eps, source) cells for ``dataset``; refuses a suite for another family."""
+    families = list(suite.get("families") or [])
+    if families and dataset.family not in families:
+        raise ValueError(f"this attack suite is for {families} datasets; {dataset.name} is {dataset.family!r} "
+                         f"(its eps grid is {list(dataset.eps)})")
+    out = []
+    for e in suite.entries:
+        a = attack_cfg(e.attack)
+        if a.name not in ATTACKS:
+            raise ValueError(f"attack config {e.attack}: unknown attack {a.name!r}")
+        source = e.get("source") or "white"
+        if source not in ("white", "transfer"):
+            raise ValueError(f"attack source must be white or transfer, got {source!r}")
+        eps = e.get("eps")
+        if eps == "dataset":
+            grid = list(dataset.eps)
+        elif eps is None:
+            grid = [None]
+        elif isinstance(eps, DictConfig):
+            if dataset.family not in eps:
+                raise ValueError(f"suite entry {e.attack} has no eps for family {dataset.family!r}")
+            grid = list(eps[dataset.family])
+        else:
+            grid = list(eps)
+        bounded = ATTACKS[a.name][1]
+        for v in grid:
+            if bounded and v is None:
+                raise ValueError(f"attack {e.attack} needs eps")
+            check_eps(v, e.attack)
+            out.append(Entry(e.attack, a.name, None if v is None else float(v), source,
+                             OmegaConf.to_container(a.params, resolve=True)))
+    return out
+
+
+def _freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, and no weight gradients (advertorch would otherwise compute them every step)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Module]:
+    """The resolved config and the trained model of a finished run."""
+    if not run.finished:
+        raise ValueError(f"run {run.key} is not finished (no {run.summary}); train it first with pclc.train")
+    cfg = OmegaConf.create(OmegaConf.load(run.config).resolved)
+    model = instantiate(cfg.model)
+    model.load_state_dict(load_tensors(run.model))
+    return cfg, _freeze(model.to(device))
+
+
+def substitute_cfg(cfg: DictConfig, substitutes: DictConfig) -> DictConfig:
+    """The black-box substitute's training config: same data, trainer and seed; CE; the mapped model."""
+    if cfg.model.name not in substitutes:
+        raise ValueError(f"no black-box substitute is defined for model {cfg.model.name!r} "
+                         f"(eval.substitute maps {dict(substitutes)})")
+    sub = cfg.copy()
+    sub.model = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "model" / f"{substitutes[cfg.model.name]}.yaml"),
+                                {"num_classes": cfg.dataset.num_classes, "in_channels": cfg.dataset.channels,
+                                 "input_size": cfg.dataset.size})
+    sub.loss = OmegaConf.load(CONFIG_DIR / "loss" / "ce.yaml")
+    sub.trainer.adversarial = None
+    return sub
+
+
+@torch.no_grad()
+def _predict(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int,
+              group_batches: int, out: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``."""
+    if out.exists():
+        return json.loads(out.read_text())
+    partial = out.with_suffix(".partial.pt")
+    done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
+    attack = build_attack(entry.kind, crafter, entry.eps, num_classes, entry.params)
+    n = len(y)
+    step = batch_size * group_batches
+    while done["n"] < n:
+        t0 = time.perf_counter()
+        lo = done["n"]
+        preds, linf = [], []
+        for i in range(lo, min(lo + step, n), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            torch.manual_seed(1000 + i)  # random starts / SPSA noise: reproducible per batch
+            adv = attack.perturb(xb.clone(), yb).detach()
+            preds.append(_predict(target, adv, batch_size).argmax(1))
+            linf.append((adv - xb).flatten(1).abs().amax(1))
+        done = {"n": min(lo + step, n), "adv_pred": done["adv_pred"] + torch.cat(preds).cpu().tolist(),
+                "linf": done["linf"] + torch.cat(linf).cpu().tolist(),
+                "seconds": done["seconds"] + time.perf_counter() - t0}
+        atomic_torch_save(done, partial)
+    adv_pred = torch.tensor(done["adv_pred"])
+    result = {**header, "attack": entry.config, "kind": entry.kind, "eps": entry.eps, "source": entry.source,
+              "params": entry.params, "n": n, "seconds": done["seconds"],
+              "adv_accuracy": 100.0 * float((adv_pred == y.cpu()).float().mean()),
+              "max_linf": max(done["linf"]) if done["linf"] else 0.0,
+              "records": {**header["records"], "adv_pred": done["adv_pred"]}}
+    atomic_write_json(out, result)
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def sanity_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """RobustBench-style warnings: signs that a model's gradients may be masked."""
+    warn = []
+    by = {(r["source"], r["kind"], r["eps"]): r["adv_accuracy"] for r in results}
+    for (src, kind, eps), acc in by.items():
+        if src == "white" and kind in ("bim", "pgd", "mim") and ("white", "fgsm", eps) in by \
+                and acc > by[("white", "fgsm", eps)] + 1.0:
+            warn.append(f"{kind} at eps {eps:g} ({acc:.1f}%) is weaker than FGSM ({by[('white', 'fgsm', eps)]:.1f}%): "
+                        "iterative attacks should be at least as strong; gradients may be masked")
+        if src == "transfer" and ("white", kind, eps) in by and acc < by[("white", kind, eps)] - 1.0:
+            warn.append(f"transferred {kind} at eps {eps:g} ({acc:.1f}%) beats white-box {kind} "
+                        f"({by[('white', kind, eps)]:.1f}%): white-box gradients may be masked")
+    spsa = [(eps, acc) for (src, kind, eps), acc in by.items() if kind == "spsa"]
+    for eps, acc in spsa:
+        white = [a for (s, k, e), a in by.items() if s == "white" and k in ("pgd", "bim", "mim") and e == eps]
+        if white and acc < min(white) - 1.0:
+            warn.append(f"gradient-free SPSA at eps {eps:g} ({acc:.1f}%) beats gradient attacks ({min(white):.1f}%): "
+                        "gradients may be masked")
+    for w in warn:
+        log.warning(w)
+    return warn
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate one finished run under ``cfg.suite``; returns clean and per-cell accuracies."""
+    device = resolve_device(cfg.device)
+    run = RunDir(Path(cfg.run_dir).parent, Path(cfg.run_dir).name) if cfg.get("run_dir") else \
+        RunDir(cfg.store, run_key(cfg))
+    if not run.path.exists():
+        raise ValueError(f"no run {run.key} in {run.path.parent}; train it first: python -m pclc.train "
+                         f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
+    run_cfg, target = load_run(run, device)
+    run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
+    entries = expand_suite(cfg.suite, run_cfg.dataset)
+    subset = cfg.eval.get("subset")
+    if subset is not None and int(subset) <= 0:
+        raise ValueError(f"eval.subset must be a positive number of test examples, got {subset}")
+
+    crafter = target
+    sub_run = None
+    if any(e.source == "transfer" for e in entries):
+        sub_run = RunDir(Path(cfg.eval.substitute_run).parent, Path(cfg.eval.substitute_run).name) \
+            if cfg.eval.get("substitute_run") else RunDir(run.path.parent,
+                                                          run_key(substitute_cfg(run_cfg, cfg.eval.substitute)))
+        if cfg.eval.get("substitute_run") is None and not sub_run.finished:
+            from pclc.train import train
+
+            log.info("training the black-box substitute %s", sub_run.key)
+            train(OmegaConf.merge(substitute_cfg(run_cfg, cfg.eval.substitute), {"store": str(sub_run.path.parent),
+                                                                                  "logger": cfg.logger}))
+        sub_cfg, crafter_model = load_run(sub_run, device)
+        if int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes) or \
+                sub_cfg.dataset.name != run_cfg.dataset.name:
+            raise ValueError(f"substitute {sub_run.key} was trained on {sub_cfg.dataset.name} with "
+                             f"{sub_cfg.dataset.num_classes} classes; the target uses {run_cfg.dataset.name} with "
+                             f"{run_cfg.dataset.num_classes}")
+        crafter = crafter_model
+
+    test_cfg = run_cfg.dataset.copy()
+    test_cfg.subset = {"train": None, "test": None if subset is None else int(subset)}
+    _, test = load_splits(test_cfg)
+    data = DeviceData(test, device)
+    x, y = data.x.float() / 255, data.y
+    bs = int(cfg.eval.batch_size)
+    logits = _predict(target, x, bs)
+    top5 = logits.topk(min(5, logits.shape[1]), 1).indices
+    clean_acc = 100.0 * float((logits.argmax(1) == y).float().mean())
+    records = {"label": y.cpu().tolist(), "clean_pred": logits.argmax(1).cpu().tolist(),
+               "clean_top5": top5.cpu().tolist()}
+    prov = provenance(device)
+    results = []
+    for e in entries:
+        header = {"run": run.key, "substitute": sub_run.key if e.source == "transfer" else None,
+                  "subset": subset, "clean_accuracy": clean_acc, "device": prov["device"],
+                  "provenance": prov, "records": records}
+        out = run.eval / f"{e.name(None if subset is None else int(subset))}.json"
+        t0 = time.perf_counter()
+        r = run_entry(e, target, crafter if e.source == "transfer" else target, x, y,
+                      int(run_cfg.dataset.num_classes), bs, int(cfg.eval.group_batches), out, header)
+        log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],
+                 clean_acc, time.perf_counter() - t0)
+        results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})
+    warnings = sanity_warnings(results)
+    summary = {"run": run.key, "clean_accuracy": clean_acc, "n": len(y), "subset": subset,
+               "results": results, "warnings": warnings}
+    tracker = build_tracker(cfg.logger, name=f"eval-{run.key}", group=cfg.get("run_group") or run.key,
+                            config={"run": run.key, "suite": OmegaConf.to_container(cfg.suite)}, job_type="eval")
+    tracker.summary({"clean_accuracy": clean_acc, **{Path(r["file"]).stem: r["adv_accuracy"] for r in results}})
+    tracker.finish(0)
+    return summary
+
+
+@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from pclc.train import run_job
+
+    return run_job(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

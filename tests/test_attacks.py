@@ -1,0 +1,230 @@
+"""Attacks and evaluation on a small trained model (synthetic data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import pclc.evaluate as ev
+from pclc.attacks import HalfAdversarial, _zero_gradients, build_attack, linf_attack, list_attacks
+from pclc.config import compose
+from pclc.evaluate import evaluate, load_run
+from pclc.store import RunDir, run_key
+from pclc.train import train
+
+BASE = ["dataset=fake", "dataset.n_test=600", "logger=none", "trainer.epochs_per_phase=2"]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    """A store with a trained LeNet-5 (CE) and its 3-layer CNN substitute on synthetic data."""
+    root = tmp_path_factory.mktemp("store")
+    for model in ("lenet5", "cnn3"):
+        train(compose("train", [*BASE, f"model={model}", "loss=ce", f"store={root}"]))
+    return root
+
+
+def eval_cfg(store: Path, *over, model="lenet5", loss="ce"):
+    return compose("evaluate", [*BASE, f"model={model}", f"loss={loss}", f"store={store}", *over])
+
+
+@pytest.fixture(scope="session")
+def trained(store):
+    cfg = eval_cfg(store)
+    _, model = load_run(RunDir(store, run_key(cfg)), torch.device("cpu"))
+    from pclc.data import load_splits
+
+    _, test = load_splits(cfg.dataset)
+    x, y = test.x[:200].float() / 255, test.y[:200]
+    return model, x, y
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return 100.0 * float((model(x).argmax(1) == y).float().mean())
+
+
+def test_advertorch_shim_is_needed_and_works():
+    code = "import advertorch.attacks"
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert plain.returncode != 0 and "zero_gradients" in plain.stderr  # torch still lacks it: the shim is needed
+    shimmed = subprocess.run([sys.executable, "-c", "from pclc.attacks import advertorch_attacks as a; "
+                              "print(a().LinfPGDAttack.__name__)"], capture_output=True, text=True)
+    assert shimmed.returncode == 0 and shimmed.stdout.strip() == "LinfPGDAttack", shimmed.stderr
+    t = torch.ones(3, requires_grad=True)
+    (t * 2).sum().backward()
+    _zero_gradients([t])
+    assert torch.equal(t.grad, torch.zeros(3))
+
+
+SMALL = {"fgsm": {}, "bim": {"nb_iter": 10, "eps_iter": 0.01}, "pgd": {"nb_iter": 40, "eps_iter": 0.01, "rand_init": True},
+         "mim": {"nb_iter": 40, "eps_iter": 0.01, "decay_factor": 1.0},
+         "cw": {"max_iterations": 50, "learning_rate": 0.01, "confidence": 0, "binary_search_steps": 3,
+                "initial_const": 0.1, "abort_early": True},
+         "spsa": {"lr": 0.01, "delta": 0.01, "nb_iter": 5, "nb_sample": 32, "max_batch_size": 64}}
+
+
+@pytest.mark.parametrize("kind", list_attacks())
+def test_every_attack_respects_eps_and_range_and_lowers_accuracy(trained, kind):
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    x0 = x.clone()
+    eps = None if kind == "cw" else 0.2
+    adv = build_attack(kind, model, eps, 10, SMALL[kind]).perturb(x, y)
+    assert torch.equal(x, x0)  # inputs not modified
+    assert adv.shape == x.shape and float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    if eps is not None:
+        assert float((adv - x).abs().max()) <= eps + 1e-6
+    clean, attacked = accuracy(model, x, y), accuracy(model, adv, y)
+    assert attacked <= clean
+    if kind != "spsa":  # gradient attacks at eps 0.2 (C&W unbounded) must do real damage on this model
+        assert attacked < clean - 20
+
+
+def test_config_params_match_the_paper():
+    for name, expected in {"bim": {"nb_iter": 10, "eps_iter": 0.01}, "pgd": {"nb_iter": 40, "eps_iter": 0.01},
+                           "mim": {"nb_iter": 40, "eps_iter": 0.01},
+                           "cw": {"max_iterations": 100, "learning_rate": 0.001, "confidence": 0},
+                           "cw1000": {"max_iterations": 1000}, "spsa": {"lr": 0.01, "delta": 0.01},
+                           "pgd10": {"nb_iter": 10, "rel_eps_iter": 0.1, "rand_init": True}}.items():
+        params = ev.attack_cfg(name).params
+        assert all(params[k] == v for k, v in expected.items()), name
+
+
+def test_pgd_success_grows_with_eps_and_iterative_beats_fgsm(trained):
+    model, x, y = trained
+    accs = [accuracy(model, build_attack("pgd", model, e, 10, SMALL["pgd"]).perturb(x, y), y)
+            for e in (0.02, 0.05, 0.1, 0.2)]
+    assert all(a >= b for a, b in zip(accs, accs[1:])) and accs[0] > accs[-1]
+    fgsm = accuracy(model, build_attack("fgsm", model, 0.1, 10, {}).perturb(x, y), y)
+    for kind in ("bim", "pgd", "mim"):
+        assert accuracy(model, build_attack(kind, model, 0.1, 10, SMALL[kind]).perturb(x, y), y) <= fgsm
+
+
+def test_our_pgd_agrees_with_torchattacks(trained):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = trained
+    torch.manual_seed(0)
+    ours = accuracy(model, build_attack("pgd", model, 0.05, 10, SMALL["pgd"]).perturb(x, y), y)
+    torch.manual_seed(0)
+    theirs = accuracy(model, torchattacks.PGD(model, eps=0.05, alpha=0.01, steps=40, random_start=True)(x, y), y)
+    assert abs(ours - theirs) <= 2.0, (ours, theirs)
+
+
+def test_linf_attack_for_training_respects_per_example_eps(trained):
+    model, x, y = trained
+    eps = torch.linspace(0.0, 0.3, len(x))
+    adv = linf_attack(model, x, y, eps, steps=5, step_size=eps / 2, random_start=True,
+                      generator=torch.Generator().manual_seed(0))
+    assert ((adv - x).abs().flatten(1).amax(1) <= eps + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
+    fgsm = linf_attack(model, x, y, torch.full((len(x),), 0.1), steps=1)
+    assert accuracy(model, fgsm, y) < accuracy(model, x, y)
+
+
+def test_adversarial_training_batches_are_half_adversarial(trained):
+    model, x, y = trained
+    adv = HalfAdversarial("fgsm", [0.1, 0.3])
+    out = adv(model, x[:64], y[:64], torch.Generator().manual_seed(0))
+    moved = (out - x[:64]).abs().flatten(1).amax(1)
+    assert (moved[:32] > 0.05).all() and (moved[:32] <= 0.3 + 1e-6).all() and (moved[32:] == 0).all()
+    assert not any(p.requires_grad for p in model.parameters())  # the frozen test model stays frozen
+    with pytest.raises(ValueError, match="eps_range"):
+        HalfAdversarial("fgsm", [0.3, 1.5])
+
+
+def test_adversarial_training_run(store):
+    s = train(compose("train", [*BASE, "model=lenet5", "loss=pclc", "trainer=adv_fgsm", "trainer.epochs_per_phase=1",
+                                f"store={store}"]))
+    assert s["finished"] and s["key"] != run_key(compose("train", [*BASE, "model=lenet5", "loss=pclc",
+                                                                   f"store={store}"]))
+
+
+def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
+    suite = OmegaConf.create({"families": ["grey"], "entries": [{"attack": "fgsm", "eps": [0.1, 0.2]},
+                                                                 {"attack": "bim", "eps": [0.1]}]})
+    cfg = eval_cfg(store, "eval.subset=100", "eval.batch_size=40")
+    cfg.suite = suite
+    out = evaluate(cfg)
+    assert [r["eps"] for r in out["results"]] == [0.1, 0.2, 0.1] and out["n"] == 100
+    r = json.loads(Path(out["results"][0]["file"]).read_text())
+    assert r["subset"] == 100 and r["n"] == 100 and r["params"] == {} and r["device"].startswith("cpu")
+    assert r["seconds"] > 0 and r["max_linf"] <= 0.1 + 1e-6 and r["adv_accuracy"] <= r["clean_accuracy"]
+    assert {"label", "clean_pred", "clean_top5", "adv_pred"} == set(r["records"]) and len(r["records"]["adv_pred"]) == 100
+    assert all(len(t) == 5 and t[0] == p for t, p in zip(r["records"]["clean_top5"], r["records"]["clean_pred"]))
+    assert "-sub100-" in Path(out["results"][0]["file"]).name
+
+    calls = []
+    real = ev.build_attack
+    monkeypatch.setattr(ev, "build_attack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert evaluate(cfg)["results"] == out["results"] and calls == []  # finished files are reused
+
+    # interrupted after the first batch group of a new attack: resumes and matches an uninterrupted run
+    cfg.suite = OmegaConf.create({"entries": [{"attack": "bim", "eps": [0.2]}]})
+    done_batches = []
+    real_predict = ev._predict
+
+    def crash_after_first_group(model, x, bs):
+        if len(x) == 40:  # an attacked batch (the clean pass predicts all 100 at once)
+            if len(done_batches) == 1:
+                raise KeyboardInterrupt("simulated")
+            done_batches.append(1)
+        return real_predict(model, x, bs)
+
+    monkeypatch.setattr(ev, "_predict", crash_after_first_group)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg)
+    assert list((RunDir(store, run_key(cfg)).eval).glob("*.partial.pt"))
+    monkeypatch.setattr(ev, "_predict", real_predict)
+    resumed = evaluate(cfg)["results"][0]
+    assert not list((RunDir(store, run_key(cfg)).eval).glob("*.partial.pt"))
+    Path(resumed["file"]).unlink()
+    fresh = evaluate(cfg)["results"][0]
+    assert resumed["adv_accuracy"] == fresh["adv_accuracy"]
+
+
+def test_transfer_attack_uses_the_substitute(store):
+    cfg = eval_cfg(store, "eval.subset=100")
+    cfg.suite = OmegaConf.create({"entries": [{"attack": "bim", "eps": [0.2], "source": "transfer"},
+                                               {"attack": "bim", "eps": [0.2]}]})
+    res = evaluate(cfg)["results"]
+    transfer, white = (json.loads(Path(r["file"]).read_text()) for r in res)
+    assert transfer["substitute"].startswith("fake-cnn3-ce") and white["substitute"] is None
+    # recompute: BIM crafted on the substitute, predicted by the target
+    _, target = load_run(RunDir(store, run_key(cfg)), torch.device("cpu"))
+    _, sub = load_run(RunDir(store, transfer["substitute"]), torch.device("cpu"))
+    from pclc.data import load_splits
+
+    test_cfg = cfg.dataset.copy()
+    test_cfg.subset = {"train": None, "test": 100}
+    _, test = load_splits(test_cfg)
+    x, y = test.x.float() / 255, test.y
+    adv = build_attack("bim", sub, 0.2, 10, ev.attack_cfg("bim").params).perturb(x, y)
+    with torch.no_grad():
+        assert target(adv).argmax(1).tolist() == transfer["records"]["adv_pred"]
+    assert transfer["records"]["adv_pred"] != white["records"]["adv_pred"]
+    assert transfer["adv_accuracy"] > white["adv_accuracy"]  # white-box is stronger than transfer
+
+
+def test_bad_inputs_fail_before_any_attack(store, monkeypatch):
+    monkeypatch.setattr(ev, "run_entry", lambda *a, **k: pytest.fail("an attack started"))
+    cfg = eval_cfg(store)
+    cfg.suite = OmegaConf.create({"entries": [{"attack": "pgd", "eps": [1.5]}]})
+    with pytest.raises(ValueError, match="outside"):
+        evaluate(cfg)
+    with pytest.raises(ValueError, match=r"for \['large'\] datasets"):
+        evaluate(eval_cfg(store, "attack/suite=table4"))
+    with pytest.raises(ValueError, match="no run|not finished"):
+        evaluate(eval_cfg(store, loss="gce"))
+    other = compose("train", ["dataset=fake", "dataset.num_classes=5", "logger=none", "model=cnn3", "loss=ce",
+                              "trainer.epochs_per_phase=1", f"store={store}"])
+    sub = train(other)
+    cfg = eval_cfg(store, f"eval.substitute_run={sub['path']}")
+    cfg.suite = OmegaConf.create({"entries": [{"attack": "pgd", "eps": [0.1], "source": "transfer"}]})
+    with pytest.raises(ValueError, match="5"):
+        evaluate(cfg)
