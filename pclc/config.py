@@ -16,7 +16,10 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
     """Compose a config from ``configs/`` with Hydra's compose API (tests and notebooks)."""
     from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: same search path (configs/)
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
 

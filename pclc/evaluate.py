@@ -58,8 +58,12 @@ def attack_cfg(name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def expand_suite(suite: DictConfig, dataset: DictConfig) -> list[Entry]:
-    """Suite entries -> (attack, eps, source) cells for ``dataset``; refuses a suite for another family."""
+def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -> list[Entry]:
+    """Suite entries -> (attack, eps, source) cells for ``dataset``; refuses a suite for another family.
+
+    ``param_overrides`` ({attack config: {param: value}}) changes attack budgets (tiny smoke profiles);
+    the parameters used are recorded in each result and its file name's hash.
+    """
     families = list(suite.get("families") or [])
     if families and dataset.family not in families:
         raise ValueError(f"this attack suite is for {families} datasets; {dataset.name} is {dataset.family!r} "
@@ -88,8 +92,9 @@ def expand_suite(suite: DictConfig, dataset: DictConfig) -> list[Entry]:
             if bounded and v is None:
                 raise ValueError(f"attack {e.attack} needs eps")
             check_eps(v, e.attack)
-            out.append(Entry(e.attack, a.name, None if v is None else float(v), source,
-                             OmegaConf.to_container(a.params, resolve=True)))
+            params = OmegaConf.to_container(a.params, resolve=True)
+            params.update((param_overrides or {}).get(e.attack, {}))
+            out.append(Entry(e.attack, a.name, None if v is None else float(v), source, params))
     return out
 
 
@@ -198,7 +203,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                          f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
     run_cfg, target = load_run(run, device)
     run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
-    entries = expand_suite(cfg.suite, run_cfg.dataset)
+    entries = expand_suite(cfg.suite, run_cfg.dataset, cfg.eval.get("param_overrides"))
     subset = cfg.eval.get("subset")
     if subset is not None and int(subset) <= 0:
         raise ValueError(f"eval.subset must be a positive number of test examples, got {subset}")

@@ -30,6 +30,12 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         """Record final values (nothing to record without a backend)."""
 
+    def log_table(self, key: str, df) -> None:
+        """Record a results table (nothing to record without a backend)."""
+
+    def log_image(self, key: str, path) -> None:
+        """Record a figure (nothing to record without a backend)."""
+
     def finish(self, exit_code: int = 0) -> None:
         """Close the run (nothing to close without a backend)."""
 
@@ -51,6 +57,16 @@ class WandbTracker(Tracker):
         for k, v in values.items():
             if isinstance(v, (int, float, str, bool)):
                 self.run.summary[k] = v
+
+    def log_table(self, key: str, df) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Table(dataframe=df.astype(object).where(df.notna(), None))})
+
+    def log_image(self, key: str, path) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Image(str(path))})
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)

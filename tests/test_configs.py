@@ -12,6 +12,7 @@ GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
 FILES = [(g, f.stem) for g in GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml")) if g != "experiment"]
 FITTING_DATASET = {"lenet5": "fmnist", "cnn3": "mnist", "vgg13": "cifar10", "resnet56": "cifar100"}
 FITTING_MODEL = {"mnist": "lenet5", "kmnist": "lenet5", "fmnist": "lenet5", "fake": "lenet5",
+                 "fake_colour": "vgg13", "fake_large": "resnet56",
                  "cifar10": "vgg13", "svhn": "vgg13", "cifar100": "vgg13", "tinyimagenet": "vgg13"}
 
 

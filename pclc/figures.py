@@ -1,0 +1,175 @@
+"""The paper's figures from trained runs: t-SNE (Figures 1, 3), predictive behaviour (Figure 2), gaps.
+
+Each figure is written as PNG to ``<out_dir>/figures/`` with a caption file naming the runs, and
+logged to W&B in the experiment's group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pclc.attacks import build_attack
+from pclc.config import resolve_device
+from pclc.data import load_splits
+from pclc.evaluate import evaluate, load_run
+from pclc.io import atomic_write_json, atomic_write_text
+from pclc.store import RunDir, provenance, run_key
+from pclc.tables import paper_gaps
+
+log = logging.getLogger(__name__)
+
+NAMES = {"ce": "CE", "pclc": "PC+LC", "gce": "GCE", "ce+at": "CE+AT", "gce+at": "GCE+AT", "pclc+at": "PC+LC+AT"}
+
+
+def _grid(spec: DictConfig) -> list[float]:
+    n = int(round((float(spec.stop) - float(spec.start)) / float(spec.step))) + 1
+    return [round(float(spec.start) + i * float(spec.step), 6) for i in range(n)]
+
+
+def _test_tensors(run_cfg: DictConfig, cfg: DictConfig, subset: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    d = run_cfg.dataset.copy()
+    d.subset = {"train": None, "test": subset}
+    _, test = load_splits(d)
+    return test.x.to(device).float() / 255, test.y.to(device)
+
+
+def _caption(path: Path, title: str, runs: dict[str, str], cfg: DictConfig, extra: list[str] = ()) -> Path:
+    prov = provenance(resolve_device(cfg.device))
+    lines = [f"{path.name}: {title}", f"protocol: {cfg.profile}" + ("" if cfg.profile == "full" else
+                                                                      " (NOT the paper's protocol)"),
+             *[f"run {k}: {v}" for k, v in runs.items()], *extra,
+             f"command: {prov['command']}", f"commit: {prov['commit']}", f"device: {prov['device']}",
+             f"date: {prov['date']}"]
+    cap = path.with_suffix(".caption.txt")
+    atomic_write_text(cap, "\n".join(lines) + "\n")
+    return cap
+
+
+def _dataset_title(cells) -> str:
+    c = cells[0]
+    return f"{c.dataset} / {c.model}"
+
+
+def behaviour(cfg: DictConfig, cells, tracker) -> list[Path]:
+    """Figure 2: for FGSM and MIM over a fine eps grid, where newly successful attacks land."""
+    from pclc.analysis import behaviour_from_eval_files, plot_behaviour
+    from pclc.reproduce import eval_cfg
+
+    exp = cfg.experiment
+    out = []
+    for cell in cells:
+        ec = eval_cfg(cell, cfg, "demo")
+        grid = _grid(exp.grid[ec.dataset.family])
+        ec.suite = OmegaConf.create({"families": [], "entries": [{"attack": a, "eps": grid} for a in exp.attacks]})
+        res = evaluate(ec)
+        panels = []
+        for a in exp.attacks:
+            files = [r["file"] for r in res["results"] if r["attack"] == a]
+            panels.append((a.upper(), behaviour_from_eval_files(files)))
+        name = f"{exp.name}-{cell.dataset}-{cell.model}-{cell.method}"
+        path = Path(cfg.out_dir if cfg.profile == "full" else Path(cfg.out_dir) / cfg.profile) / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = (f"Predictive behaviour (paper Fig. 2) redone on {cell.dataset} / {cell.model} "
+                 f"({NAMES.get(cell.method, cell.method)})")
+        plot_behaviour(panels, path, title)
+        atomic_write_json(path.with_suffix(".json"), {"panels": [{"attack": a, "rows": r} for a, r in panels]})
+        out += [path, _caption(path, title, {cell.label: res["run"]}, cfg, [f"eps grid: {grid}"])]
+        tracker.log_image(name, path)
+    return out
+
+
+def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
+    """Figures 1 and 3: t-SNE of penultimate features, CE beside PC+LC (optionally with FGSM successes)."""
+    from pclc.analysis import plot_tsne, tsne_panels
+
+    exp = cfg.experiment
+    device = resolve_device(cfg.device)
+    from pclc.reproduce import train_cfg
+
+    by_dataset: dict[str, list] = {}
+    for c in cells:
+        by_dataset.setdefault(c.dataset, []).append(c)
+    out = []
+    for dataset, group in by_dataset.items():
+        panels, runs = [], {}
+        for cell in group:
+            run = RunDir(cfg.store, run_key(train_cfg(cell, cfg)))
+            run_cfg, model = load_run(run, device)
+            run_cfg.dataset.root = train_cfg(cell, cfg).dataset.root
+            x, y = _test_tensors(run_cfg, cfg, int(exp.n_points), device)
+            x_adv = success = None
+            if exp.get("adversarial"):
+                a = exp.adversarial
+                x_adv = build_attack(a.attack, model, float(a.eps), int(run_cfg.dataset.num_classes), {}).perturb(x, y)
+                with torch.no_grad():
+                    success = (model(x).argmax(1) == y) & (model(x_adv).argmax(1) != y)
+            for p in tsne_panels(model, x.cpu(), y.cpu(), None if x_adv is None else x_adv.cpu(),
+                             None if success is None else success.cpu(), n=int(exp.n_points), seed=int(exp.seed)):
+                p["title"] = f"{NAMES.get(cell.method, cell.method)}: {p['title']}"
+                panels.append(p)
+            runs[cell.label] = run.key
+        name = f"{exp.name}-{dataset}-{group[0].model}"
+        path = Path(cfg.out_dir if cfg.profile == "full" else Path(cfg.out_dir) / cfg.profile) / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        adv = exp.get("adversarial")
+        title = (f"t-SNE of penultimate features ({exp.paper_figure} redone on {dataset} / {group[0].model})"
+                 + (f"; '+' = successful {adv.attack.upper()} eps={adv.eps}" if adv else ""))
+        plot_tsne(panels, path, title)
+        out += [path, _caption(path, title, runs, cfg, [f"points: first {exp.n_points} test images, class-balanced"])]
+        tracker.log_image(name, path)
+    return out
+
+
+def gaps(cfg: DictConfig, cells, tracker) -> list[Path]:
+    """Mean probability gap p_y - max_{k!=y} p_k on the test set, CE vs PC+LC, beside the paper's."""
+    from pclc.analysis import gap_stats, plot_gaps, probability_gaps
+    from pclc.reproduce import train_cfg
+
+    device = resolve_device(cfg.device)
+    paper = paper_gaps()
+    rows, series, runs = [], {}, {}
+    for cell in cells:
+        run = RunDir(cfg.store, run_key(train_cfg(cell, cfg)))
+        run_cfg, model = load_run(run, device)
+        run_cfg.dataset.root = train_cfg(cell, cfg).dataset.root
+        x, y = _test_tensors(run_cfg, cfg, None, device)
+        st = gap_stats(model, x, y)
+        p = paper[(paper.dataset == cell.dataset) & (paper.model == cell.model) & (paper.method == cell.method)]
+        rows.append({"dataset": cell.dataset, "model": cell.model, "method": cell.method, "ours": st["mean"],
+                     "median": st["median"], "negative_share": st["negative_share"],
+                     "paper": float(p.mean_probability_gap.iloc[0]) if len(p) else None, "run": run.key})
+        series[f"{cell.dataset} {NAMES.get(cell.method, cell.method)}"] = probability_gaps(model, x, y)
+        runs[cell.label] = run.key
+    folder = Path(cfg.out_dir if cfg.profile == "full" else Path(cfg.out_dir) / cfg.profile)
+    prov = provenance(device)
+    md = ["# Mean probability gap p_y − max_{k≠y} p_k on the test set", "",
+          f"- protocol: {cfg.profile}", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
+          f"- device: {prov['device']}", f"- date: {prov['date']}", "",
+          "| dataset | model | method | ours | paper | run |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['dataset']} | {r['model']} | {NAMES.get(r['method'], r['method'])} | {r['ours']:.3f} | "
+           f"{'—' if r['paper'] is None else format(r['paper'], '.3f')} | `{r['run']}` |" for r in rows]
+    atomic_write_text(folder / "gaps.md", "\n".join(md) + "\n")
+    atomic_write_json(folder / "gaps.json", {"provenance": prov, "rows": rows})
+    out = [folder / "gaps.md", folder / "gaps.json"]
+    path = folder / "figures" / "gaps.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_gaps(series, path, "Probability gap p_y − max p_k on the test set")
+    out += [path, _caption(path, "probability gaps", runs, cfg)]
+    tracker.log_image("gaps", path)
+    return out
+
+
+KINDS = {"behaviour": behaviour, "tsne": tsne, "gaps": gaps}
+
+
+def write(cfg: DictConfig, cells, tracker) -> list[Path]:
+    kind = cfg.experiment.kind
+    if kind not in KINDS:
+        raise ValueError(f"unknown experiment kind {kind!r}; known: table, all, {', '.join(KINDS)}")
+    return KINDS[kind](cfg, cells, tracker)

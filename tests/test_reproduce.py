@@ -1,0 +1,123 @@
+"""Reproduce: every experiment runs end to end on synthetic data; tables match the paper's layout."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import pclc.evaluate as ev
+import pclc.train as train_mod
+from pclc.config import CONFIG_DIR, compose
+from pclc.reproduce import reproduce
+from pclc.tables import combine, paper_tables, table_rows, to_markdown
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "paper" / "paper_tables.csv"
+FAKE_MAP = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "
+            "cifar100: fake_large, tinyimagenet: fake_large}")
+# one paper dataset per experiment (mapped to synthetic data): keeps the smoke test to a few minutes
+SMOKE = {"table1": "mnist", "table2": "mnist", "table3": "mnist", "table4": "cifar100", "table5": "mnist",
+         "demo": "fmnist", "figure1": "cifar10", "figure2": "mnist", "figure3": "mnist", "gaps": "cifar100"}
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def repro_cfg(tmp_path, name, dataset, *over):
+    return compose("reproduce", [f"experiment={name}", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
+                                 f"out_dir={tmp_path / 'results'}", f"datasets=[{dataset}]", FAKE_MAP, *over])
+
+
+def test_every_experiment_has_a_smoke_case():
+    assert sorted(SMOKE) == sorted(set(EXPERIMENTS) - {"all", "audit"})
+    cfg = compose("reproduce", ["experiment=all"])
+    assert set(cfg.experiment.experiments) <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
+    out = reproduce(repro_cfg(tmp_path, name, SMOKE[name]))
+    assert out["outputs"] and all(Path(p).exists() and Path(p).stat().st_size > 0 for p in out["outputs"])
+    text = {Path(p).suffix: Path(p).read_text() for p in out["outputs"] if Path(p).suffix in (".md", ".txt")}
+    assert any("tiny" in t and "NOT the paper's protocol" in t for t in text.values())
+    assert any("commit" in t for t in text.values())
+    if compose("reproduce", [f"experiment={name}"]).experiment.kind == "table":
+        csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
+        assert (csv.status == "run").all()  # every paper cell of the restricted table was computed
+        assert csv.ours.between(0, 100).all()
+
+
+def test_package_copy_of_paper_numbers_equals_shared():
+    if not SHARED.exists():
+        pytest.skip("shared/paper not beside the checkout")
+    assert paper_tables().equals(pd.read_csv(SHARED, dtype={"param": str}))
+
+
+@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5"])
+def test_table_writer_has_the_papers_rows_columns_and_numbers(table):
+    rows = table_rows(table)
+    md = to_markdown(combine(rows, {}))
+    lines = md.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    assert header == [f"{d}/{m} {meth}" for d, m, meth in dict.fromkeys(zip(rows.dataset, rows.model, rows.method))]
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert len(body) == len(dict.fromkeys(zip(rows.attack, rows.param)))
+    for r in rows.itertuples():  # each paper number sits in its own cell, marked not run
+        i = list(dict.fromkeys(zip(rows.attack, rows.param))).index((r.attack, r.param))
+        j = header.index(f"{r.dataset}/{r.model} {r.method}")
+        assert body[i][j + 1] == f"not run (paper {r.accuracy:.1f})"
+    filled = to_markdown(combine(rows, {(r.dataset, r.method, r.attack, r.param): 50.0 for r in rows.itertuples()}))
+    first = rows.iloc[0]
+    assert f"**50.0** ({first.accuracy:.1f}, {50.0 - first.accuracy:+.1f})" in filled
+
+
+def test_rerun_trains_and_attacks_nothing_and_rewrites_identical_tables(tmp_path, monkeypatch):
+    first = reproduce(repro_cfg(tmp_path, "table1", "mnist"))
+    md = Path(next(p for p in first["outputs"] if p.endswith(".md"))).read_text()
+    csv = Path(next(p for p in first["outputs"] if p.endswith(".csv"))).read_text()
+    monkeypatch.setattr(train_mod, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(ev, "build_attack", lambda *a, **k: pytest.fail("attacked again"))
+    reproduce(repro_cfg(tmp_path, "table1", "mnist"))
+    table = lambda t: t[t.index("| attack"):]  # noqa: E731 (the provenance header carries the date)
+    data = lambda t: [ln for ln in t.splitlines() if not ln.startswith("#")]  # noqa: E731
+    assert table(Path(next(p for p in first["outputs"] if p.endswith(".md"))).read_text()) == table(md)
+    assert data(Path(next(p for p in first["outputs"] if p.endswith(".csv"))).read_text()) == data(csv)
+
+
+def test_plan_lists_cells_and_predicts_time_from_measurements(tmp_path, capsys):
+    p = reproduce(repro_cfg(tmp_path, "table1", "mnist", "plan=true"))
+    assert [c["label"] for c in p["cells"]] == ["mnist/lenet5/ce", "mnist/lenet5/pclc"]
+    assert not any(c["trained"] for c in p["cells"]) and p["unmeasured"]
+    reproduce(repro_cfg(tmp_path, "table1", "mnist"))
+    p = reproduce(repro_cfg(tmp_path, "table1", "mnist", "plan=true"))
+    assert all(c["trained"] and c["evals_missing"] == 0 for c in p["cells"]) and p["predicted_seconds"] == 0
+    p = reproduce(repro_cfg(tmp_path, "table1", "mnist", "plan=true", "extra=['seed=1']"))  # new cells, measured costs
+    assert not p["unmeasured"] and p["predicted_seconds"] > 0
+    assert "predicted time for the rest" in capsys.readouterr().out
+
+
+def test_unknown_dataset_restriction_fails_before_work(tmp_path):
+    with pytest.raises(ValueError, match="no column for datasets"):
+        reproduce(repro_cfg(tmp_path, "table4", "mnist"))
+
+
+def test_fan_out_with_submitit_local_then_assemble(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    common = ["experiment=table1", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
+              f"out_dir={tmp_path / 'results'}", "datasets=[mnist]", FAKE_MAP]
+    fan = subprocess.run([sys.executable, "-m", "pclc.reproduce", "-m", *common, "stage=cell", "cell=0,1",
+                          "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                          "hydra.launcher.timeout_min=10"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600)
+    assert fan.returncode == 0, fan.stderr[-3000:]
+    assert len(list((tmp_path / "sweep").glob("**/.submitit/**/*_result.pkl"))) >= 2  # ran as submitit jobs
+    done = subprocess.run([sys.executable, "-m", "pclc.reproduce", *common, "stage=tables",
+                           f"hydra.run.dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    md = (tmp_path / "results" / "tiny" / "table1.md").read_text()
+    assert "not run" not in md and re.search(r"\*\*\d+\.\d\*\*", md)
