@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -59,8 +60,12 @@ class RunDir:
         return json.loads(self.summary.read_text())
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the code that runs, with ``-dirty`` when the work tree has changes."""
+    """The commit of the code that runs, with ``-dirty`` when the work tree has changes.
+
+    Read once, when pclc.store is imported: a commit made while a long run goes on does not relabel it.
+    """
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
@@ -79,12 +84,19 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device, command: str | None = None) -> dict[str, Any]:
-    """What produced a result: command, commit, device, software versions and date."""
+def invocation() -> str:
+    """The command line, as ``python -m pclc.<module> ...`` for our entrypoints."""
     import sys
 
+    prog = Path(sys.argv[0])
+    head = f"python -m pclc.{prog.stem}" if prog.parent.name == "pclc" and prog.suffix == ".py" else prog.name
+    return " ".join([head, *sys.argv[1:]])
+
+
+def provenance(device: torch.device, command: str | None = None) -> dict[str, Any]:
+    """What produced a result: command, commit, device, software versions and date."""
     return {
-        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command or invocation(),
         "commit": git_commit(),
         "device": device_name(device),
         "torch": torch.__version__,
@@ -93,3 +105,6 @@ def provenance(device: torch.device, command: str | None = None) -> dict[str, An
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pid": os.getpid(),
     }
+
+
+git_commit()  # record the commit of the code as imported
