@@ -43,9 +43,9 @@ class Entry:
     source: str                 # white | transfer
     params: dict = field(hash=False, compare=False)
 
-    def name(self, subset: int | None) -> str:
+    def name(self, subset: int | None, precision: str = "fp32") -> str:
         eps = "" if self.eps is None else f"-eps{self.eps:g}"
-        sub = "" if subset is None else f"-sub{subset}"
+        sub = ("" if subset is None else f"-sub{subset}") + ("" if precision == "fp32" else f"-{precision}")
         digest = hashlib.sha256(json.dumps([self.kind, self.params], sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.source}-{self.config}{eps}{sub}-{digest}"
 
@@ -96,6 +96,27 @@ def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -
             params.update((param_overrides or {}).get(e.attack, {}))
             out.append(Entry(e.attack, a.name, None if v is None else float(v), source, params))
     return out
+
+
+class Autocast(torch.nn.Module):
+    """Run a model's forward in bf16 autocast and return float32 logits (``eval.precision=bf16``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def with_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """fp32 (default, the paper's), tf32 (CUDA matmuls/convs in TF32) or bf16 autocast for attacks."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"eval.precision must be fp32, tf32 or bf16, got {precision!r}")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return Autocast(model) if precision == "bf16" else model
 
 
 def _freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -201,7 +222,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not run.path.exists():
         raise ValueError(f"no run {run.key} in {run.path.parent}; train it first: python -m pclc.train "
                          f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
+    precision = cfg.eval.get("precision") or "fp32"
     run_cfg, target = load_run(run, device)
+    target = with_precision(target, precision)
     run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
     entries = expand_suite(cfg.suite, run_cfg.dataset, cfg.eval.get("param_overrides"))
     subset = cfg.eval.get("subset")
@@ -226,7 +249,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"substitute {sub_run.key} was trained on {sub_cfg.dataset.name} with "
                              f"{sub_cfg.dataset.num_classes} classes; the target uses {run_cfg.dataset.name} with "
                              f"{run_cfg.dataset.num_classes}")
-        crafter = crafter_model
+        crafter = with_precision(crafter_model, precision)
 
     test_cfg = run_cfg.dataset.copy()
     test_cfg.subset = {"train": None, "test": None if subset is None else int(subset)}
@@ -242,10 +265,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     prov = provenance(device)
     results = []
     for e in entries:
-        header = {"run": run.key, "substitute": sub_run.key if e.source == "transfer" else None,
+        header = {"run": run.key, "substitute": sub_run.key if e.source == "transfer" else None, "precision": precision,
                   "subset": subset, "clean_accuracy": clean_acc, "device": prov["device"],
                   "provenance": prov, "records": records}
-        out = run.eval / f"{e.name(None if subset is None else int(subset))}.json"
+        out = run.eval / f"{e.name(None if subset is None else int(subset), precision)}.json"
         t0 = time.perf_counter()
         r = run_entry(e, target, crafter if e.source == "transfer" else target, x, y,
                       int(run_cfg.dataset.num_classes), bs, int(cfg.eval.group_batches), out, header)

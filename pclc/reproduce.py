@@ -106,7 +106,7 @@ def missing_evals(cell: Cell, cfg: DictConfig) -> list[str]:
         run = RunDir(cfg.store, run_key(ec))
         sub = ec.eval.subset
         for e in expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides")):
-            name = f"{e.name(None if sub is None else int(sub))}.json"
+            name = f"{e.name(None if sub is None else int(sub), ec.eval.get('precision') or 'fp32')}.json"
             if not (run.eval / name).exists():
                 out.append(name)
     return out
@@ -214,7 +214,8 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
         if not run.finished:
             continue
         sub = ec.eval.subset
-        files = {(e.source, e.config, e.eps): run.eval / f"{e.name(None if sub is None else int(sub))}.json"
+        prec = ec.eval.get("precision") or "fp32"
+        files = {(e.source, e.config, e.eps): run.eval / f"{e.name(None if sub is None else int(sub), prec)}.json"
                  for e in expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides"))}
         clean = None
         for r in rows[(rows.dataset == cell.dataset) & (rows.method == cell.method)].itertuples():

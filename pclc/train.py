@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 import shutil
 import sys
 import time
@@ -88,6 +89,33 @@ def build_adversary(trainer: DictConfig) -> HalfAdversarial | None:
     return None if adv is None else HalfAdversarial(**OmegaConf.to_container(adv, resolve=True))
 
 
+@dataclass
+class Accel:
+    """Speed options (``accel`` config): not part of a run's identity; recorded in its summary."""
+
+    bf16: bool = False
+    channels_last: bool = False
+    forward: Callable | None = None  # a compiled forward, when compile is on
+
+    @classmethod
+    def build(cls, cfg: DictConfig | None, model: torch.nn.Module, device: torch.device) -> "Accel":
+        cfg = cfg or {}
+        cuda = device.type == "cuda"
+        pick = lambda v: cuda if v in (None, "auto") else bool(v)  # noqa: E731
+        acc = cls(bf16=pick(cfg.get("bf16")), channels_last=pick(cfg.get("channels_last")))
+        if cuda:
+            torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
+        if acc.channels_last:
+            model.to(memory_format=torch.channels_last)
+        comp = cfg.get("compile") or False
+        if comp:
+            acc.forward = torch.compile(model, backend="inductor" if comp is True else str(comp))
+        return acc
+
+    def describe(self) -> dict[str, Any]:
+        return {"bf16": self.bf16, "channels_last": self.channels_last, "compiled": self.forward is not None}
+
+
 def lr_at(trainer: DictConfig, epoch_in_phase: int) -> float:
     """Adam lr with MultiStepLR(gamma) decays at ``milestones`` within each phase."""
     drops = sum(1 for m in trainer.milestones if epoch_in_phase >= int(m))
@@ -99,19 +127,25 @@ def lr_at(trainer: DictConfig, epoch_in_phase: int) -> float:
 # ------------------------------------------------------------------------------------------
 def train_epoch(model: torch.nn.Module, data, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                 batch_size: int, generator: torch.Generator, progress=None,
-                adversary: Callable | None = None) -> dict[str, float]:
+                adversary: Callable | None = None, accel: Accel | None = None) -> dict[str, float]:
     """One pass over ``data``; sums stay on the device (one host sync, at the end).
 
     ``adversary(model, x, y, generator)`` replaces part of each batch with adversarial examples (Table 5).
+    ``accel`` sets bf16 autocast, channels_last and a compiled forward (speed only).
     """
+    accel = accel or Accel()
+    forward = model if accel.forward is None else accel.forward
     model.train()
     loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.device)
     for x, y in data.batches(batch_size, shuffle=True, generator=generator):
         if adversary is not None:
             x = adversary(model, x, y, generator)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        if accel.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=accel.bf16):
+            logits = forward(x)
+        loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -203,6 +237,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     phase_loss = [get_loss(c.name, check_inputs=False, **c.params)
                   for c in ((warmup_loss_cfg(cfg) if cfg.loss.get("warmup") else cfg.loss), cfg.loss)]
     adversary = build_adversary(cfg.trainer)
+    accel = Accel.build(cfg.get("accel"), model, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.trainer.lr))
     if state and "optimizer" in state and start % T != 0:  # mid-phase: keep Adam's moments
         optimizer.load_state_dict(state["optimizer"])
@@ -223,7 +258,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
             te = time.perf_counter()
             bar = _progress(train_data.num_batches(int(cfg.trainer.batch_size)), f"{key} epoch {epoch + 1}/{total}")
             row = train_epoch(model, train_data, phase_loss[phase], optimizer, int(cfg.trainer.batch_size),
-                              generator, bar, adversary)
+                              generator, bar, adversary, accel)
             if bar is not None:
                 bar.close()
             if not math.isfinite(row["train_loss"]):
@@ -257,7 +292,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
             "dataset": cfg.dataset.name, "model": cfg.model.name, "loss": cfg.loss.name, "seed": int(cfg.seed),
             "test_accuracy": final["test_accuracy"], "prob_gap": final["prob_gap"],
             "train_accuracy": final["train_accuracy"], "train_loss": final["train_loss"],
-            "warmup_from": warmup_from,
+            "warmup_from": warmup_from, "accel": accel.describe(),
             "train_seconds": sum(m["seconds"] for m in metrics if "source" not in m),
             "wall_seconds_this_invocation": time.perf_counter() - t0,
             "provenance": prov,
