@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--store", default="runs")
     ap.add_argument("--prefix", required=True, help="run keys starting with this, e.g. fmnist-lenet5")
     ap.add_argument("--out", required=True, help="output path without suffix")
+    ap.add_argument("--note", action="append", default=[], help="a line to add under the header (repeatable)")
     args = ap.parse_args()
 
     paper = paper_tables()
@@ -56,7 +57,8 @@ def main() -> None:
     lines = [f"# Training runs {args.prefix}-* (full protocol unless the run config says otherwise)", "",
              f"- collected by: `{me['command']}` at commit `{me['commit']}` on {me['date']}",
              "- each run was trained by the command, commit and device listed below (from its summary.json)",
-             "- test accuracy and mean probability gap p_y − max_{k≠y} p_k are on the full test set, final epoch", "",
+             "- test accuracy and mean probability gap p_y − max_{k≠y} p_k are on the full test set, final epoch",
+             *[f"- note: {n}" for n in args.note], "",
              "| loss | trainer | test acc. | paper | best epoch acc. | mean gap | epochs (here) | s/epoch | warm-up from |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -71,7 +73,7 @@ def main() -> None:
                      f"torch {pv['torch']}, {pv['date']}")
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_json(out.with_suffix(".json"), {"collected_by": me, "runs": rows})
+    atomic_write_json(out.with_suffix(".json"), {"collected_by": me, "notes": args.note, "runs": rows})
     print(out.with_suffix(".md").read_text())
 
 
