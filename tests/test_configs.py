@@ -8,8 +8,12 @@ from hydra.utils import instantiate
 
 from pclc.config import CONFIG_DIR, compose, validate_data_model
 
-GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
-FILES = [(g, f.stem) for g in GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml")) if g != "experiment"]
+TRAIN_GROUPS = ["dataset", "model", "loss", "trainer", "logger"]  # groups in train.yaml's defaults
+FILES = [(g, f.stem) for g in TRAIN_GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml"))]
+ATTACKS = sorted(f.stem for f in (CONFIG_DIR / "attack").glob("*.yaml"))
+SUITES = sorted(f.stem for f in (CONFIG_DIR / "attack" / "suite").glob("*.yaml"))
+EXPERIMENTS = sorted(f.stem for f in (CONFIG_DIR / "experiment").glob("*.yaml"))
+ROOTS = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
 FITTING_DATASET = {"lenet5": "fmnist", "cnn3": "mnist", "vgg13": "cifar10", "resnet56": "cifar100"}
 FITTING_MODEL = {"mnist": "lenet5", "kmnist": "lenet5", "fmnist": "lenet5", "fake": "lenet5",
                  "fake_colour": "vgg13", "fake_large": "resnet56",
@@ -31,6 +35,46 @@ def test_every_config_file_composes_and_resolves(group, name):
 
     OmegaConf.resolve(cfg)  # every interpolation resolves
     validate_data_model(cfg)
+
+
+def test_every_config_folder_is_covered():
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    assert groups == set(TRAIN_GROUPS) | {"attack", "experiment"}
+    assert ROOTS == ["audit", "evaluate", "reproduce", "train"]
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_root_configs_compose(root):
+    from omegaconf import OmegaConf
+
+    OmegaConf.resolve(compose(root))
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_configs_name_a_known_attack(name):
+    from pclc.attacks import ATTACKS as KNOWN
+    from pclc.evaluate import attack_cfg
+
+    a = attack_cfg(name)
+    assert a.name in KNOWN and isinstance(dict(a.params), dict)
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_attack_suites_compose_and_expand(name):
+    from pclc.evaluate import expand_suite
+
+    cfg = compose("evaluate", [f"attack/suite={name}"])
+    family_dataset = {"grey": "fmnist", "colour": "cifar10", "large": "cifar100"}
+    for fam in cfg.suite.families:
+        d = compose("train", [f"dataset={family_dataset[fam]}"]).dataset
+        entries = expand_suite(cfg.suite, d)
+        assert entries and all(e.eps is None or 0 < e.eps <= 1 for e in entries)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_configs_compose(name):
+    cfg = compose("reproduce", [f"experiment={name}"])
+    assert cfg.experiment.name == name and cfg.experiment.kind in ("table", "all", "tsne", "behaviour", "gaps")
 
 
 @pytest.mark.parametrize("model,dataset", [("vgg13", "cifar10"), ("resnet56", "tinyimagenet"), ("lenet5", "kmnist")])

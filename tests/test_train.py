@@ -220,3 +220,25 @@ def test_real_fashion_mnist_ce_gce_pclc(real_fmnist_root, tmp_path, monkeypatch)
         assert sorted(p.name for p in Path(s["path"]).iterdir()) == sorted(
             ["config.yaml", "checkpoint.pt", "metrics.json", "model.pt", "summary.json"]
             + (["warmup.pt"] if s["loss"] != "pclc" else []))
+
+    # resume on real data: a PC+LC run interrupted in phase 2 ends with the uninterrupted run's weights
+    monkeypatch.undo()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    other = [o if not o.startswith("store=") else f"store={tmp_path / 'interrupted'}" for o in over]
+    real_epoch, calls = train_mod.train_epoch, []
+
+    def crash_in_phase2(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # 3 warm-up epochs, 1 PC+LC epoch, then the interruption
+            raise KeyboardInterrupt("simulated")
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(train_mod, "train_epoch", crash_in_phase2)
+    cfg = compose("train", ["dataset=fmnist", "model=lenet5", "loss=pclc", *other])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    resumed = train(cfg)
+    a = torch.load(Path(res["pclc"]["path"]) / "model.pt", weights_only=True)
+    b = torch.load(Path(resumed["path"]) / "model.pt", weights_only=True)
+    assert resumed["key"] == res["pclc"]["key"] and all(torch.equal(a[k], b[k]) for k in a)
