@@ -47,7 +47,8 @@ class WandbTracker(Tracker):
 
         Path(dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, entity=entity, name=name, group=group, job_type=job_type,
-                              config=_scrub(config), mode=mode, dir=dir, tags=tags or [], reinit="finish_previous")
+                              config=_scrub(config), mode=mode, dir=dir, tags=tags or [],
+                              reinit="create_new")  # independent runs: an evaluation inside a reproduce run
         self.dir = Path(self.run.dir).parent if self.run is not None and mode != "disabled" else None
 
     def log(self, metrics: dict[str, float], step: int) -> None:

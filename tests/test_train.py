@@ -242,3 +242,19 @@ def test_real_fashion_mnist_ce_gce_pclc(real_fmnist_root, tmp_path, monkeypatch)
     a = torch.load(Path(res["pclc"]["path"]) / "model.pt", weights_only=True)
     b = torch.load(Path(resumed["path"]) / "model.pt", weights_only=True)
     assert resumed["key"] == res["pclc"]["key"] and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nested_wandb_runs_stay_independent(tmp_path):
+    """An evaluation's run inside a reproduce run must not finish the outer one (Figure 2 does this)."""
+    from omegaconf import OmegaConf
+
+    from pclc.tracking import build_tracker
+
+    logger = OmegaConf.create({"name": "wandb", "mode": "offline", "project": "pclc", "dir": str(tmp_path)})
+    outer = build_tracker(logger, name="outer", group="g", config={})
+    inner = build_tracker(logger, name="inner", group="g", config={})
+    inner.log({"x": 1.0}, step=1)
+    inner.finish(0)
+    outer.log({"y": 2.0}, step=1)  # raised wandb UsageError when inner finished the outer run
+    outer.finish(0)
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
