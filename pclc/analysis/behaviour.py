@@ -87,6 +87,8 @@ def plot_behaviour(panels: list[tuple[str, list[dict]]], path, title: str) -> Pa
                    color=colors[i], label=f"{ORDINAL[r]} most probable")
         ax.set(xticks=x, xticklabels=[f"{row['eps']:g}" for row in rows], ylim=(0, 100), title=name,
                xlabel="perturbation ε", ylabel="newly successful attacks (%)")
+        if len(rows) > 8:  # a fine grid: slanted labels stay readable
+            ax.tick_params(axis="x", labelrotation=45)
         right = ax.twinx()
         counts = [row["count"] for row in rows]
         right.plot(x, counts, "k-o", markersize=4, label="# newly successful attacks")
