@@ -39,13 +39,35 @@ def _test_tensors(run_cfg: DictConfig, cfg: DictConfig, subset: int | None, devi
     return test.x.to(device).float() / 255, test.y.to(device)
 
 
+def _load_cell(cell, cfg: DictConfig, device, subset: int | None):
+    """A cell's finished run: its key, frozen model and test tensors (``subset`` first images, balanced)."""
+    from pclc.reproduce import train_cfg
+
+    tc = train_cfg(cell, cfg)
+    run = RunDir(cfg.store, run_key(tc))
+    run_cfg, model = load_run(run, device)
+    run_cfg.dataset.root = tc.dataset.root
+    x, y = _test_tensors(run_cfg, cfg, subset, device)
+    return run, run_cfg, model, x, y
+
+
+def _figure_path(cfg: DictConfig, name: str) -> Path:
+    from pclc.reproduce import out_dir
+
+    path = out_dir(cfg) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _caption(path: Path, title: str, runs: dict[str, str], cfg: DictConfig, extra: list[str] = ()) -> Path:
     prov = provenance(resolve_device(cfg.device))
     lines = [f"{path.name}: {title}", f"protocol: {cfg.profile}" + ("" if cfg.profile == "full" else
                                                                       " (NOT the paper's protocol)"),
              *[f"run {k}: {v}" for k, v in runs.items()], *extra,
              f"command: {prov['command']}", f"commit: {prov['commit']}", f"device: {prov['device']}",
-             f"date: {prov['date']}"]
+             f"date: {prov['date']}", "config (experiment, resolved):",
+             OmegaConf.to_yaml(OmegaConf.create({"experiment": OmegaConf.to_container(cfg.experiment, resolve=True),
+                                                 "profile": cfg.profile, "datasets": cfg.get("datasets")})).rstrip()]
     cap = path.with_suffix(".caption.txt")
     atomic_write_text(cap, "\n".join(lines) + "\n")
     return cap
@@ -73,12 +95,13 @@ def behaviour(cfg: DictConfig, cells, tracker) -> list[Path]:
             files = [r["file"] for r in res["results"] if r["attack"] == a]
             panels.append((a.upper(), behaviour_from_eval_files(files)))
         name = f"{exp.name}-{cell.dataset}-{cell.model}-{cell.method}"
-        path = Path(cfg.out_dir if cfg.profile == "full" else Path(cfg.out_dir) / cfg.profile) / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _figure_path(cfg, name)
         title = (f"Predictive behaviour (paper Fig. 2) redone on {cell.dataset} / {cell.model} "
                  f"({NAMES.get(cell.method, cell.method)})")
         plot_behaviour(panels, path, title)
-        atomic_write_json(path.with_suffix(".json"), {"panels": [{"attack": a, "rows": r} for a, r in panels]})
+        atomic_write_json(path.with_suffix(".json"), {"provenance": provenance(resolve_device(cfg.device)),
+                                                      "run": res["run"], "eps_grid": grid,
+                                                      "panels": [{"attack": a, "rows": r} for a, r in panels]})
         out += [path, _caption(path, title, {cell.label: res["run"]}, cfg, [f"eps grid: {grid}"])]
         tracker.log_image(name, path)
     return out
@@ -90,8 +113,6 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
 
     exp = cfg.experiment
     device = resolve_device(cfg.device)
-    from pclc.reproduce import train_cfg
-
     by_dataset: dict[str, list] = {}
     for c in cells:
         by_dataset.setdefault(c.dataset, []).append(c)
@@ -99,10 +120,7 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
     for dataset, group in by_dataset.items():
         panels, runs = [], {}
         for cell in group:
-            run = RunDir(cfg.store, run_key(train_cfg(cell, cfg)))
-            run_cfg, model = load_run(run, device)
-            run_cfg.dataset.root = train_cfg(cell, cfg).dataset.root
-            x, y = _test_tensors(run_cfg, cfg, int(exp.n_points), device)
+            run, run_cfg, model, x, y = _load_cell(cell, cfg, device, int(exp.n_points))
             x_adv = success = None
             if exp.get("adversarial"):
                 a = exp.adversarial
@@ -115,8 +133,7 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
                 panels.append(p)
             runs[cell.label] = run.key
         name = f"{exp.name}-{dataset}-{group[0].model}"
-        path = Path(cfg.out_dir if cfg.profile == "full" else Path(cfg.out_dir) / cfg.profile) / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _figure_path(cfg, name)
         adv = exp.get("adversarial")
         title = (f"t-SNE of penultimate features ({exp.paper_figure} redone on {dataset} / {group[0].model})"
                  + (f"; '+' = successful {adv.attack.upper()} eps={adv.eps}" if adv else ""))
@@ -129,16 +146,13 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
 def gaps(cfg: DictConfig, cells, tracker) -> list[Path]:
     """Mean probability gap p_y - max_{k!=y} p_k on the test set, CE vs PC+LC, beside the paper's."""
     from pclc.analysis import gap_stats, plot_gaps, probability_gaps
-    from pclc.reproduce import train_cfg
+    from pclc.reproduce import out_dir
 
     device = resolve_device(cfg.device)
     paper = paper_gaps()
     rows, series, runs = [], {}, {}
     for cell in cells:
-        run = RunDir(cfg.store, run_key(train_cfg(cell, cfg)))
-        run_cfg, model = load_run(run, device)
-        run_cfg.dataset.root = train_cfg(cell, cfg).dataset.root
-        x, y = _test_tensors(run_cfg, cfg, None, device)
+        run, _, model, x, y = _load_cell(cell, cfg, device, None)
         st = gap_stats(model, x, y)
         p = paper[(paper.dataset == cell.dataset) & (paper.model == cell.model) & (paper.method == cell.method)]
         rows.append({"dataset": cell.dataset, "model": cell.model, "method": cell.method, "ours": st["mean"],
@@ -146,7 +160,7 @@ def gaps(cfg: DictConfig, cells, tracker) -> list[Path]:
                      "paper": float(p.mean_probability_gap.iloc[0]) if len(p) else None, "run": run.key})
         series[f"{cell.dataset} {NAMES.get(cell.method, cell.method)}"] = probability_gaps(model, x, y)
         runs[cell.label] = run.key
-    folder = Path(cfg.out_dir if cfg.profile == "full" else Path(cfg.out_dir) / cfg.profile)
+    folder = out_dir(cfg)
     prov = provenance(device)
     md = ["# Mean probability gap p_y − max_{k≠y} p_k on the test set", "",
           f"- protocol: {cfg.profile}", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
@@ -157,8 +171,7 @@ def gaps(cfg: DictConfig, cells, tracker) -> list[Path]:
     atomic_write_text(folder / "gaps.md", "\n".join(md) + "\n")
     atomic_write_json(folder / "gaps.json", {"provenance": prov, "rows": rows})
     out = [folder / "gaps.md", folder / "gaps.json"]
-    path = folder / "figures" / "gaps.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _figure_path(cfg, "gaps")
     plot_gaps(series, path, "Probability gap p_y − max p_k on the test set")
     out += [path, _caption(path, "probability gaps", runs, cfg)]
     tracker.log_image("gaps", path)

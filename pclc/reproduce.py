@@ -252,7 +252,11 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
     atomic_write_text(md, head + to_markdown(df))
     prov_lines = "".join(f"# {k}: {v}\n" for k, v in prov.items() if k in ("command", "commit", "device", "date"))
-    atomic_write_text(csv, f"# {title}\n# protocol: {cfg.profile}\n" + prov_lines + df.to_csv(index=False))
+    config_line = "# config: " + json.dumps({"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile,
+                                              "datasets": cfg.get("datasets") and list(cfg.datasets),
+                                              "runs": {c.label: run_key(train_cfg(c, cfg)) for c in experiment_cells(cfg)}},
+                                             default=str) + f" (resolved config in {md.name})\n"
+    atomic_write_text(csv, f"# {title}\n# protocol: {cfg.profile}\n" + prov_lines + config_line + df.to_csv(index=False))
     if tracker is not None:
         tracker.log_table(exp.name, df)
     log.info("wrote %s and %s", md, csv)

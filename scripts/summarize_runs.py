@@ -51,7 +51,7 @@ def main() -> None:
             "paper_clean_accuracy": float(p.accuracy.iloc[0]) if len(p) and not cfg["trainer"].get("adversarial")
             else None,
             "train_seconds": s["train_seconds"], "seconds_per_epoch": s["train_seconds"] / max(1, len(own)),
-            "provenance": s["provenance"],
+            "provenance": s["provenance"], "config": OmegaConf.to_container(OmegaConf.load(run.config).identity),
         })
     me = provenance(torch.device("cpu"))
     lines = [f"# Training runs {args.prefix}-* (full protocol unless the run config says otherwise)", "",
@@ -69,8 +69,11 @@ def main() -> None:
     lines += ["", "## Provenance of each run", ""]
     for r in rows:
         pv = r["provenance"]
+        t, loss = r["config"]["trainer"], r["config"]["loss"]
         lines.append(f"- `{r['key']}`: `{pv['command']}`, commit `{pv['commit']}`, {pv['device']}, "
-                     f"torch {pv['torch']}, {pv['date']}")
+                     f"torch {pv['torch']}, {pv['date']}; config: loss {loss['name']} {loss['params']}, "
+                     f"T={t['epochs_per_phase']}, batch {t['batch_size']}, Adam lr {t['lr']}, milestones {t['milestones']}, "
+                     f"adversarial {t['adversarial']}, seed {r['config']['seed']} (full identity in the .json)")
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     atomic_write_json(out.with_suffix(".json"), {"collected_by": me, "notes": args.note, "runs": rows})
