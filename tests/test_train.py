@@ -169,6 +169,9 @@ def test_wandb_logs_config_metrics_and_finishes_a_crashed_run(tmp_path, monkeypa
     assert wandb.run is None  # the crashed run was finished
     assert len(glob.glob(str(tmp_path / "crashed" / "wandb" / "offline-run-*" / "run-*.wandb"))) == 1
     train(cfg(tmp_path / "ok"))
+    # wandb-core writes the offline file asynchronously: finish() can return while the file still holds only
+    # its 7-byte header (seen in CI, wandb 0.31). teardown() waits for the service to flush and exit.
+    wandb.teardown()
     files = glob.glob(str(tmp_path / "ok" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
     raw = Path(files[0]).read_bytes()  # protobuf records: keys and names are stored as UTF-8
