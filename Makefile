@@ -8,11 +8,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .DEFAULT_GOAL := help
 .PHONY: help setup test clean demo plan bench audit table1 table2 table3 table4 table5 figure1 figure2 figure3 gaps all
 
-# Reproduce options: make table1 DATASETS=fmnist PROFILE=quick LAUNCHER=joblib (or submitit_slurm)
+# Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or submitit_slurm)
 DATASETS ?=
+ATTACKS  ?=
 PROFILE  ?= full
 LAUNCHER ?=
-EXP_ARGS = profile=$(PROFILE) $(if $(DATASETS),datasets=[$(DATASETS)])
+EXP_ARGS = profile=$(PROFILE) $(if $(DATASETS),datasets=[$(DATASETS)]) $(if $(ATTACKS),attacks=[$(ATTACKS)])
 # One experiment: in this process, or fanned out over its cells with a Hydra launcher, then assembled.
 define reproduce
 $(if $(LAUNCHER),\

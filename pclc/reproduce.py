@@ -21,6 +21,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from pclc import costs
 from pclc.config import compose, resolve_device
 from pclc.evaluate import expand_suite
 from pclc.io import atomic_write_json, atomic_write_text
@@ -89,27 +90,47 @@ def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
     return compose("train", cell_overrides(cell, cfg))
 
 
-def eval_cfg(cell: Cell, cfg: DictConfig, suite: str) -> DictConfig:
-    return compose("evaluate", [*cell_overrides(cell, cfg), f"attack/suite={suite}",
-                                *cfg.profiles[cfg.profile].eval])
+def eval_cfg(cell: Cell, cfg: DictConfig, suite: str, restrict: bool = False) -> DictConfig:
+    """The cell's evaluation config; ``restrict`` keeps only the suite entries of ``cfg.attacks`` (when set)."""
+    ec = compose("evaluate", [*cell_overrides(cell, cfg), f"attack/suite={suite}", *cfg.profiles[cfg.profile].eval])
+    if restrict and cfg.get("attacks"):
+        ec.suite.entries = [e for e in ec.suite.entries if e.attack in cfg.attacks]
+    return ec
+
+
+def check_attacks(cfg: DictConfig) -> None:
+    """``attacks=[...]`` must name attack configs of the experiment's suite."""
+    if not cfg.get("attacks") or not suites_of(cfg.experiment):
+        return
+    known = {e.attack for e in compose("evaluate", [f"attack/suite={cfg.experiment.suite}"]).suite.entries}
+    unknown = sorted(set(cfg.attacks) - known)
+    if unknown:
+        raise ValueError(f"attacks={list(cfg.attacks)}: {unknown} not in suite {cfg.experiment.suite!r} "
+                         f"(its attacks: {sorted(known)})")
 
 
 def suites_of(exp: DictConfig) -> list[str]:
     return [exp.suite] if exp.get("suite") else []
 
 
-def missing_evals(cell: Cell, cfg: DictConfig) -> list[str]:
-    """Eval files this cell still needs (names in ``runs/<key>/eval``)."""
+def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
+    """(evaluation config, suite entry) of each evaluation this cell still needs."""
     out = []
     for suite in suites_of(cfg.experiment):
-        ec = eval_cfg(cell, cfg, suite)
+        ec = eval_cfg(cell, cfg, suite, restrict=True)
         run = RunDir(cfg.store, run_key(ec))
         sub = ec.eval.subset
         for e in expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides")):
             name = f"{e.name(None if sub is None else int(sub), ec.eval.get('precision') or 'fp32')}.json"
             if not (run.eval / name).exists():
-                out.append(name)
+                out.append((ec, e))
     return out
+
+
+def missing_evals(cell: Cell, cfg: DictConfig) -> list[str]:
+    """Eval files this cell still needs (names in ``runs/<key>/eval``)."""
+    return [f"{e.name(None if ec.eval.subset is None else int(ec.eval.subset), ec.eval.get('precision') or 'fp32')}"
+            ".json" for ec, e in missing_entries(cell, cfg)]
 
 
 def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
@@ -118,17 +139,29 @@ def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
     from pclc.train import train
 
     summary = train(train_cfg(cell, cfg))
-    evals = [evaluate(eval_cfg(cell, cfg, s)) for s in suites_of(cfg.experiment)]
+    evals = [evaluate(eval_cfg(cell, cfg, s, restrict=True)) for s in suites_of(cfg.experiment)]
     return {"cell": cell.label, "key": summary["key"], "evaluations": evals}
 
 
 # ------------------------------------------------------------------------------------------
 # Plan
 # ------------------------------------------------------------------------------------------
-def _epoch_seconds(store: Path, dataset: str, model: str) -> float | None:
-    """Median measured epoch time of this model on this dataset (else on any dataset)."""
+def _adv_kind(trainer) -> tuple | None:
+    """What sets an epoch's cost beyond the model and data: the adversarial-training attack and its steps."""
+    adv = (trainer or {}).get("adversarial")
+    return None if not adv else (adv.get("attack"), adv.get("steps"), adv.get("fraction"))
+
+
+def _epoch_seconds(store: Path, dataset: str, model: str, trainer: DictConfig) -> float | None:
+    """Median measured epoch time of this model with this kind of training, on this dataset (else any)."""
+    kind = _adv_kind(trainer)
     for pattern in (f"{dataset}-{model}-*/metrics.json", f"*-{model}-*/metrics.json"):
-        secs = [r["seconds"] for m in store.glob(pattern) for r in json.loads(m.read_text()) if "source" not in r]
+        secs = []
+        for m in store.glob(pattern):
+            conf = m.parent / "config.yaml"
+            resolved = OmegaConf.load(conf).get("resolved") or {} if conf.exists() else {}
+            if _adv_kind(resolved.get("trainer")) == kind:
+                secs += [r["seconds"] for r in json.loads(m.read_text()) if "source" not in r]
         if secs:
             return statistics.median(secs)
     return None
@@ -146,54 +179,126 @@ def _attack_seconds(store: Path, dataset: str, model: str) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in per.items()}
 
 
-TEST_SIZES = {"svhn": 26032}  # every other dataset of the paper has 10,000 test images (Tiny ImageNet: val/)
+class Costs:
+    """Predicted seconds: measured in the run store first, else scaled from ``make bench`` (pclc.costs)."""
+
+    def __init__(self, store: Path, bench: dict | None):
+        self.store, self.bench = store, bench
+        self.sources: set[str] = set()
+
+    def epoch(self, tc: DictConfig) -> float | None:
+        s = _epoch_seconds(self.store, tc.dataset.name, tc.model.name, tc.trainer)
+        if s is not None:
+            self.sources.add("store")
+            return s
+        if self.bench is not None:
+            s = costs.epoch_seconds(self.bench, tc.dataset, tc.model.name, tc.trainer)
+            if s is not None:
+                self.sources.add("bench")
+            return s
+        return None
+
+    def training(self, tc: DictConfig, done_epochs: int) -> float | None:
+        todo = 2 * int(tc.trainer.epochs_per_phase) - done_epochs
+        if todo <= 0:
+            return 0.0
+        per = self.epoch(tc)
+        return None if per is None else per * todo
+
+    def attack(self, ec: DictConfig, model: str, entry) -> float | None:
+        """Seconds of one evaluation entry over the test set (or subset); transfer: crafted on ``model``."""
+        n = costs.split_sizes(ec.dataset)[1] if ec.eval.subset is None else int(ec.eval.subset)
+        measured = _attack_seconds(self.store, ec.dataset.name, model).get(entry.config)
+        if measured is not None:
+            self.sources.add("store")
+            return measured * n
+        if self.bench is None:
+            return None
+        per = costs.attack_seconds_per_example(self.bench, ec.dataset, model, entry.kind, entry.params)
+        if per is not None:
+            self.sources.add("bench")
+        return None if per is None else per * n
 
 
-def _test_size(dataset: str, subset) -> int:
-    return int(subset) if subset is not None else TEST_SIZES.get(dataset, 10000)
+def _done_epochs(store: Path, tc: DictConfig, cell: Cell | None, cfg: DictConfig) -> int:
+    run = RunDir(store, run_key(tc))
+    total = 2 * int(tc.trainer.epochs_per_phase)
+    if run.finished:
+        return total
+    if run.metrics.exists():
+        return len(json.loads(run.metrics.read_text()))
+    if cell is not None and tc.loss.get("warmup"):  # phase 1 may exist in the warm-up run
+        warm = RunDir(store, run_key(compose("train", [o if not o.startswith("loss=") else f"loss={tc.loss.warmup}"
+                                                      for o in cell_overrides(cell, cfg)])))
+        return int(tc.trainer.epochs_per_phase) if warm.warmup.exists() else 0
+    return 0
+
+
+def bench_path(cfg: DictConfig) -> Path:
+    """``cfg.bench`` or ``<out_dir>/bench-<device>.json`` (written by ``make bench`` on this kind of device)."""
+    if cfg.get("bench"):
+        return Path(cfg.bench)
+    return Path(cfg.out_dir) / f"bench-{costs.device_slug(resolve_device(cfg.device))}.json"
+
+
+def plan_items(cfg: DictConfig, cost: Costs) -> tuple[list[dict], dict[tuple, float | None]]:
+    """Rows (one per cell, and per black-box substitute) and the work still to do, keyed so that work shared
+    between experiments (a run, one evaluation file of a run) counts once: {("train", key) or ("eval", key,
+    file): predicted seconds, None where nothing has been measured}."""
+    from pclc.evaluate import substitute_cfg
+
+    store = Path(cfg.store)
+    rows: list[dict] = []
+    work: dict[tuple, float | None] = {}
+    for i, cell in enumerate(experiment_cells(cfg)):
+        tc = train_cfg(cell, cfg)
+        key = run_key(tc)
+        done = _done_epochs(store, tc, cell, cfg)
+        train_s = cost.training(tc, done)
+        if train_s != 0.0:
+            work[("train", key)] = train_s
+        todo = missing_entries(cell, cfg)
+        eval_s: float | None = 0.0
+        for ec, e in todo:
+            model = cell.model
+            if e.source == "transfer":
+                sc = substitute_cfg(tc, ec.eval.substitute)
+                model, skey = sc.model.name, run_key(sc)
+                if ("train", skey) not in work and not RunDir(store, skey).finished:
+                    sdone = _done_epochs(store, sc, None, cfg)
+                    work[("train", skey)] = st = cost.training(sc, sdone)
+                    rows.append({"cell": "-", "label": f"{cell.dataset}/{model}/ce (substitute)", "key": skey,
+                                 "trained": False, "epochs_done": f"{sdone}/{2 * int(sc.trainer.epochs_per_phase)}",
+                                 "evals_missing": 0, "predicted_seconds": None if st is None else round(st, 1)})
+            s = cost.attack(ec, model, e)
+            sub = ec.eval.subset
+            work[("eval", key, e.name(None if sub is None else int(sub), ec.eval.get("precision") or "fp32"))] = s
+            eval_s = None if s is None or eval_s is None else eval_s + s
+        rows.append({"cell": i, "label": cell.label, "key": key, "trained": RunDir(store, key).finished,
+                     "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}", "evals_missing": len(todo),
+                     "predicted_seconds": None if train_s is None or eval_s is None else round(train_s + eval_s, 1)})
+    return rows, work
 
 
 def plan(cfg: DictConfig) -> dict[str, Any]:
-    """Which cells are trained and evaluated, and the predicted time of the rest from measured costs."""
-    store = Path(cfg.store)
-    rows, total, unknown = [], 0.0, []
-    for i, cell in enumerate(experiment_cells(cfg)):
-        tc = train_cfg(cell, cfg)
-        run = RunDir(store, run_key(tc))
-        epochs_total = 2 * int(tc.trainer.epochs_per_phase)
-        done_epochs = epochs_total if run.finished else (
-            len(json.loads(run.metrics.read_text())) if run.metrics.exists() else 0)
-        if tc.loss.get("warmup") and not run.metrics.exists():  # phase 1 may exist in the warm-up run
-            warm = RunDir(store, run_key(compose("train", [o if not o.startswith("loss=") else f"loss={tc.loss.warmup}"
-                                                          for o in cell_overrides(cell, cfg)])))
-            done_epochs = int(tc.trainer.epochs_per_phase) if warm.warmup.exists() else 0
-        per_epoch = _epoch_seconds(store, tc.dataset.name, cell.model)
-        todo = missing_evals(cell, cfg)
-        train_s = None if per_epoch is None else per_epoch * (epochs_total - done_epochs)
-        atk = _attack_seconds(store, tc.dataset.name, cell.model)
-        n = _test_size(cell.dataset, eval_cfg(cell, cfg, suites_of(cfg.experiment)[0]).eval.subset) if todo else 0
-        eval_s = 0.0
-        for name in todo:
-            kind = name.split("-")[1]
-            if kind in atk:
-                eval_s += atk[kind] * n
-            else:
-                eval_s = None
-                break
-        for part, v in (("train", train_s if epochs_total > done_epochs else 0.0), ("eval", eval_s if todo else 0.0)):
-            if v is None:
-                unknown.append(f"{cell.label} {part}")
-            else:
-                total += v
-        rows.append({"cell": i, "label": cell.label, "key": run.key, "trained": run.finished,
-                     "epochs_done": f"{done_epochs}/{epochs_total}", "evals_missing": len(todo),
-                     "predicted_seconds": None if (train_s is None and epochs_total > done_epochs) or eval_s is None
-                     else round((train_s or 0.0) + eval_s, 1)})
+    """Which cells are trained and evaluated, and the predicted time of the rest from measured costs
+    (``experiment=all``: every experiment's, shared work counted once)."""
+    cost = Costs(Path(cfg.store), costs.load_bench(bench_path(cfg)))
+    rows, work = [], {}
+    for sub in sub_experiments(cfg) if cfg.experiment.kind == "all" else [cfg]:
+        r, w = plan_items(sub, cost)
+        rows += [{"experiment": sub.experiment.name, **x} for x in r]
+        work.update(w)
+    total = sum(v for v in work.values() if v is not None)
+    unknown = sorted({k[1] + (f" {k[2]}" if len(k) > 2 else " training") for k, v in work.items() if v is None})
     df = pd.DataFrame(rows)
     print(df.to_string(index=False))
-    print(f"predicted time for the rest: {total / 60:.1f} min on this device"
-          + (f" (plus unmeasured: {', '.join(unknown)})" if unknown else ""))
-    return {"cells": rows, "predicted_seconds": total, "unmeasured": unknown}
+    src = {"store": "the run store", "bench": f"{bench_path(cfg)} (scaled by FLOPs)"}
+    print(f"predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on this device"
+          + (f", from {' and '.join(src[k] for k in sorted(cost.sources, reverse=True))}" if cost.sources else "")
+          + (f"; not predicted ({len(unknown)} items, no measurement: run `make bench` on this device): "
+             + ", ".join(unknown[:6]) + (" ..." if len(unknown) > 6 else "") if unknown else ""))
+    return {"cells": rows, "predicted_seconds": total, "unmeasured": unknown, "sources": sorted(cost.sources)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,18 +380,37 @@ def write_outputs(cfg: DictConfig, tracker=None) -> list[Path]:
 # ------------------------------------------------------------------------------------------
 # Entry
 # ------------------------------------------------------------------------------------------
+def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
+    """The configs of ``experiment=all``'s experiments, with this run's settings."""
+    keep = [f"profile={cfg.profile}", f"store={cfg.store}", f"out_dir={cfg.out_dir}", f"device={cfg.device}",
+            f"logger={cfg.logger.name}", f"stage={cfg.stage}"]
+    keep += [f"bench={cfg.bench}"] if cfg.get("bench") else []
+    keep += [f"dataset_map={json.dumps(OmegaConf.to_container(cfg.dataset_map))}"] if cfg.get("dataset_map") else []
+    keep += ["extra=" + json.dumps(list(cfg.extra))] if cfg.get("extra") else []
+    out = []
+    for name in cfg.experiment.experiments:
+        sub = compose("reproduce", [f"experiment={name}", *keep])
+        if cfg.get("datasets"):  # tables keep the datasets they have a column for (skipped if none);
+            exp = sub.experiment  # figures are drawn for any dataset
+            chosen = [d for d in cfg.datasets if exp.kind != "table" or d in set(table_rows(exp.table).dataset)]
+            if not chosen:
+                continue
+            sub.datasets = chosen
+        out.append(sub)
+    if not out:
+        raise ValueError(f"no experiment of {list(cfg.experiment.experiments)} has datasets {list(cfg.datasets)}")
+    return out
+
+
 def reproduce(cfg: DictConfig) -> dict[str, Any]:
     if cfg.profile not in cfg.profiles:
         raise ValueError(f"unknown profile {cfg.profile!r}; known: {sorted(cfg.profiles)}")
     if cfg.experiment.kind == "all":
-        out = {}
-        for name in cfg.experiment.experiments:
-            sub = compose("reproduce", [f"experiment={name}", f"profile={cfg.profile}", f"store={cfg.store}",
-                                        f"out_dir={cfg.out_dir}", f"device={cfg.device}", f"logger={cfg.logger.name}"]
-                          + ([f"datasets=[{','.join(cfg.datasets)}]"] if cfg.get("datasets") else []))
-            out[name] = reproduce(sub)
-        return out
-    cells = experiment_cells(cfg)  # validates the restriction before any work
+        if cfg.plan:
+            return plan(cfg)
+        return {sub.experiment.name: reproduce(sub) for sub in sub_experiments(cfg)}
+    cells = experiment_cells(cfg)  # validates the restrictions before any work
+    check_attacks(cfg)
     if cfg.plan:
         return plan(cfg)
     if cfg.stage == "count":

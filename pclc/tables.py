@@ -44,9 +44,10 @@ def table_rows(table: str, datasets: list[str] | None = None, attacks: list[str]
 def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float]) -> pd.DataFrame:
     """Add ``ours`` (keyed by dataset, method, attack, param) and the difference to the paper's rows."""
     out = paper.rename(columns={"accuracy": "paper"}).copy()
-    out["ours"] = [ours.get((r.dataset, r.method, r.attack, r.param)) for r in out.itertuples()]
-    out["diff"] = [None if o is None else round(o - p, 2) for o, p in zip(out.ours, out.paper)]
-    out["status"] = ["run" if o is not None else NOT_RUN for o in out.ours]
+    vals = [ours.get((r.dataset, r.method, r.attack, r.param)) for r in out.itertuples()]
+    out["ours"] = vals  # a float column: cells not run are NaN (so test status from vals, not the column)
+    out["diff"] = [None if o is None else round(o - p, 2) for o, p in zip(vals, out.paper)]
+    out["status"] = ["run" if o is not None else NOT_RUN for o in vals]
     return out
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from pclc.attacks import build_attack
 from pclc.config import compose
+from pclc.costs import device_slug, forward_flops
 from pclc.data import DeviceData, Split, load_splits
 from pclc.evaluate import attack_cfg
 from pclc.io import atomic_write_json, atomic_write_text
@@ -71,14 +72,6 @@ def peak_flops(device: torch.device, tiny: bool) -> tuple[float, str]:
     reps = 3 if tiny else 10
     t = timed(lambda: [a @ b for _ in range(reps)], device, repeat=3)
     return 2 * n**3 * reps / t, f"{n}x{n} {str(dtype).replace('torch.', '')} matmul"
-
-
-def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(x)
-    return float(fc.get_total_flops())
 
 
 def dataset(name: str, root: str | None, tiny: bool) -> tuple[Split, Split, str]:
@@ -196,11 +189,13 @@ def bench_model(name: str, model_name: str, device, args, peak: float) -> dict:
     make = lambda: create_model(model_name, k, c, s).to(device)  # noqa: E731
     full_batches = -(-len(train.y) // 256)
     cpu = device.type == "cpu"
-    batches = min(full_batches, 2 if tiny else (args.cpu_batches if cpu else full_batches))
+    large = cpu and model_name != "lenet5"  # VGG-13 / ResNet-56 on a CPU: fewer batches and images
+    batches = min(full_batches, 2 if tiny else ((args.cpu_large_batches if large else args.cpu_batches)
+                                                if cpu else full_batches))
     ours = our_epoch(make(), train, device, batches) * full_batches / batches
     ref = reference_epoch(make(), train, device, batches, 0 if tiny else args.workers) * full_batches / batches
     n_full = 10000
-    n_pgd = 16 if tiny else (args.cpu_pgd_images if cpu else n_full)
+    n_pgd = 16 if tiny else ((args.cpu_large_pgd_images if large else args.cpu_pgd_images) if cpu else n_full)
     ours_pgd = pgd_seconds(make(), test, device, n_pgd, n_pgd if cpu else 10000, frozen=True) * n_full / n_pgd
     ref_pgd = pgd_seconds(make(), test, device, min(n_pgd, 256 if cpu else n_pgd), 32, frozen=False) \
         * n_full / min(n_pgd, 256 if cpu else n_pgd)
@@ -253,6 +248,8 @@ def main() -> None:
     ap.add_argument("--models", default="fmnist:lenet5,cifar10:vgg13,cifar10:resnet56")
     ap.add_argument("--cpu-batches", type=int, default=20, help="CPU: training batches timed per pipeline")
     ap.add_argument("--cpu-pgd-images", type=int, default=512, help="CPU: images attacked by our PGD")
+    ap.add_argument("--cpu-large-batches", type=int, default=3, help="CPU, VGG-13/ResNet-56: batches timed")
+    ap.add_argument("--cpu-large-pgd-images", type=int, default=64, help="CPU, VGG-13/ResNet-56: images attacked")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
     args = ap.parse_args()
     global REPEAT
@@ -272,8 +269,7 @@ def main() -> None:
         r = bench_model(name, model, device, args, peak)
         res["models"].append(r)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
-    slug = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1].lower()
-    out = Path(args.out or f"results/bench-{slug}")
+    out = Path(args.out or f"results/bench-{device_slug(device)}")  # read by the reproduce planner
     atomic_write_json(out.with_suffix(".json"), res)
     atomic_write_text(out.with_suffix(".md"), markdown(res))
     print(markdown(res))

@@ -13,7 +13,7 @@ import torch
 from pclc.attacks import build_attack
 from pclc.config import compose
 from pclc.data import load_splits
-from pclc.evaluate import load_run, with_precision
+from pclc.evaluate import attack_cfg, load_run, with_precision
 from pclc.store import RunDir
 from pclc.train import train
 
@@ -60,3 +60,42 @@ def test_bench_runs_end_to_end_in_tiny_mode(tmp_path):
     for k in ("epoch_ours_s", "epoch_reference_s", "pgd40_ours_s", "pgd40_reference_s", "step_ce_s", "step_pclc_s"):
         assert m[k] > 0
     assert res["peak_tflops"] > 0 and "PC+LC / CE" in (tmp_path / "bench.md").read_text()
+
+
+BENCH = {"models": [{"dataset": "fmnist", "model": "lenet5", "train_images": 60000, "epoch_ours_s": 3.0,
+                     "pgd40_ours_s": 50.0, "forward_flops_per_image": 833040.0}]}
+
+
+def test_cost_model_scales_the_benchmark_by_size_steps_flops_and_adversarial_training():
+    from pclc import costs
+
+    ds = compose("train", ["dataset=fmnist"]).dataset
+    paper = compose("train", ["dataset=fmnist", "trainer=paper"]).trainer
+    assert costs.model_flops("lenet5", 10, 1, 28) == 833040.0  # the FLOPs the benchmark measured
+    assert costs.epoch_seconds(BENCH, ds, "lenet5", paper) == pytest.approx(3.0)
+    half = compose("train", ["dataset=fmnist", "dataset.subset.train=30000"]).dataset
+    assert costs.epoch_seconds(BENCH, half, "lenet5", paper) == pytest.approx(1.5)
+    fgsm_at = compose("train", ["dataset=fmnist", "trainer=adv_fgsm"]).trainer
+    assert costs.epoch_seconds(BENCH, ds, "lenet5", fgsm_at) == pytest.approx(3.0 * (1 + 0.5 * 2 / 3))
+    ratio = costs.model_flops("cnn3", 10, 1, 28) / 833040.0  # an unbenchmarked model: same seconds per FLOP
+    assert ratio > 5 and costs.epoch_seconds(BENCH, ds, "cnn3", paper) == pytest.approx(3.0 * ratio)
+    pgd = attack_cfg("pgd").params
+    assert costs.attack_seconds_per_example(BENCH, ds, "lenet5", "pgd", pgd) * 10000 == pytest.approx(50.0)
+    cw = attack_cfg("cw").params
+    assert costs.attack_passes("cw", cw) == 900 and costs.attack_passes("fgsm", {}) == 1
+
+
+def test_planner_predicts_unmeasured_work_from_the_benchmark(tmp_path, capsys):
+    from pclc.reproduce import reproduce
+
+    (tmp_path / "bench.json").write_text(json.dumps(BENCH))
+    over = ["experiment=table3", "datasets=[fmnist]", "plan=true", "logger=none", f"store={tmp_path / 'runs'}"]
+    blind = reproduce(compose("reproduce", [*over, f"bench={tmp_path / 'none.json'}"]))
+    assert blind["predicted_seconds"] == 0 and blind["unmeasured"]
+    p = reproduce(compose("reproduce", [*over, f"bench={tmp_path / 'bench.json'}"]))
+    assert not p["unmeasured"] and p["sources"] == ["bench"]
+    sub = next(r for r in p["cells"] if "substitute" in r["label"])  # table3's black-box substitute is planned
+    assert sub["label"] == "fmnist/cnn3/ce (substitute)" and sub["predicted_seconds"] > 100 * 3.0
+    lenet = 2 * 100 * 3.0  # CE and PC+LC: 100 epochs each at the benchmark's 3 s (PC+LC's warm-up is CE's)
+    assert p["predicted_seconds"] > lenet + sub["predicted_seconds"]
+    assert "from " + str(tmp_path / "bench.json") in capsys.readouterr().out

@@ -69,8 +69,10 @@ def test_table_writer_has_the_papers_rows_columns_and_numbers(table):
         i = list(dict.fromkeys(zip(rows.attack, rows.param))).index((r.attack, r.param))
         j = header.index(f"{r.dataset}/{r.model} {r.method}")
         assert body[i][j + 1] == f"not run (paper {r.accuracy:.1f})"
-    filled = to_markdown(combine(rows, {(r.dataset, r.method, r.attack, r.param): 50.0 for r in rows.itertuples()}))
     first = rows.iloc[0]
+    half = combine(rows, {(first.dataset, first.method, first.attack, first.param): 50.0})  # one cell run
+    assert list(half.status).count("run") == 1 and half.status.iloc[0] == "run" and half.ours.isna().sum() == len(rows) - 1
+    filled = to_markdown(combine(rows, {(r.dataset, r.method, r.attack, r.param): 50.0 for r in rows.itertuples()}))
     assert f"**50.0** ({first.accuracy:.1f}, {50.0 - first.accuracy:+.1f})" in filled
 
 
@@ -97,6 +99,22 @@ def test_plan_lists_cells_and_predicts_time_from_measurements(tmp_path, capsys):
     p = reproduce(repro_cfg(tmp_path, "table1", "mnist", "plan=true", "extra=['seed=1']"))  # new cells, measured costs
     assert not p["unmeasured"] and p["predicted_seconds"] > 0
     assert "predicted time for the rest" in capsys.readouterr().out
+
+
+def test_attack_restriction_runs_only_those_and_marks_the_rest_not_run(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="not in suite 'table1'"):
+        reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm,spsa]"))
+    assert not (tmp_path / "runs").exists()
+    out = reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]"))
+    csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
+    attacked = csv[csv.attack != "clean"]
+    assert set(attacked[attacked.status == "run"].attack) == {"fgsm"}
+    assert (attacked[attacked.attack != "fgsm"].status == "not run").all()
+    evals = sorted(p.name.split("-")[1] for p in (tmp_path / "runs").glob("*/eval/*.json"))
+    assert set(evals) == {"fgsm"}
+    reproduce(repro_cfg(tmp_path, "table1", "mnist"))  # the unrestricted run fills in the rest
+    csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
+    assert (csv.status == "run").all()
 
 
 def test_unknown_dataset_restriction_fails_before_work(tmp_path):
