@@ -199,7 +199,7 @@ def bench_model(name: str, model_name: str, device, args, peak: float) -> dict:
     ours_pgd = pgd_seconds(make(), test, device, n_pgd, n_pgd if cpu else 10000, frozen=True) * n_full / n_pgd
     ref_pgd = pgd_seconds(make(), test, device, min(n_pgd, 256 if cpu else n_pgd), 32, frozen=False) \
         * n_full / min(n_pgd, 256 if cpu else n_pgd)
-    steps = step_ratio(make(), train, device, 2 if tiny else 20)
+    steps = step_ratio(make(), train, device, 2 if tiny else (3 if large else 20))
     fwd = forward_flops(make().eval(), train.x[:1].to(device).float())
     epoch_flops = 3 * fwd * len(train.y)
     pgd_flops = 40 * 2 * fwd * n_full  # forward + input-gradient backward (no weight gradients)
