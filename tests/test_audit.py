@@ -80,6 +80,20 @@ def test_attacks_respect_eps_and_box_and_leave_input(runs, ce_data):
     assert "apgd-dlr" not in names[2] and "apgd-dlr" in names[3] and "apgdt" not in names[3]  # DLR: K >= 3, 4
 
 
+@pytest.mark.parametrize("loss", ["ce", "cw", "temp"])
+def test_dropping_fooled_examples_changes_no_result(ce_data, loss):
+    model, x, y = ce_data
+    kw = {"ce": {}, "cw": {"loss": au._cw}, "temp": {"temperature": torch.linspace(1, 3, len(x))[:, None]}}[loss]
+    runs = {}
+    for every in (0, 3):
+        torch.manual_seed(5)
+        runs[every] = au._pgd(model, x, y, 0.15, steps=12, step=0.02, compact_every=every, **kw)
+    with torch.no_grad():
+        fooled = {k: model(v).argmax(1) != y for k, v in runs.items()}
+    assert 0 < int(fooled[0].sum()) < len(y)  # some examples leave the batch early, some stay to the end
+    assert torch.equal(fooled[0], fooled[3]) and torch.allclose(runs[0], runs[3], atol=1e-6)
+
+
 def test_worst_case_needs_every_attack_to_fail():
     per_attack = {"clean": torch.tensor([1, 1, 1, 0, 1], dtype=torch.bool),
                   "a": torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool),
