@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test clean demo plan bench audit table1 table2 table3 table4 table5 figure1 figure2 figure3 gaps all
+.PHONY: help setup test clean demo plan bench audit audit-run table1 table2 table3 table4 table5 figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or submitit_slurm)
 DATASETS ?=
@@ -68,5 +68,7 @@ all: $(STAMP) ## Every table and figure
 	$(call reproduce,all)
 bench: $(STAMP) ## Benchmark our pipeline vs a reference-style one -> results/bench-<device>.{md,json}
 	$(BIN)/python scripts/bench.py
-audit: $(STAMP) ## Robustness audit of a run: make audit ARGS="dataset=fmnist model=lenet5 loss=pclc"
+audit: $(STAMP) ## Robustness audit of every Table 1/5 model (default DATASETS=fmnist) -> results/audit.{md,csv,png}
+	$(call reproduce,audit)
+audit-run: $(STAMP) ## Audit one run: make audit-run ARGS="audit.run=<key>" (or dataset=.. model=.. loss=..)
 	$(BIN)/python -m pclc.audit $(ARGS)

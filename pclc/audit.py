@@ -39,7 +39,7 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.attacks import build_attack, linf_attack
 from pclc.config import CONFIG_DIR, resolve_device
@@ -637,7 +637,13 @@ def audit_run(run: RunDir, device: torch.device, eps_list=None, profile: dict | 
     out = audit_model(model, x, y, eps_list, profile, run.path / "audit", subset, source, reference, run.eval,
                       thresholds)
     return {"run": run.key, "dataset": run_cfg.dataset.name, "model": run_cfg.model.name,
-            "loss": run_cfg.loss.name, "reference_run": None if reference_run is None else reference_run.key, **out}
+            "loss": run_cfg.loss.name, "method": method_of(run_cfg),
+            "reference_run": None if reference_run is None else reference_run.key, **out}
+
+
+def method_of(run_cfg: DictConfig) -> str:
+    """The paper's name for a run's method: its loss, with ``+at`` when adversarially trained (Table 5)."""
+    return run_cfg.loss.name + ("+at" if run_cfg.trainer.get("adversarial") else "")
 
 
 # ------------------------------------------------------------------------------------------
@@ -665,7 +671,7 @@ def _prov_lines(audits: list[dict]) -> list[str]:
 
 def _table(a: dict, paper: dict[tuple, float]) -> list[str]:
     eps = [f"{e:g}" for e in a["eps"]]
-    key = (a.get("dataset"), a.get("model"), a.get("loss"))
+    key = (a.get("dataset"), a.get("model"), a.get("method", a.get("loss")))
     cell = lambda n, e, v: f"{v:.1f}" + (f" (paper {paper[(*key, n, e)]:.1f})" if (*key, n, e) in paper else "")
     lines = ["| attack | group | " + " | ".join(f"eps {e}" for e in eps) + " |", "|---" * (len(eps) + 2) + "|",
              f"| clean | - | {cell('clean', '-', a['clean_accuracy'])}" + " |" * len(eps)]
@@ -681,7 +687,7 @@ def _table(a: dict, paper: dict[tuple, float]) -> list[str]:
 def _model_section(a: dict, paper: dict[tuple, float]) -> list[str]:
     pr = a["probe"]
     hist = pr["margin_hist"]
-    lines = [f"## {a.get('run', 'model')} ({a.get('dataset')}/{a.get('model')}/{a.get('loss')})", "",
+    lines = [f"## {a.get('run', 'model')} ({a.get('dataset')}/{a.get('model')}/{a.get('method', a.get('loss'))})", "",
              f"**Verdict: {a['verdict']}.** {a['verdict_reason']}", "",
              f"n = {a['n']} test examples" + ("" if a["subset"] is None else f" (class-balanced subset {a['subset']})")
              + f"; transfer source: {a.get('transfer_source') or 'none'}", "", "### Saturation probe (float32)", "",
@@ -720,7 +726,7 @@ def _plot(audits: list[dict], path: Path, prov: list[str]) -> None:
     for i, a in enumerate(audits):
         for n, s in a["sweeps"].items():
             ax.plot(s["eps"], s["accuracy"], marker="o", color=f"C{i}", linestyle="-" if n == PAPER else "--",
-                    label=f"{a.get('loss', a.get('run'))}: {n}")
+                    label=f"{a.get('method', a.get('loss', a.get('run')))}: {n}")
     ax.set_xlabel("eps (L-inf)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
@@ -732,7 +738,30 @@ def _plot(audits: list[dict], path: Path, prov: list[str]) -> None:
     plt.close(fig)
 
 
-def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict] | None = None) -> list[Path]:
+def overview(audits: list[dict], paper: dict[tuple, float]) -> list[str]:
+    """One row per model: clean accuracy, the paper's PGD (ours, the paper's) and the worst case at each eps,
+    the strongest adaptive attack, and the verdict."""
+    if not audits:
+        return []
+    eps = [f"{e:g}" for e in audits[0]["eps"]]
+    lines = ["## Verdicts", "", "| model | run | n | clean | " + " | ".join(f"paper's PGD eps {e} (paper) / worst case"
+                                                                      for e in eps)
+             + " | strongest adaptive | verdict |", "|---" * (len(eps) + 6) + "|"]
+    for a in audits:
+        key = (a.get("dataset"), a.get("model"), a.get("method", a.get("loss")))
+        cells = []
+        for e in eps:
+            ours = a["accuracy"][PAPER].get(e)
+            pp = paper.get((*key, PAPER, e))
+            cells.append(("-" if ours is None else f"{ours:.1f}") + ("" if pp is None else f" ({pp:.1f})")
+                         + f" / **{a['worst_case'][e]:.1f}**" if e in a["worst_case"] else "-")
+        lines.append(f"| {'/'.join(map(str, key))} | `{a.get('run')}` | {a['n']} | {a['clean_accuracy']:.1f} | "
+                     + " | ".join(cells) + f" | {a['strongest_adaptive']} | **{a['verdict']}** |")
+    return lines
+
+
+def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict] | None = None,
+                       title: str = "Robustness audit: adaptive attacks and gradient masking") -> list[Path]:
     """``audit.md`` (per model: probe, accuracy table with the paper's numbers, worst case, flags, verdict),
     ``audit.csv`` (long: model, attack, eps, accuracy) and ``audit_eps.png``; each opens with provenance."""
     import pandas as pd
@@ -742,10 +771,12 @@ def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict]
     prov = _prov_lines(audits)
     paper = _paper_lookup(paper_rows)
     th = audits[0]["thresholds"] if audits else THRESHOLDS
-    md = ["# Robustness audit: adaptive attacks and gradient masking", "", *[f"- {p}" for p in prov],
+    md = [f"# {title}", "", *[f"- {p}" for p in prov],
           "- accuracy: % of examples correct both clean and attacked; worst case: correct under every attack",
           f"- thresholds (accuracy points; shares 0-1): {json.dumps(th)}",
-          f"- verdict rules: {' '.join(verdict.__doc__.replace('``', '`').replace(':func:', '').split())}", ""]
+          f"- attack budgets: {json.dumps(audits[0]['profile']) if audits else '-'}",
+          f"- verdict rules: {' '.join(verdict.__doc__.replace('``', '`').replace(':func:', '').split())}", "",
+          *overview(audits, paper), ""]
     for a in audits:
         md += _model_section(a, paper)
     paths = [out_dir / "audit.md", out_dir / "audit.csv", out_dir / "audit_eps.png"]
@@ -759,10 +790,15 @@ def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict]
 # ------------------------------------------------------------------------------------------
 # Hydra entrypoint
 # ------------------------------------------------------------------------------------------
-def reference_cfg(cfg: DictConfig, loss: str) -> DictConfig:
-    """The reference run's training config: the same one with loss ``loss`` (configs/loss/<loss>.yaml)."""
+def reference_cfg(cfg: DictConfig, loss: str, trainer: str | None = None) -> DictConfig:
+    """The reference run's training config: the same one with loss ``loss`` (configs/loss/<loss>.yaml) and,
+    when given, trainer ``trainer`` (the CE model of the same architecture for an adversarially trained one)."""
+    from pclc.config import compose
+
     ref = cfg.copy()
     ref.loss = OmegaConf.load(CONFIG_DIR / "loss" / f"{loss}.yaml")
+    if trainer is not None:
+        ref.trainer = compose("train", [f"trainer={trainer}"]).trainer  # interpolations resolve in ``ref``
     return ref
 
 
@@ -770,20 +806,34 @@ def _paper_rows(dataset: str, model: str) -> list[dict]:
     from pclc.tables import paper_tables
 
     df = paper_tables()
-    return df[(df.table == "table1") & (df.dataset == dataset) & (df.model == model)].to_dict("records")
+    df = df[(df.dataset == dataset) & (df.model == model)]
+    at = df.method.str.endswith("+at")  # Table 1 for the plain models, Table 5 for the adversarially trained
+    return df[((df.table == "table1") & ~at) | ((df.table == "table5") & at)].to_dict("records")
 
 
 def audit(cfg: DictConfig) -> dict[str, Any]:
     """Audit the run that the training config names (and its CE reference); write the report."""
     device = resolve_device(cfg.device)
     a = cfg.audit
-    run = RunDir(cfg.store, run_key(cfg))
+    if a.get("run"):  # any run of the store, by key or path: its own training config names the reference
+        path = Path(a.run) if "/" in str(a.run) else Path(cfg.store) / str(a.run)
+        run = RunDir(path.parent, path.name)
+        if not run.config.exists():
+            raise ValueError(f"audit.run={a.run}: no run at {run.path} (expected {run.config})")
+        cfg, resolved, root = cfg.copy(), OmegaConf.load(run.config).resolved, cfg.dataset.root
+        with open_dict(cfg):
+            for k in ("dataset", "model", "loss", "trainer", "seed"):
+                cfg[k] = resolved[k]
+            cfg.dataset.root = root  # where the data is on this machine, not where the run was trained
+            cfg.store = str(run.path.parent)
+    else:
+        run = RunDir(cfg.store, run_key(cfg))
     if not run.finished:
         raise ValueError(f"run {run.key} is not finished; train it first: python -m pclc.train "
                          f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
     ref_run = None
-    if a.reference and a.reference != cfg.loss.name:
-        ref = reference_cfg(cfg, a.reference)
+    if a.reference and (a.reference != cfg.loss.name or cfg.trainer.get("adversarial")):
+        ref = reference_cfg(cfg, a.reference, a.get("reference_trainer"))
         ref_run = RunDir(cfg.store, run_key(ref))
         if not ref_run.finished:
             from pclc.train import train

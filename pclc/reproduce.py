@@ -22,7 +22,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pclc import costs
-from pclc.config import compose, resolve_device
+from pclc.config import CONFIG_DIR, compose, resolve_device
 from pclc.evaluate import expand_suite
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.store import RunDir, provenance, run_key
@@ -55,7 +55,13 @@ def dataset_config(cfg: DictConfig, dataset: str) -> str:
 
 
 def family_of(cfg: DictConfig, dataset: str) -> str:
-    return compose("train", [f"dataset={dataset_config(cfg, dataset)}"]).dataset.family
+    """grey | colour | large: the ``family`` of the dataset's config file (read directly: no composition)."""
+    name = dataset_config(cfg, dataset)
+    path = CONFIG_DIR / "dataset" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+        raise ValueError(f"unknown dataset {name!r}; known: {known}")
+    return str(OmegaConf.load(path).family)
 
 
 def make_cell(cfg: DictConfig, dataset: str, model: str, method: str) -> Cell:
@@ -368,10 +374,53 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     return [md, csv]
 
 
+def write_audit(cfg: DictConfig, tracker=None) -> list[Path]:
+    """Audit every cell's run (pclc.audit), each against the plain CE run of its dataset and model, into one
+    report: ``<out_dir>/audit.md``, ``audit.csv``, ``audit_eps.png``."""
+    from pclc import audit as au
+
+    exp, device = cfg.experiment, resolve_device(cfg.device)
+    prof = cfg.profiles[cfg.profile].get("audit") or []
+    audits = []
+    for cell in experiment_cells(cfg):
+        ac = compose("audit", [*cell_overrides(cell, cfg), *prof])
+        run = RunDir(cfg.store, run_key(ac))
+        if not run.finished:
+            raise ValueError(f"run {run.key} ({cell.label}) is not trained; run stage=all first")
+        ref = None
+        if exp.get("reference"):
+            ref_cell = make_cell(cfg, cell.dataset, cell.model, exp.reference)
+            ref = RunDir(cfg.store, run_key(train_cfg(ref_cell, cfg)))
+            if ref.key == run.key:
+                ref = None
+            elif not ref.finished:
+                from pclc.train import train
+
+                train(train_cfg(ref_cell, cfg))
+        a = ac.audit
+        audits.append(au.audit_run(run, device, eps_list=None if a.eps is None else list(a.eps),
+                                   profile=OmegaConf.to_container(a.profile, resolve=True), reference_run=ref,
+                                   subset=a.subset, data_root=ac.dataset.root,
+                                   thresholds=OmegaConf.to_container(a.thresholds)))
+        log.info("%s: %s", cell.label, audits[-1]["verdict_reason"])
+    paper = [r for c in dict.fromkeys((c.dataset, c.model) for c in experiment_cells(cfg))
+             for r in au._paper_rows(*c)]
+    paths = au.write_audit_report(audits, out_dir(cfg), paper, title=exp.title if cfg.profile == "full" else
+                                  f"{exp.title} — {cfg.profile} profile, NOT the full audit")
+    if tracker is not None:
+        import pandas as pd
+
+        tracker.log_table("audit", pd.read_csv(paths[1], comment="#"))
+        tracker.log_image("audit_eps", paths[2])
+    return paths
+
+
 def write_outputs(cfg: DictConfig, tracker=None) -> list[Path]:
     kind = cfg.experiment.kind
     if kind == "table":
         return write_table(cfg, tracker)
+    if kind == "audit":
+        return write_audit(cfg, tracker)
     from pclc import figures
 
     return figures.write(cfg, experiment_cells(cfg), tracker)

@@ -186,3 +186,13 @@ def test_entrypoint_config_and_report(runs, tmp_path):
     assert sorted(Path(f).name for f in out["files"]) == ["audit.csv", "audit.md", "audit_eps.png"]
     with pytest.raises(ValueError, match="unknown audit profile keys"):
         au._profile({"steps": 3})
+
+
+def test_any_run_of_the_store_by_key_or_path(runs, tmp_path):
+    store, ce, pc = runs
+    over = [o for o in _overrides(store, tmp_path / "r") if not o.startswith(("loss=", "dataset=", "model="))]
+    by_key = au.audit(compose("audit", [*over, f"audit.run={pc['key']}", "audit.include_reference=false"]))
+    assert [a["run"] for a in by_key["audits"]] == [pc["key"]] and by_key["audits"][0]["reference_run"] == ce["key"]
+    assert by_key["audits"][0]["method"] == "pclc"
+    with pytest.raises(ValueError, match="no run at"):
+        au.audit(compose("audit", [*over, f"audit.run={tmp_path / 'nothing'}"]))
