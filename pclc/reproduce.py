@@ -191,9 +191,22 @@ class Costs:
     def __init__(self, store: Path, bench: dict | None):
         self.store, self.bench = store, bench
         self.sources: set[str] = set()
+        self._attacks: dict[tuple, dict[str, float]] = {}  # the store is read once per (dataset, model)
+        self._epochs: dict[tuple, float | None] = {}
+
+    def _measured_attacks(self, dataset: str, model: str) -> dict[str, float]:
+        if (dataset, model) not in self._attacks:
+            self._attacks[(dataset, model)] = _attack_seconds(self.store, dataset, model)
+        return self._attacks[(dataset, model)]
+
+    def _measured_epoch(self, tc: DictConfig) -> float | None:
+        k = (tc.dataset.name, tc.model.name, _adv_kind(tc.trainer))
+        if k not in self._epochs:
+            self._epochs[k] = _epoch_seconds(self.store, tc.dataset.name, tc.model.name, tc.trainer)
+        return self._epochs[k]
 
     def epoch(self, tc: DictConfig) -> float | None:
-        s = _epoch_seconds(self.store, tc.dataset.name, tc.model.name, tc.trainer)
+        s = self._measured_epoch(tc)
         if s is not None:
             self.sources.add("store")
             return s
@@ -214,7 +227,7 @@ class Costs:
     def attack(self, ec: DictConfig, model: str, entry) -> float | None:
         """Seconds of one evaluation entry over the test set (or subset); transfer: crafted on ``model``."""
         n = costs.split_sizes(ec.dataset)[1] if ec.eval.subset is None else int(ec.eval.subset)
-        measured = _attack_seconds(self.store, ec.dataset.name, model).get(entry.config)
+        measured = self._measured_attacks(ec.dataset.name, model).get(entry.config)
         if measured is not None:
             self.sources.add("store")
             return measured * n

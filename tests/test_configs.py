@@ -107,3 +107,13 @@ def test_class_count_mismatch_is_refused():
     cfg = compose("train", ["model=lenet5", "dataset=fmnist", "model.num_classes=7"])
     with pytest.raises(ValueError, match="num_classes=7"):
         validate_data_model(cfg)
+
+
+def test_compose_returns_independent_copies_that_follow_the_environment(monkeypatch, tmp_path):
+    from pclc.config import compose
+
+    a = compose("train", ["dataset=fake"])
+    a.dataset.eps = [0.5]
+    assert list(compose("train", ["dataset=fake"]).dataset.eps) == [0.1, 0.2, 0.3]  # the cache is not mutated
+    monkeypatch.setenv("PCLC_RUNS", str(tmp_path / "elsewhere"))
+    assert compose("train", ["dataset=fake"]).store == str(tmp_path / "elsewhere")
