@@ -117,3 +117,13 @@ def test_compose_returns_independent_copies_that_follow_the_environment(monkeypa
     assert list(compose("train", ["dataset=fake"]).dataset.eps) == [0.1, 0.2, 0.3]  # the cache is not mutated
     monkeypatch.setenv("PCLC_RUNS", str(tmp_path / "elsewhere"))
     assert compose("train", ["dataset=fake"]).store == str(tmp_path / "elsewhere")
+
+
+def test_experiment_globals_override_the_reproduce_defaults():
+    from pclc.config import compose
+
+    demo = compose("reproduce", ["experiment=demo"])
+    assert list(demo.datasets) == ["fmnist"] and demo.profile == "quick"  # make demo: FMNIST only, quick
+    assert compose("reproduce", ["experiment=demo", "profile=tiny"]).profile == "tiny"  # the command line wins
+    assert compose("reproduce", ["experiment=table1"]).datasets is None and \
+        compose("reproduce", ["experiment=table1"]).profile == "full"
