@@ -119,24 +119,22 @@ def suites_of(exp: DictConfig) -> list[str]:
     return [exp.suite] if exp.get("suite") else []
 
 
+def eval_name(ec: DictConfig, e) -> str:
+    """The file stem of entry ``e``'s result under evaluation config ``ec`` (``runs/<key>/eval/<stem>.json``)."""
+    sub = ec.eval.subset
+    return e.name(None if sub is None else int(sub), ec.eval.get("precision") or "fp32")
+
+
 def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
     """(evaluation config, suite entry) of each evaluation this cell still needs."""
     out = []
     for suite in suites_of(cfg.experiment):
         ec = eval_cfg(cell, cfg, suite, restrict=True)
         run = RunDir(cfg.store, run_key(ec))
-        sub = ec.eval.subset
         for e in expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides")):
-            name = f"{e.name(None if sub is None else int(sub), ec.eval.get('precision') or 'fp32')}.json"
-            if not (run.eval / name).exists():
+            if not (run.eval / f"{eval_name(ec, e)}.json").exists():
                 out.append((ec, e))
     return out
-
-
-def missing_evals(cell: Cell, cfg: DictConfig) -> list[str]:
-    """Eval files this cell still needs (names in ``runs/<key>/eval``)."""
-    return [f"{e.name(None if ec.eval.subset is None else int(ec.eval.subset), ec.eval.get('precision') or 'fp32')}"
-            ".json" for ec, e in missing_entries(cell, cfg)]
 
 
 def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
@@ -290,8 +288,7 @@ def plan_items(cfg: DictConfig, cost: Costs) -> tuple[list[dict], dict[tuple, fl
                                  "trained": False, "epochs_done": f"{sdone}/{2 * int(sc.trainer.epochs_per_phase)}",
                                  "evals_missing": 0, "predicted_seconds": None if st is None else round(st, 1)})
             s = cost.attack(ec, model, e)
-            sub = ec.eval.subset
-            work[("eval", key, e.name(None if sub is None else int(sub), ec.eval.get("precision") or "fp32"))] = s
+            work[("eval", key, eval_name(ec, e))] = s
             eval_s = None if s is None or eval_s is None else eval_s + s
         rows.append({"cell": i, "label": cell.label, "key": key, "trained": RunDir(store, key).finished,
                      "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}", "evals_missing": len(todo),
@@ -338,8 +335,7 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
         if not run.finished:
             continue
         sub = ec.eval.subset
-        prec = ec.eval.get("precision") or "fp32"
-        files = {(e.source, e.config, e.eps): run.eval / f"{e.name(None if sub is None else int(sub), prec)}.json"
+        files = {(e.source, e.config, e.eps): run.eval / f"{eval_name(ec, e)}.json"
                  for e in expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides"))}
         clean = None
         for r in rows[(rows.dataset == cell.dataset) & (rows.method == cell.method)].itertuples():
