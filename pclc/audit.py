@@ -811,6 +811,14 @@ def _paper_rows(dataset: str, model: str) -> list[dict]:
     return df[((df.table == "table1") & ~at) | ((df.table == "table5") & at)].to_dict("records")
 
 
+def audit_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``audit_run``'s settings from an audit config (configs/audit.yaml): eps, budgets, subset, data, thresholds."""
+    a = cfg.audit
+    return {"eps_list": None if a.eps is None else list(a.eps),
+            "profile": OmegaConf.to_container(a.profile, resolve=True), "subset": a.subset,
+            "data_root": cfg.dataset.root, "thresholds": OmegaConf.to_container(a.thresholds)}
+
+
 def audit(cfg: DictConfig) -> dict[str, Any]:
     """Audit the run that the training config names (and its CE reference); write the report."""
     device = resolve_device(cfg.device)
@@ -840,9 +848,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
             log.info("training the reference run %s", ref_run.key)
             train(ref)
-    kw = {"eps_list": None if a.eps is None else list(a.eps), "profile": OmegaConf.to_container(a.profile),
-          "subset": a.subset, "data_root": cfg.dataset.root,
-          "thresholds": OmegaConf.to_container(a.thresholds)}
+    kw = audit_kwargs(cfg)
     audits = [audit_run(run, device, reference_run=ref_run, **kw)]
     if ref_run is not None and a.include_reference:
         audits.append(audit_run(ref_run, device, **kw))

@@ -390,8 +390,8 @@ def write_audit(cfg: DictConfig, tracker=None) -> list[Path]:
 
     exp, device = cfg.experiment, resolve_device(cfg.device)
     prof = cfg.profiles[cfg.profile].get("audit") or []
-    audits = []
-    for cell in experiment_cells(cfg):
+    audits, cells = [], experiment_cells(cfg)
+    for cell in cells:
         ac = compose("audit", [*cell_overrides(cell, cfg), *prof])
         run = RunDir(cfg.store, run_key(ac))
         if not run.finished:
@@ -406,13 +406,9 @@ def write_audit(cfg: DictConfig, tracker=None) -> list[Path]:
                 from pclc.train import train
 
                 train(train_cfg(ref_cell, cfg))
-        a = ac.audit
-        audits.append(au.audit_run(run, device, eps_list=None if a.eps is None else list(a.eps),
-                                   profile=OmegaConf.to_container(a.profile, resolve=True), reference_run=ref,
-                                   subset=a.subset, data_root=ac.dataset.root,
-                                   thresholds=OmegaConf.to_container(a.thresholds)))
+        audits.append(au.audit_run(run, device, reference_run=ref, **au.audit_kwargs(ac)))
         log.info("%s: %s", cell.label, audits[-1]["verdict_reason"])
-    paper = [r for c in dict.fromkeys((c.dataset, c.model) for c in experiment_cells(cfg))
+    paper = [r for c in dict.fromkeys((c.dataset, c.model) for c in cells)
              for r in au._paper_rows(*c)]
     paths = au.write_audit_report(audits, out_dir(cfg), paper, title=exp.title if cfg.profile == "full" else
                                   f"{exp.title} — {cfg.profile} profile, NOT the full audit")
