@@ -156,11 +156,38 @@ def _predict(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def craft(attack, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, batch_size: int,
+          cache: Path | None = None) -> torch.Tensor:
+    """Adversarial examples for ``x[lo:hi]``, batch by batch (batch at offset i seeded 1000 + i).
+
+    With ``cache`` (a directory; transfer attacks use one in the substitute's run) the group is saved as
+    ``<lo>-<hi>.pt`` and reused: every target attacked from the same substitute gets the same examples,
+    crafted once.
+    """
+    path = None if cache is None else cache / f"{lo}-{hi}.pt"
+    if path is not None and path.exists():
+        return load_tensors(path).to(x.device)
+    advs = []
+    for i in range(lo, hi, batch_size):
+        xb, yb = x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)]
+        torch.manual_seed(1000 + i)  # random starts / SPSA noise: reproducible per batch
+        advs.append(attack.perturb(xb.clone(), yb).detach())
+    adv = torch.cat(advs)
+    if path is not None:
+        atomic_torch_save(adv.cpu(), path)
+    return adv
+
+
 def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int,
-              group_batches: int, out: Path, header: dict[str, Any]) -> dict[str, Any]:
-    """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``."""
+              group_batches: int, out: Path, header: dict[str, Any], cache: Path | None = None) -> dict[str, Any]:
+    """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``.
+
+    An attack's own ``batch_size`` parameter (SPSA's: it forwards ``nb_sample`` copies of each example)
+    replaces ``batch_size``. ``cache``: see :func:`craft`.
+    """
     if out.exists():
         return json.loads(out.read_text())
+    batch_size = int(entry.params.get("batch_size", batch_size))
     partial = out.with_suffix(".partial.pt")
     done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
     attack = build_attack(entry.kind, crafter, entry.eps, num_classes, entry.params)
@@ -168,16 +195,12 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, n
     step = batch_size * group_batches
     while done["n"] < n:
         t0 = time.perf_counter()
-        lo = done["n"]
-        preds, linf = [], []
-        for i in range(lo, min(lo + step, n), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            torch.manual_seed(1000 + i)  # random starts / SPSA noise: reproducible per batch
-            adv = attack.perturb(xb.clone(), yb).detach()
-            preds.append(_predict(target, adv, batch_size).argmax(1))
-            linf.append((adv - xb).flatten(1).abs().amax(1))
-        done = {"n": min(lo + step, n), "adv_pred": done["adv_pred"] + torch.cat(preds).cpu().tolist(),
-                "linf": done["linf"] + torch.cat(linf).cpu().tolist(),
+        lo, hi = done["n"], min(done["n"] + step, n)
+        adv = craft(attack, x, y, lo, hi, batch_size, cache)
+        pred = _predict(target, adv, batch_size).argmax(1)
+        linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
+        done = {"n": hi, "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
+                "linf": done["linf"] + linf.cpu().tolist(),
                 "seconds": done["seconds"] + time.perf_counter() - t0}
         atomic_torch_save(done, partial)
     adv_pred = torch.tensor(done["adv_pred"])
@@ -270,8 +293,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                   "provenance": prov, "records": records}
         out = run.eval / f"{e.name(None if subset is None else int(subset), precision)}.json"
         t0 = time.perf_counter()
+        cache = None if e.source != "transfer" else \
+            sub_run.path / "adv" / f"{e.name(None if subset is None else int(subset), precision)}-bs{int(e.params.get('batch_size', bs))}"
         r = run_entry(e, target, crafter if e.source == "transfer" else target, x, y,
-                      int(run_cfg.dataset.num_classes), bs, int(cfg.eval.group_batches), out, header)
+                      int(run_cfg.dataset.num_classes), bs, int(cfg.eval.group_batches), out, header, cache)
         log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],
                  clean_acc, time.perf_counter() - t0)
         results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})

@@ -211,6 +211,50 @@ def test_transfer_attack_uses_the_substitute(store):
     assert transfer["adv_accuracy"] > white["adv_accuracy"]  # white-box is stronger than transfer
 
 
+def counting_attacks(monkeypatch) -> list[int]:
+    """Batch sizes of every ``perturb`` call the evaluation makes from here on."""
+    sizes, real = [], ev.build_attack
+
+    def build(*a, **k):
+        attack = real(*a, **k)
+        perturb = attack.perturb
+        attack.perturb = lambda x, y: sizes.append(len(x)) or perturb(x, y)
+        return attack
+
+    monkeypatch.setattr(ev, "build_attack", build)
+    return sizes
+
+
+def test_transfer_examples_are_crafted_once_for_every_target(store, monkeypatch):
+    train(compose("train", [*BASE, "model=lenet5", "loss=pclc", f"store={store}"]))
+    sizes = counting_attacks(monkeypatch)
+    res, models = {}, {}
+    for loss in ("ce", "pclc"):
+        cfg = eval_cfg(store, "eval.subset=120", "eval.batch_size=50", loss=loss)
+        cfg.suite = OmegaConf.create({"entries": [{"attack": "bim", "eps": [0.2], "source": "transfer"}]})
+        res[loss] = json.loads(Path(evaluate(cfg)["results"][0]["file"]).read_text())
+        _, models[loss] = load_run(RunDir(store, run_key(cfg)), torch.device("cpu"))
+    assert sizes == [50, 50, 20]  # crafted on the substitute for the first target only
+    assert res["ce"]["substitute"] == res["pclc"]["substitute"]
+    cache = next((RunDir(store, res["ce"]["substitute"]).path / "adv").glob("transfer-bim-eps0.2-sub120-*-bs50"))
+    assert sorted(p.name for p in cache.iterdir()) == ["0-50.pt", "100-120.pt", "50-100.pt"]
+    adv = torch.cat([torch.load(cache / f, weights_only=True) for f in ("0-50.pt", "50-100.pt", "100-120.pt")])
+    with torch.no_grad():
+        for loss in ("ce", "pclc"):  # each target's predictions are on the cached examples
+            assert models[loss](adv).argmax(1).tolist() == res[loss]["records"]["adv_pred"]
+    assert res["ce"]["records"]["adv_pred"] != res["pclc"]["records"]["adv_pred"]
+
+
+def test_spsa_runs_at_its_own_batch_size(store, monkeypatch):
+    sizes = counting_attacks(monkeypatch)
+    cfg = eval_cfg(store, "eval.subset=20", "eval.batch_size=1000",
+                   "+eval.param_overrides.spsa={nb_iter: 1, nb_sample: 4, max_batch_size: 4, batch_size: 8}")
+    cfg.suite = OmegaConf.create({"entries": [{"attack": "spsa", "eps": [0.1]}]})
+    r = json.loads(Path(evaluate(cfg)["results"][0]["file"]).read_text())
+    assert sizes == [8, 8, 4] and r["params"]["batch_size"] == 8 and r["n"] == 20
+    assert ev.attack_cfg("spsa").params.batch_size == 10
+
+
 def test_bad_inputs_fail_before_any_attack(store, monkeypatch):
     monkeypatch.setattr(ev, "run_entry", lambda *a, **k: pytest.fail("an attack started"))
     cfg = eval_cfg(store)

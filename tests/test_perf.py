@@ -62,6 +62,16 @@ def test_bench_runs_end_to_end_in_tiny_mode(tmp_path):
     assert res["peak_tflops"] > 0 and "PC+LC / CE" in (tmp_path / "bench.md").read_text()
 
 
+def test_attack_batch_bench_writes_every_row(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_attack_batch.py"), "--tiny",
+                        "--out", str(tmp_path / "ab")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "ab.json").read_text())
+    assert [(row["attack"], row["batch"]) for row in res["rows"]] == [("spsa", 2), ("spsa", 8), ("pgd", 2), ("pgd", 8)]
+    assert all(row["seconds_per_example"] > 0 for row in res["rows"]) and res["budgets"]["spsa"]["nb_iter"] == 10
+    assert (tmp_path / "ab.md").read_text().count("| spsa |") == 2
+
+
 BENCH = {"models": [{"dataset": "fmnist", "model": "lenet5", "train_images": 60000, "epoch_ours_s": 3.0,
                      "pgd40_ours_s": 50.0, "forward_flops_per_image": 833040.0}]}
 
