@@ -11,7 +11,12 @@ for lack of a gradient rather than for lack of adversarial examples: gradient ma
 - adaptive attacks: logit-margin (C&W) PGD, CE on temperature-scaled logits, APGD-CE, APGD-DLR and
   targeted APGD (Croce & Hein 2020, torchattacks); the black-box Square attack; PGD transferred from
   the CE model of the same architecture and data;
-- eps sweeps of the paper's PGD and the strongest adaptive attack until accuracy reaches 0;
+- eps sweeps of the paper's PGD and of the adaptive attacks until accuracy reaches 0;
+
+The adaptive attacks run as a cascade (``profile.cascade``, as AutoAttack does): each attacks only the
+examples that survived every attack before it at this eps and the worst case at smaller eps, so the
+worst case costs a fraction of running each on every example and their rows are cumulative; the
+flags' attacks (FGSM, paper PGD, the CE step ladder, Square, transfer) always run on every example.
 
 then a per-example worst case, Carlini-style sanity flags and a verdict. An example counts as robust
 under an attack when the model classifies it correctly both clean and attacked (AutoAttack's rule).
@@ -43,13 +48,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.attacks import build_attack, linf_attack
 from pclc.config import CONFIG_DIR, resolve_device
-from pclc.io import atomic_write_json, atomic_write_text
+from pclc.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
 from pclc.store import RunDir, provenance, run_key
 
 log = logging.getLogger(__name__)
 
 PAPER = "pgd-paper"  # the paper's PGD-40: 40 steps of 0.01, random start (advertorch, configs/attack/pgd.yaml)
 ADAPTIVE = ("pgd-margin", "pgd-ce-temp", "apgd-ce", "apgd-dlr", "apgdt", "square")  # cheapest first
+CASCADE = "adaptive-cascade"  # the eps sweep of the cascade of adaptive attacks (profile.cascade)
 VERDICTS = ("robustness confirmed", "robustness reduced", "artefact of gradient masking")
 CSV_COLUMNS = ["model", "attack", "eps", "accuracy"]
 
@@ -287,12 +293,27 @@ def square(model, x, y, eps: float, queries: int = 5000, restarts: int = 1, seed
 
 
 def transfer_pgd(model, x, y, eps: float, source=None, steps: int = 100, step_scale: float = 2.5,
-                 seed: int = 0) -> torch.Tensor:
-    """CE-PGD crafted on ``source`` (its last iterate), to be evaluated on ``model``."""
+                 seed: int = 0, cache_dir: Path | None = None) -> torch.Tensor:
+    """CE-PGD crafted on ``source`` (its last iterate), to be evaluated on ``model``.
+
+    The examples depend on the source alone, so with ``cache_dir`` (the source run's) they are saved under
+    a hash of the batch's pixels, labels and budget, and every model audited from that source reuses them.
+    """
     if source is None:
         raise ValueError("transfer_pgd needs a source model")
+    path = None
+    if cache_dir is not None:
+        h = hashlib.sha256(x.detach().cpu().numpy().tobytes())
+        h.update(y.cpu().numpy().astype(np.int64).tobytes())
+        h.update(json.dumps([float(eps), int(steps), float(step_scale), int(seed)]).encode())
+        path = Path(cache_dir) / f"transfer-pgd-{h.hexdigest()[:20]}.pt"
+        if path.exists():
+            return load_tensors(path).to(x.device)
     with _seeded(seed, x.device):
-        return _pgd(source, x, y, eps, int(steps), step_scale * eps / int(steps), keep_first=False)
+        adv = _pgd(source, x, y, eps, int(steps), step_scale * eps / int(steps), keep_first=False)
+    if path is not None:
+        atomic_torch_save(adv.cpu(), path)
+    return adv
 
 
 # ------------------------------------------------------------------------------------------
@@ -308,6 +329,7 @@ class Spec:
     group: str                                  # single-step | paper | steps | adaptive | black-box | transfer
     extra: dict = field(default_factory=dict)
     source_key: str | None = None
+    batch_size: int | None = None               # replaces the profile's batch_size (Square: one long loop per batch)
 
 
 def default_profile() -> dict[str, Any]:
@@ -349,11 +371,12 @@ def attack_specs(p: dict, num_classes: int, source: tuple[str, Any] | None = Non
         specs.append(Spec("apgdt", apgdt, {"steps": p["apgdt_steps"], "restarts": p["apgdt_restarts"],
                                            "targets": p["apgdt_targets"]}, "adaptive"))
     specs.append(Spec("square", square, {"queries": p["square_queries"], "restarts": p["square_restarts"]},
-                      "black-box"))
+                      "black-box", batch_size=int(p["square_batch_size"])))
     if source is not None:
         specs.append(Spec("transfer-pgd", transfer_pgd, {"steps": p["transfer_steps"],
                                                          "step_scale": p["pgd_step_scale"]}, "transfer",
-                          {"source": source[1]}, source[0]))
+                          {"source": source[1], **({"cache_dir": source[2]} if len(source) > 2 else {})},
+                          source[0]))
     return specs
 
 
@@ -374,11 +397,15 @@ def _labels_digest(y: torch.Tensor) -> str:
     return hashlib.sha256(y.cpu().numpy().astype(np.int64).tobytes()).hexdigest()[:16]
 
 
-def cache_name(spec: Spec, eps: float, subset: int | None, batch_size: int, seed: int) -> str:
-    """``<attack>-eps<eps>[-sub<N>]-<hash of params, source, batch size, seed>.json``."""
-    digest = hashlib.sha256(json.dumps([spec.name, spec.params, spec.source_key, batch_size, seed],
-                                       sort_keys=True).encode()).hexdigest()[:8]
+def cache_name(spec: Spec, eps: float, subset: int | None, batch_size: int, seed: int,
+               only: torch.Tensor | None = None) -> str:
+    """``<attack>-eps<eps>[-sub<N>][-only<hash>]-<hash of params, source, batch size, seed>.json``; ``only``
+    (the examples attacked, when not all) enters the name."""
+    digest = hashlib.sha256(json.dumps([spec.name, spec.params, spec.source_key, spec.batch_size or batch_size,
+                                        seed], sort_keys=True).encode()).hexdigest()[:8]
     sub = "" if subset is None else f"-sub{subset}"
+    if only is not None:
+        sub += "-only" + hashlib.sha256(only.cpu().numpy().astype(np.uint8).tobytes()).hexdigest()[:8]
     return f"{spec.name}-eps{eps:g}{sub}-{digest}.json"
 
 
@@ -399,10 +426,11 @@ def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None
 
 
 def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset: int | None, batch_size: int,
-                   seed: int, eval_dir: Path | None = None) -> torch.Tensor:
+                   seed: int, eval_dir: Path | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example correctness under ``spec`` at ``eps``: from the cache, from pclc.evaluate's file for the
-    paper's PGD, or computed (and cached atomically)."""
-    path = Path(cache_dir) / cache_name(spec, eps, subset, batch_size, seed)
+    paper's PGD, or computed (and cached atomically). ``only`` (bool per example): attack just these; the
+    others count as not robust (the cascade passes the examples that survived every attack so far)."""
+    path = Path(cache_dir) / cache_name(spec, eps, subset, batch_size, seed, only)
     labels = _labels_digest(y)
     if path.exists():
         d = json.loads(path.read_text())
@@ -410,13 +438,21 @@ def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset:
             return torch.tensor(d["correct"], dtype=torch.bool)
         log.warning("%s was computed on other examples; recomputing", path)
     t0 = time.perf_counter()
-    correct = _from_eval(eval_dir, spec, eps, subset, y)
+    bs = spec.batch_size or batch_size
+    correct = None if only is not None else _from_eval(eval_dir, spec, eps, subset, y)
     source = "pclc.evaluate" if correct is not None else "audit"
-    if correct is None:
-        correct = attack_correct(model, x, y, spec.fn, eps, batch_size, seed, **spec.params, **spec.extra)
+    if correct is None and only is None:
+        correct = attack_correct(model, x, y, spec.fn, eps, bs, seed, **spec.params, **spec.extra)
+    elif correct is None:
+        idx = only.to(x.device).nonzero().squeeze(1)
+        correct = torch.zeros(len(y), dtype=torch.bool)
+        if len(idx):
+            correct[idx.cpu()] = attack_correct(model, x[idx], y[idx], spec.fn, eps, bs, seed, **spec.params,
+                                                **spec.extra)
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"attack": spec.name, "group": spec.group, "eps": eps, "params": spec.params,
                              "source_run": spec.source_key, "subset": subset, "n": len(correct), "labels": labels,
+                             "attacked": len(y) if only is None else int(only.sum()), "batch_size": bs,
                              "accuracy": _pct(correct), "seconds": secs, "computed_by": source,
                              "provenance": provenance(x.device), "correct": correct.int().tolist()})
     log.info("%s eps=%g: %.2f%% (%.1fs)", spec.name, eps, _pct(correct), secs)
@@ -575,20 +611,46 @@ def audit_model(model, x, y, eps_list, profile: dict | None, cache_dir: Path, su
                   seed=int(p["seed"]), eval_dir=eval_dir)
     with torch.no_grad():
         clean = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, len(x), bs)]).cpu()
-    correct = {s.name: {e: run(s, eps=e) for e in eps_list} for s in specs}
+    cascade = [s for s in specs if s.group == "adaptive"] if p["cascade"] else []
+    correct = {s.name: {e: run(s, eps=e) for e in eps_list} for s in specs if s not in cascade}
+    by_name = {s.name: s for s in specs}
+    if cascade:
+        alive, broke = clean, dict.fromkeys((s.name for s in cascade), 0)
+        standalone = list(correct)
+        for e in eps_list:  # ascending: an example broken at a smaller eps is broken here too
+            alive = worst_case({"alive": alive, **{n: correct[n][e] for n in standalone}})
+            for s in cascade:
+                after = run(s, eps=e, only=alive)
+                broke[s.name] += int(alive.sum() - after.sum())
+                correct.setdefault(s.name, {})[e], alive = after, after
+        strongest = max(broke, key=broke.get)
+        state = {"alive": clean}
+
+        def cascade_at(e: float) -> torch.Tensor:  # the sweep: past the grid, the cascade on what survived
+            if e in correct[cascade[-1].name]:
+                state["alive"] = correct[cascade[-1].name][e]
+            else:
+                for s in cascade:
+                    state["alive"] = run(s, eps=e, only=state["alive"])
+            return state["alive"]
+
+        sweep_fns = {PAPER: lambda e: run(by_name[PAPER], eps=e), CASCADE: cascade_at}
+    else:
+        strongest = min((n for n in ADAPTIVE if n in correct), key=lambda n: sum(_pct(c) for c in correct[n].values()))
+        sweep_fns = {n: (lambda e, s=by_name[n]: run(s, eps=e)) for n in (PAPER, strongest)}
     acc = {n: {e: _pct(c) for e, c in d.items()} for n, d in correct.items()}
     worst = {e: _pct(worst_case({"clean": clean, **{n: d[e] for n, d in correct.items()}})) for e in eps_list}
-    strongest = min((n for n in ADAPTIVE if n in acc), key=lambda n: sum(acc[n].values()))
-    by_name = {s.name: s for s in specs}
-    sweeps = {n: eps_sweep(model, x, y, by_name[n].fn, eps_list, float(p["sweep_max_eps"]), bs,
-                           correct_fn=lambda e, s=by_name[n]: run(s, eps=e)) for n in (PAPER, strongest)}
+    sweeps = {n: eps_sweep(model, x, y, None, eps_list, float(p["sweep_max_eps"]), bs, correct_fn=f)
+              for n, f in sweep_fns.items()}
     probe = saturation_probe(model, x, y, bs)
     checks = _checks(acc, worst, sweeps, th)
     flags = {k: v[0] for k, v in checks.items()}
     evidence = verdict_evidence(probe, acc, worst, flags, reference, th)
     result = verdict(evidence, th)
     return {"n": len(y), "subset": subset, "eps": eps_list, "clean_accuracy": _pct(clean), "probe": probe,
-            "accuracy": {n: _keyed(d) for n, d in acc.items()}, "groups": {s.name: s.group for s in specs},
+            "accuracy": {n: _keyed(d) for n, d in acc.items()},
+            "groups": {s.name: s.group + (" (cascade)" if s in cascade else "") for s in specs},
+            "cascade": [s.name for s in cascade],
             "worst_case": _keyed(worst), "strongest_adaptive": strongest,
             "sweeps": {n: s for n, s in sweeps.items()}, "flags": flags,
             "flag_notes": {k: v[1] for k, v in checks.items()},
@@ -631,7 +693,7 @@ def audit_run(run: RunDir, device: torch.device, eps_list=None, profile: dict | 
                 int(ref_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes):
             raise ValueError(f"reference {reference_run.key} was trained on {ref_cfg.dataset.name}; "
                              f"{run.key} on {run_cfg.dataset.name}")
-        source = (reference_run.key, ref_model)
+        source = (reference_run.key, ref_model, reference_run.path / "audit" / "adv")
         reference = reference_level(ref_model, x, y, eps_list, profile, reference_run.path / "audit", subset,
                                     reference_run.eval)
     out = audit_model(model, x, y, eps_list, profile, run.path / "audit", subset, source, reference, run.eval,
@@ -698,6 +760,12 @@ def _model_section(a: dict, paper: dict[tuple, float]) -> list[str]:
                                                 zip(hist["edges"], hist["edges"][1:], hist["counts"])),
              "", "### Accuracy (%) under each attack", "", *_table(a, paper), "",
              f"### Eps sweeps (strongest adaptive attack: {a['strongest_adaptive']})", ""]
+    if a.get("cascade"):
+        lines[-3:-3] = [f"Adaptive attacks ran as a cascade ({' → '.join(a['cascade'])}): each attacked only the "
+                        "examples that survived every attack above it at this eps and the worst case at smaller eps "
+                        "(an adversarial example for a smaller eps is one for a larger eps too), so their rows are "
+                        "cumulative robust accuracy; the strongest adaptive attack is the one that broke the most "
+                        "examples, and the sweep runs the whole cascade past the grid.", ""]
     lines += [f"- {n}: " + ", ".join(f"{e:g} → {v:.1f}%" for e, v in zip(s["eps"], s["accuracy"]))
               for n, s in a["sweeps"].items()]
     lines += ["", "### Sanity flags", ""]
@@ -730,7 +798,7 @@ def _plot(audits: list[dict], path: Path, prov: list[str]) -> None:
     ax.set_xlabel("eps (L-inf)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title("Paper's PGD (solid) vs strongest adaptive attack (dashed)")
+    ax.set_title("Paper's PGD (solid) vs adaptive attacks (dashed)")
     ax.legend(fontsize=7)
     fig.text(0.01, 0.005, " | ".join(prov), fontsize=5)
     fig.tight_layout(rect=(0, 0.03, 1, 1))

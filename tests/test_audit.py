@@ -122,14 +122,64 @@ def test_masked_model_is_flagged_and_broken(ce_data, tmp_path):
     assert au.saturation_probe(ce, x, y)["share_zero_grad"] == 0.0
 
     reference = au.reference_level(ce, x, y, EPS, TINY, tmp_path / "ce")
-    out = au.audit_model(masked, x, y, EPS, TINY, tmp_path / "masked", reference=reference)
-    acc = {n: d["0.1"] for n, d in out["accuracy"].items()}
+    # each attack on every example: the CE attacks find no gradient, the margin-loss attacks break it
+    alone = au.audit_model(masked, x, y, EPS, {**TINY, "cascade": False}, tmp_path / "masked", reference=reference)
+    acc = {n: d["0.1"] for n, d in alone["accuracy"].items()}
     adaptive = min(acc["pgd-margin"], acc["apgd-dlr"])
-    assert acc[au.PAPER] - adaptive > 20 and acc["apgd-ce"] - adaptive > 20  # CE attacks find no gradient
-    assert out["worst_case"]["0.1"] <= reference[0.1] + 10
-    assert out["verdict"] == "artefact of gradient masking", out["verdict_reason"]
-    assert out["flags"]["paper_attack_overestimates_robustness"]
-    json.dumps(out)  # JSON-ready
+    assert acc[au.PAPER] - adaptive > 20 and acc["apgd-ce"] - adaptive > 20
+    assert alone["cascade"] == [] and alone["strongest_adaptive"] in ("pgd-margin", "apgd-dlr", "apgdt", "square")
+    # the cascade (default) reaches the same verdict
+    for out in (alone, au.audit_model(masked, x, y, EPS, TINY, tmp_path / "masked", reference=reference)):
+        assert out["worst_case"]["0.1"] <= reference[0.1] + 10
+        assert out["verdict"] == "artefact of gradient masking", out["verdict_reason"]
+        assert out["flags"]["paper_attack_overestimates_robustness"]
+        json.dumps(out)  # JSON-ready
+    assert out["cascade"] == ["pgd-margin", "pgd-ce-temp", "apgd-ce", "apgd-dlr", "apgdt"]
+    assert out["strongest_adaptive"] == "pgd-margin"  # first in line, it breaks what the CE attacks could not
+
+
+def test_cascade_attacks_only_survivors_and_nests_eps(ce_data, tmp_path):
+    model, x, y = ce_data
+    out = au.audit_model(model, x, y, [0.05, 0.1], TINY, tmp_path)
+    files = {(d["attack"], d["eps"]): d for d in map(lambda f: json.loads(f.read_text()), tmp_path.glob("*.json"))}
+    alive = None
+    for e in (0.05, 0.1):
+        before = au.worst_case({"clean": torch.tensor(files[("fgsm", e)]["correct"]) | True, **{
+            n: torch.tensor(files[(n, e)]["correct"], dtype=torch.bool) for n in out["accuracy"]
+            if n not in out["cascade"]}})
+        if alive is not None:
+            before &= alive  # broken at the smaller eps: not attacked again
+        for n in out["cascade"]:
+            d = files[(n, e)]
+            after = torch.tensor(d["correct"], dtype=torch.bool)
+            assert d["attacked"] == int(before.sum()) and not bool((after & ~before).any())
+            assert out["accuracy"][n][f"{e:g}"] == pytest.approx(100 * after.double().mean().item())
+            before = after
+        alive = before
+        assert out["worst_case"][f"{e:g}"] == pytest.approx(100 * alive.double().mean().item())
+    assert out["worst_case"]["0.1"] <= out["worst_case"]["0.05"]
+    # the sweep runs the cascade past the grid on what survived; it ends at 0 or at sweep_max_eps
+    sweep = out["sweeps"][au.CASCADE]
+    assert sweep["eps"][:2] == [0.05, 0.1] and sweep["accuracy"][:2] == [out["worst_case"]["0.05"],
+                                                                        out["worst_case"]["0.1"]]
+    assert sweep["accuracy"][-1] == 0.0 or sweep["eps"][-1] == TINY["sweep_max_eps"]
+
+
+def test_transfer_examples_are_crafted_once_per_source(ce_data, runs, tmp_path, monkeypatch):
+    ce, x, y = ce_data
+    store, _, pc = runs
+    _, pclc = load_run(RunDir(store, pc["key"]), torch.device("cpu"))
+    crafted, real = [], au._pgd
+    monkeypatch.setattr(au, "_pgd", lambda m, *a, **k: crafted.append(len(a[0])) or real(m, *a, **k))
+    spec = next(s for s in au.attack_specs(au._profile(TINY), 10, ("ce", ce, tmp_path / "adv"))
+                if s.name == "transfer-pgd")
+    first = au.attack_correct(pclc, x, y, spec.fn, 0.1, 25, **spec.params, **spec.extra)
+    assert crafted == [25, 25, 10] and len(list((tmp_path / "adv").glob("transfer-pgd-*.pt"))) == 3
+    again = au.attack_correct(pclc, x, y, spec.fn, 0.1, 25, **spec.params, **spec.extra)
+    on_ce = au.attack_correct(ce, x, y, spec.fn, 0.1, 25, **spec.params, **spec.extra)
+    assert crafted == [25, 25, 10] and torch.equal(first, again)  # read back, not crafted again
+    fresh = au.attack_correct(pclc, x, y, spec.fn, 0.1, 25, **spec.params, source=ce)  # no cache
+    assert torch.equal(first, fresh) and not torch.equal(on_ce, first)
 
 
 def test_verdict_rules():
