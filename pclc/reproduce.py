@@ -300,11 +300,13 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     """Which cells are trained and evaluated, and the predicted time of the rest from measured costs
     (``experiment=all``: every experiment's, shared work counted once)."""
     cost = Costs(Path(cfg.store), costs.load_bench(bench_path(cfg)))
-    rows, work = [], {}
+    rows, work, audited = [], {}, []
     for sub in sub_experiments(cfg) if cfg.experiment.kind == "all" else [cfg]:
         r, w = plan_items(sub, cost)
         rows += [{"experiment": sub.experiment.name, **x} for x in r]
         work.update(w)
+        if sub.experiment.kind == "audit":
+            audited += [x["key"] for x in r if x["cell"] != "-"]
     total = sum(v for v in work.values() if v is not None)
     unknown = sorted({k[1] + (f" {k[2]}" if len(k) > 2 else " training") for k, v in work.items() if v is None})
     df = pd.DataFrame(rows)
@@ -314,7 +316,12 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
           + (f", from {' and '.join(src[k] for k in sorted(cost.sources, reverse=True))}" if cost.sources else "")
           + (f"; not predicted ({len(unknown)} items, no measurement: run `make bench` on this device): "
              + ", ".join(unknown[:6]) + (" ..." if len(unknown) > 6 else "") if unknown else ""))
-    return {"cells": rows, "predicted_seconds": total, "unmeasured": unknown, "sources": sorted(cost.sources)}
+    if audited:
+        print(f"not in that figure: the audit's attacks on {len(audited)} runs (their cost depends on how many "
+              "examples survive each attack: the adaptive ones run as a cascade on survivors); finished "
+              "attacks are cached in runs/<key>/audit/")
+    return {"cells": rows, "predicted_seconds": total, "unmeasured": unknown, "sources": sorted(cost.sources),
+            "audits_not_predicted": audited}
 
 
 # ------------------------------------------------------------------------------------------

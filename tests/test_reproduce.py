@@ -98,8 +98,11 @@ def test_plan_lists_cells_and_predicts_time_from_measurements(tmp_path, capsys):
     p = reproduce(repro_cfg(tmp_path, "table1", "mnist", "plan=true"))
     assert all(c["trained"] and c["evals_missing"] == 0 for c in p["cells"]) and p["predicted_seconds"] == 0
     p = reproduce(repro_cfg(tmp_path, "table1", "mnist", "plan=true", "extra=['seed=1']"))  # new cells, measured costs
-    assert not p["unmeasured"] and p["predicted_seconds"] > 0
+    assert not p["unmeasured"] and p["predicted_seconds"] > 0 and p["audits_not_predicted"] == []
     assert "predicted time for the rest" in capsys.readouterr().out
+    p = reproduce(repro_cfg(tmp_path, "audit", "mnist", "plan=true"))  # audits: said, not counted as 0
+    assert len(p["audits_not_predicted"]) == len(p["cells"]) > 0
+    assert "not in that figure: the audit's attacks" in capsys.readouterr().out
 
 
 def test_attack_restriction_runs_only_those_and_marks_the_rest_not_run(tmp_path, monkeypatch):
