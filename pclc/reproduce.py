@@ -366,6 +366,23 @@ def out_dir(cfg: DictConfig) -> Path:
     return base if cfg.profile == "full" else base / cfg.profile
 
 
+def substitute_notes(cfg: DictConfig) -> list[str]:
+    """One line per black-box substitute the table's transfer attacks come from: its run and clean accuracy."""
+    from pclc.evaluate import substitute_cfg
+
+    subs: dict[str, str] = {}
+    for cell in experiment_cells(cfg):
+        ec = eval_cfg(cell, cfg, cfg.experiment.suite)
+        if not any(e.get("source") == "transfer" for e in ec.suite.entries):
+            continue
+        sc = substitute_cfg(train_cfg(cell, cfg), ec.eval.substitute)
+        run = RunDir(cfg.store, run_key(sc))
+        acc = f"clean test accuracy {run.read_summary()['test_accuracy']:.2f}%" if run.finished else "not trained"
+        subs[run.key] = f"substitute for `{cell.dataset}/{cell.model}`: `{cell.dataset}/{sc.model.name}/ce` → run " \
+                        f"`{run.key}` ({acc})"
+    return list(subs.values())
+
+
 def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     exp = cfg.experiment
     df = collect_table(cfg)
@@ -374,7 +391,7 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     title = f"{exp.title}" + ("" if cfg.profile == "full" else f" — {cfg.profile} profile, NOT the paper's protocol")
     cells = [f"`{c.label}` → run `{run_key(train_cfg(c, cfg))}`" for c in experiment_cells(cfg)]
     head = header(title, prov, cfg.profile, OmegaConf.to_yaml(cfg, resolve=True),
-                  notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(cells)])
+                  notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(cells), *substitute_notes(cfg)])
     folder = out_dir(cfg)
     md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
     atomic_write_text(md, head + to_markdown(df))

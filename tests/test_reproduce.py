@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -49,6 +50,13 @@ def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
         csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
         assert (csv.status == "run").all()  # every paper cell of the restricted table was computed
         assert csv.ours.between(0, 100).all()
+        substitutes = [ln for ln in text[".md"].splitlines() if ln.startswith("- substitute for")]
+        if name == "table3":  # the transfer attacks' source is named, trained, with its accuracy
+            sub = next((tmp_path / "runs").glob("*-cnn3-ce-*"))
+            assert substitutes == [f"- substitute for `mnist/lenet5`: `mnist/cnn3/ce` → run `{sub.name}` (clean test "
+                                   f"accuracy {json.loads((sub / 'summary.json').read_text())['test_accuracy']:.2f}%)"]
+        else:
+            assert substitutes == []
 
 
 def test_package_copy_of_paper_numbers_equals_shared():
