@@ -434,8 +434,12 @@ def write_audit(cfg: DictConfig, tracker=None) -> list[Path]:
         log.info("%s: %s", cell.label, audits[-1]["verdict_reason"])
     paper = [r for c in dict.fromkeys((c.dataset, c.model) for c in cells)
              for r in au._paper_rows(*c)]
-    paths = au.write_audit_report(audits, out_dir(cfg), paper, title=exp.title if cfg.profile == "full" else
-                                  f"{exp.title} — {cfg.profile} profile, NOT the full audit")
+    title = exp.title if cfg.profile == "full" else f"{exp.title} — {cfg.profile} profile, NOT the full audit"
+    listed = CONFIG_DIR / "experiment" / f"{exp.name}.yaml"
+    listed = OmegaConf.load(listed).experiment.get("methods") if listed.exists() else None
+    if listed is not None and list(exp.methods) != list(listed):
+        title += f" — methods {', '.join(exp.methods)} only (the experiment lists {', '.join(listed)})"
+    paths = au.write_audit_report(audits, out_dir(cfg), paper, title=title)
     if tracker is not None:
         import pandas as pd
 

@@ -151,3 +151,10 @@ def test_fan_out_with_submitit_local_then_assemble(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     md = (tmp_path / "results" / "tiny" / "table1.md").read_text()
     assert "not run" not in md and re.search(r"\*\*\d+\.\d\*\*", md)
+
+
+def test_audit_of_some_methods_says_so_in_its_title(tmp_path):
+    out = reproduce(repro_cfg(tmp_path, "audit", "fmnist", "experiment.methods=[ce,pclc]"))
+    md = Path(next(p for p in out["outputs"] if p.endswith(".md"))).read_text()
+    assert "methods ce, pclc only (the experiment lists ce, gce, pclc, ce+at, gce+at, pclc+at)" in md.splitlines()[0]
+    assert md.count("**Verdict:") == 2
