@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.attacks import build_attack, linf_attack
 from pclc.config import CONFIG_DIR, resolve_device
-from pclc.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
+from pclc.io import atomic_write_json, atomic_write_text, cached_tensor
 from pclc.store import RunDir, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -307,13 +307,12 @@ def transfer_pgd(model, x, y, eps: float, source=None, steps: int = 100, step_sc
         h.update(y.cpu().numpy().astype(np.int64).tobytes())
         h.update(json.dumps([float(eps), int(steps), float(step_scale), int(seed)]).encode())
         path = Path(cache_dir) / f"transfer-pgd-{h.hexdigest()[:20]}.pt"
-        if path.exists():
-            return load_tensors(path).to(x.device)
-    with _seeded(seed, x.device):
-        adv = _pgd(source, x, y, eps, int(steps), step_scale * eps / int(steps), keep_first=False)
-    if path is not None:
-        atomic_torch_save(adv.cpu(), path)
-    return adv
+
+    def run() -> torch.Tensor:
+        with _seeded(seed, x.device):
+            return _pgd(source, x, y, eps, int(steps), step_scale * eps / int(steps), keep_first=False)
+
+    return cached_tensor(path, run, x.device)
 
 
 # ------------------------------------------------------------------------------------------

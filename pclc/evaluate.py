@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.attacks import ATTACKS, build_attack, check_eps
 from pclc.config import CONFIG_DIR, resolve_device
 from pclc.data import DeviceData, load_splits
-from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
+from pclc.io import atomic_torch_save, atomic_write_json, cached_tensor, load_tensors
 from pclc.store import RunDir, provenance, run_key
 from pclc.tracking import build_tracker
 
@@ -164,18 +164,15 @@ def craft(attack, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, batch_size
     ``<lo>-<hi>.pt`` and reused: every target attacked from the same substitute gets the same examples,
     crafted once.
     """
-    path = None if cache is None else cache / f"{lo}-{hi}.pt"
-    if path is not None and path.exists():
-        return load_tensors(path).to(x.device)
-    advs = []
-    for i in range(lo, hi, batch_size):
-        xb, yb = x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)]
-        torch.manual_seed(1000 + i)  # random starts / SPSA noise: reproducible per batch
-        advs.append(attack.perturb(xb.clone(), yb).detach())
-    adv = torch.cat(advs)
-    if path is not None:
-        atomic_torch_save(adv.cpu(), path)
-    return adv
+    def run() -> torch.Tensor:
+        advs = []
+        for i in range(lo, hi, batch_size):
+            xb, yb = x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)]
+            torch.manual_seed(1000 + i)  # random starts / SPSA noise: reproducible per batch
+            advs.append(attack.perturb(xb.clone(), yb).detach())
+        return torch.cat(advs)
+
+    return cached_tensor(None if cache is None else cache / f"{lo}-{hi}.pt", run, x.device)
 
 
 def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int,

@@ -49,3 +49,13 @@ def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CorruptFileError(f"cannot read {path}: {type(e).__name__}: {e}. Delete it to recompute.") from e
+
+
+def cached_tensor(path: Path | None, compute, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``compute()``, saved atomically at ``path`` and read back from there next time (no cache if None)."""
+    if path is not None and Path(path).exists():
+        return load_tensors(path).to(device)
+    out = compute()
+    if path is not None:
+        atomic_torch_save(out.cpu(), path)
+    return out
