@@ -440,14 +440,12 @@ def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset:
     bs = spec.batch_size or batch_size
     correct = None if only is not None else _from_eval(eval_dir, spec, eps, subset, y)
     source = "pclc.evaluate" if correct is not None else "audit"
-    if correct is None and only is None:
-        correct = attack_correct(model, x, y, spec.fn, eps, bs, seed, **spec.params, **spec.extra)
-    elif correct is None:
-        idx = only.to(x.device).nonzero().squeeze(1)
+    if correct is None:
+        idx = torch.arange(len(y)) if only is None else only.cpu().nonzero().squeeze(1)
         correct = torch.zeros(len(y), dtype=torch.bool)
         if len(idx):
-            correct[idx.cpu()] = attack_correct(model, x[idx], y[idx], spec.fn, eps, bs, seed, **spec.params,
-                                                **spec.extra)
+            i = idx.to(x.device)
+            correct[idx] = attack_correct(model, x[i], y[i], spec.fn, eps, bs, seed, **spec.params, **spec.extra)
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"attack": spec.name, "group": spec.group, "eps": eps, "params": spec.params,
                              "source_run": spec.source_key, "subset": subset, "n": len(correct), "labels": labels,
