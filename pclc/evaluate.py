@@ -180,11 +180,12 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, n
     """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``.
 
     An attack's own ``batch_size`` parameter (SPSA's: it forwards ``nb_sample`` copies of each example)
-    replaces ``batch_size``. ``cache``: see :func:`craft`.
+    replaces ``batch_size``. ``cache``: a directory for :func:`craft`, suffixed here with the batch size.
     """
     if out.exists():
         return json.loads(out.read_text())
     batch_size = int(entry.params.get("batch_size", batch_size))
+    cache = None if cache is None else cache.with_name(f"{cache.name}-bs{batch_size}")
     partial = out.with_suffix(".partial.pt")
     done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
     attack = build_attack(entry.kind, crafter, entry.eps, num_classes, entry.params)
@@ -290,8 +291,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                   "provenance": prov, "records": records}
         out = run.eval / f"{e.name(None if subset is None else int(subset), precision)}.json"
         t0 = time.perf_counter()
-        cache = None if e.source != "transfer" else \
-            sub_run.path / "adv" / f"{e.name(None if subset is None else int(subset), precision)}-bs{int(e.params.get('batch_size', bs))}"
+        cache = sub_run.path / "adv" / out.stem if e.source == "transfer" else None
         r = run_entry(e, target, crafter if e.source == "transfer" else target, x, y,
                       int(run_cfg.dataset.num_classes), bs, int(cfg.eval.group_batches), out, header, cache)
         log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],

@@ -435,8 +435,8 @@ def write_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     paper = [r for c in dict.fromkeys((c.dataset, c.model) for c in cells)
              for r in au._paper_rows(*c)]
     title = exp.title if cfg.profile == "full" else f"{exp.title} — {cfg.profile} profile, NOT the full audit"
-    listed = CONFIG_DIR / "experiment" / f"{exp.name}.yaml"
-    listed = OmegaConf.load(listed).experiment.get("methods") if listed.exists() else None
+    exp_file = CONFIG_DIR / "experiment" / f"{exp.name}.yaml"
+    listed = OmegaConf.load(exp_file).experiment.get("methods") if exp_file.exists() else None
     if listed is not None and list(exp.methods) != list(listed):
         title += f" — methods {', '.join(exp.methods)} only (the experiment lists {', '.join(listed)})"
     paths = au.write_audit_report(audits, out_dir(cfg), paper, title=title)
