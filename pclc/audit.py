@@ -611,16 +611,18 @@ def audit_model(model, x, y, eps_list, profile: dict | None, cache_dir: Path, su
     cascade = [s for s in specs if s.group == "adaptive"] if p["cascade"] else []
     correct = {s.name: {e: run(s, eps=e) for e in eps_list} for s in specs if s not in cascade}
     by_name = {s.name: s for s in specs}
+    counts: dict[str, dict[str, list[int]]] = {s.name: {} for s in cascade}  # eps -> [attacked, broken]
     if cascade:
-        alive, broke = clean, dict.fromkeys((s.name for s in cascade), 0)
-        standalone = list(correct)
+        alive, standalone = clean, list(correct)
         for e in eps_list:  # ascending: an example broken at a smaller eps is broken here too
             alive = worst_case({"alive": alive, **{n: correct[n][e] for n in standalone}})
             for s in cascade:
                 after = run(s, eps=e, only=alive)
-                broke[s.name] += int(alive.sum() - after.sum())
+                counts[s.name][f"{e:g}"] = [int(alive.sum()), int(alive.sum() - after.sum())]
                 correct.setdefault(s.name, {})[e], alive = after, after
-        strongest = max(broke, key=broke.get)
+        broke = {n: sum(b for _, b in d.values()) for n, d in counts.items()}
+        # None: the standalone attacks left nothing for the adaptive ones to break
+        strongest = max(broke, key=broke.get) if any(broke.values()) else None
         state = {"alive": clean}
 
         def cascade_at(e: float) -> torch.Tensor:  # the sweep: past the grid, the cascade on what survived
@@ -647,7 +649,7 @@ def audit_model(model, x, y, eps_list, profile: dict | None, cache_dir: Path, su
     return {"n": len(y), "subset": subset, "eps": eps_list, "clean_accuracy": _pct(clean), "probe": probe,
             "accuracy": {n: _keyed(d) for n, d in acc.items()},
             "groups": {s.name: s.group + (" (cascade)" if s in cascade else "") for s in specs},
-            "cascade": [s.name for s in cascade],
+            "cascade": [s.name for s in cascade], "cascade_counts": counts,
             "worst_case": _keyed(worst), "strongest_adaptive": strongest,
             "sweeps": {n: s for n, s in sweeps.items()}, "flags": flags,
             "flag_notes": {k: v[1] for k, v in checks.items()},
@@ -743,6 +745,10 @@ def _table(a: dict, paper: dict[tuple, float]) -> list[str]:
     return lines
 
 
+def _strongest(a: dict) -> str:
+    return a["strongest_adaptive"] or "none needed (no example survived the standalone attacks)"
+
+
 def _model_section(a: dict, paper: dict[tuple, float]) -> list[str]:
     pr = a["probe"]
     hist = pr["margin_hist"]
@@ -756,13 +762,19 @@ def _model_section(a: dict, paper: dict[tuple, float]) -> list[str]:
              "- margin histogram: " + ", ".join(f"[{lo:.2g}, {hi:.2g}): {c}" for lo, hi, c in
                                                 zip(hist["edges"], hist["edges"][1:], hist["counts"])),
              "", "### Accuracy (%) under each attack", "", *_table(a, paper), "",
-             f"### Eps sweeps (strongest adaptive attack: {a['strongest_adaptive']})", ""]
+             f"### Eps sweeps (strongest adaptive attack: {_strongest(a)})", ""]
     if a.get("cascade"):
+        counts = a.get("cascade_counts", {})
+        eps = list(next(iter(counts.values()), {}))
         lines[-3:-3] = [f"Adaptive attacks ran as a cascade ({' → '.join(a['cascade'])}): each attacked only the "
                         "examples that survived every attack above it at this eps and the worst case at smaller eps "
                         "(an adversarial example for a smaller eps is one for a larger eps too), so their rows are "
                         "cumulative robust accuracy; the strongest adaptive attack is the one that broke the most "
-                        "examples, and the sweep runs the whole cascade past the grid.", ""]
+                        "examples, and the sweep runs the whole cascade past the grid.", "",
+                        "| cascade attack | " + " | ".join(f"eps {e}: attacked / broken" for e in eps) + " |",
+                        "|---" * (len(eps) + 1) + "|",
+                        *(f"| {n} | " + " | ".join(f"{c[e][0]} / {c[e][1]}" for e in eps) + " |"
+                          for n, c in counts.items()), ""]
     lines += [f"- {n}: " + ", ".join(f"{e:g} → {v:.1f}%" for e, v in zip(s["eps"], s["accuracy"]))
               for n, s in a["sweeps"].items()]
     lines += ["", "### Sanity flags", ""]
@@ -821,7 +833,7 @@ def overview(audits: list[dict], paper: dict[tuple, float]) -> list[str]:
             cells.append(("-" if ours is None else f"{ours:.1f}") + ("" if pp is None else f" ({pp:.1f})")
                          + f" / **{a['worst_case'][e]:.1f}**" if e in a["worst_case"] else "-")
         lines.append(f"| {'/'.join(map(str, key))} | `{a.get('run')}` | {a['n']} | {a['clean_accuracy']:.1f} | "
-                     + " | ".join(cells) + f" | {a['strongest_adaptive']} | **{a['verdict']}** |")
+                     + " | ".join(cells) + f" | {_strongest(a)} | **{a['verdict']}** |")
     return lines
 
 

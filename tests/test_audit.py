@@ -153,6 +153,7 @@ def test_cascade_attacks_only_survivors_and_nests_eps(ce_data, tmp_path):
             d = files[(n, e)]
             after = torch.tensor(d["correct"], dtype=torch.bool)
             assert d["attacked"] == int(before.sum()) and not bool((after & ~before).any())
+            assert out["cascade_counts"][n][f"{e:g}"] == [int(before.sum()), int(before.sum() - after.sum())]
             assert out["accuracy"][n][f"{e:g}"] == pytest.approx(100 * after.double().mean().item())
             before = after
         alive = before
@@ -222,6 +223,13 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
     assert list(df.columns) == au.CSV_COLUMNS
     assert set(df.attack) >= {"clean", au.PAPER, "worst-case", "square"} and (df.model == pc["key"]).all()
     assert csv.read_text().startswith("# command:") and png.stat().st_size > 0
+    # the cascade's attacked / broken counts are reported; with nothing broken no attack is called strongest
+    attacked, broken = first["cascade_counts"]["apgd-ce"]["0.1"]
+    assert f"| apgd-ce | {attacked} / {broken} |" in text
+    spent = {**first, "strongest_adaptive": None,
+             "cascade_counts": {n: {"0.1": [0, 0]} for n in first["cascade"]}}
+    text = au.write_audit_report([spent], tmp_path / "none", paper)[0].read_text()
+    assert "| pgd-margin | 0 / 0 |" in text and text.count("none needed (no example survived") == 2
 
 
 def test_entrypoint_config_and_report(runs, tmp_path):
