@@ -761,20 +761,20 @@ def _model_section(a: dict, paper: dict[tuple, float]) -> list[str]:
              f"- logit margin a_y - max_k!=y a_k: mean {pr['margin_mean']:.2f}, median {pr['margin_median']:.2f}",
              "- margin histogram: " + ", ".join(f"[{lo:.2g}, {hi:.2g}): {c}" for lo, hi, c in
                                                 zip(hist["edges"], hist["edges"][1:], hist["counts"])),
-             "", "### Accuracy (%) under each attack", "", *_table(a, paper), "",
-             f"### Eps sweeps (strongest adaptive attack: {_strongest(a)})", ""]
+             "", "### Accuracy (%) under each attack", "", *_table(a, paper), ""]
     if a.get("cascade"):
         counts = a.get("cascade_counts", {})
         eps = list(next(iter(counts.values()), {}))
-        lines[-3:-3] = [f"Adaptive attacks ran as a cascade ({' → '.join(a['cascade'])}): each attacked only the "
-                        "examples that survived every attack above it at this eps and the worst case at smaller eps "
-                        "(an adversarial example for a smaller eps is one for a larger eps too), so their rows are "
-                        "cumulative robust accuracy; the strongest adaptive attack is the one that broke the most "
-                        "examples, and the sweep runs the whole cascade past the grid.", "",
-                        "| cascade attack | " + " | ".join(f"eps {e}: attacked / broken" for e in eps) + " |",
-                        "|---" * (len(eps) + 1) + "|",
-                        *(f"| {n} | " + " | ".join(f"{c[e][0]} / {c[e][1]}" for e in eps) + " |"
-                          for n, c in counts.items()), ""]
+        lines += [f"Adaptive attacks ran as a cascade ({' → '.join(a['cascade'])}): each attacked only the "
+                  "examples that survived every attack above it at this eps and the worst case at smaller eps "
+                  "(an adversarial example for a smaller eps is one for a larger eps too), so their rows are "
+                  "cumulative robust accuracy; the strongest adaptive attack is the one that broke the most "
+                  "examples, and the sweep runs the whole cascade past the grid.", "",
+                  "| cascade attack | " + " | ".join(f"eps {e}: attacked / broken" for e in eps) + " |",
+                  "|---" * (len(eps) + 1) + "|",
+                  *(f"| {n} | " + " | ".join(f"{c[e][0]} / {c[e][1]}" for e in eps) + " |"
+                    for n, c in counts.items()), ""]
+    lines += [f"### Eps sweeps (strongest adaptive attack: {_strongest(a)})", ""]
     lines += [f"- {n}: " + ", ".join(f"{e:g} → {v:.1f}%" for e, v in zip(s["eps"], s["accuracy"]))
               for n, s in a["sweeps"].items()]
     lines += ["", "### Sanity flags", ""]

@@ -225,7 +225,7 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
     assert csv.read_text().startswith("# command:") and png.stat().st_size > 0
     # the cascade's attacked / broken counts are reported; with nothing broken no attack is called strongest
     attacked, broken = first["cascade_counts"]["apgd-ce"]["0.1"]
-    assert f"| apgd-ce | {attacked} / {broken} |" in text
+    assert f"| apgd-ce | {attacked} / {broken} |" in text and " |\n\nAdaptive attacks ran as a cascade" in text
     spent = {**first, "strongest_adaptive": None,
              "cascade_counts": {n: {"0.1": [0, 0]} for n in first["cascade"]}}
     text = au.write_audit_report([spent], tmp_path / "none", paper)[0].read_text()
