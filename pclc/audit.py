@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.attacks import build_attack, linf_attack
 from pclc.config import CONFIG_DIR, resolve_device
-from pclc.io import atomic_write_json, atomic_write_text, cached_tensor
+from pclc.io import atomic_savefig, atomic_write_json, atomic_write_text, cached_tensor
 from pclc.store import RunDir, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -793,25 +793,48 @@ def _csv_rows(a: dict) -> list[dict]:
     return [{"model": model, "attack": n, "eps": e, "accuracy": v} for (n, e), v in rows.items()]
 
 
-def _plot(audits: list[dict], path: Path, prov: list[str]) -> None:
+def _plot(audits: list[dict], path: Path, prov: list[str], paper: dict[tuple, float]) -> None:
+    """One panel per model (shared axes): the paper's PGD (solid; stars: the paper's own numbers) and the
+    strongest adaptive attack (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, a in enumerate(audits):
+    reported = []  # per model: (eps, the paper's PGD accuracy)
+    for a in audits:
+        key = (a.get("dataset"), a.get("model"), a.get("method", a.get("loss")), PAPER)
+        reported.append([(e, paper[(*key, f"{e:g}")]) for e in a["eps"] if (*key, f"{e:g}") in paper])
+    top = max([v for a in audits for s in a["sweeps"].values() for v in s["accuracy"]]
+              + [v for r in reported for _, v in r], default=0.0)
+    cols = min(3, len(audits))
+    rows = -(-len(audits) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, a, r in zip(axes.flat, audits, reported):
         for n, s in a["sweeps"].items():
-            ax.plot(s["eps"], s["accuracy"], marker="o", color=f"C{i}", linestyle="-" if n == PAPER else "--",
-                    label=f"{a.get('method', a.get('loss', a.get('run')))}: {n}")
-    ax.set_xlabel("eps (L-inf)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title("Paper's PGD (solid) vs adaptive attacks (dashed)")
-    ax.legend(fontsize=7)
-    fig.text(0.01, 0.005, " | ".join(prov), fontsize=5)
+            solid = n == PAPER
+            ax.plot(s["eps"], s["accuracy"], marker="o" if solid else "x", linestyle="-" if solid else "--",
+                    color="C0" if solid else "C3", label=n)
+        if r:
+            ax.plot(*zip(*r), marker="*", markersize=9, linestyle="none", color="k", label="the paper's PGD")
+        ax.set_title(f"{a.get('method', a.get('loss', a.get('run')))}: {a['verdict']}", fontsize=8)
+        ax.set_ylim(-1, min(100.0, top + 5))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(audits):
+            ax.set_visible(False)
+        elif i + cols >= len(audits):  # the lowest panel of its column
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("eps (L-inf)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    fig.suptitle("Paper's PGD (solid; stars: the paper's numbers) vs the strongest adaptive attack (dashed)",
+                 fontsize=10)
+    fig.text(0.01, 0.005, " | ".join(prov), fontsize=4)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=120, metadata={"Description": "; ".join(prov)})
+    atomic_savefig(fig, path, dpi=120, metadata={"Description": "; ".join(prov)})
     plt.close(fig)
 
 
@@ -860,7 +883,7 @@ def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict]
     atomic_write_text(paths[0], "\n".join(md))
     csv = pd.DataFrame([r for a in audits for r in _csv_rows(a)], columns=CSV_COLUMNS)
     atomic_write_text(paths[1], "".join(f"# {p}\n" for p in prov) + csv.to_csv(index=False))
-    _plot(audits, paths[2], prov)
+    _plot(audits, paths[2], prov, paper)
     return paths
 
 

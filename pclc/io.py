@@ -39,6 +39,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
 
+def atomic_savefig(fig, path: Path, **kwargs) -> None:
+    """``fig.savefig`` to ``path`` atomically (format from the suffix)."""
+    _atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip("."), **kwargs))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -190,3 +190,29 @@ def test_gap_stats(trained, tmp_path):
     out = plot_gaps({"CE": g, "PC+LC": np.clip(g + 0.1, -1, 1)}, tmp_path / "gaps.png", "probability gaps")
     w, h = (int(v * gaps.DPI) for v in gaps.FIG_SIZE)
     check_png(out, h, w)
+
+
+def test_figures_are_written_atomically(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pclc.io import atomic_savefig
+
+    path = tmp_path / "f.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    atomic_savefig(fig, path, dpi=50)
+    before = path.read_bytes()
+    assert before.startswith(PNG) and mpimg.imread(path).shape[:2] == (240, 320)  # 6.4 x 4.8 in at 50 dpi
+
+    def half_then_fail(f, **kw):
+        f.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    fig.savefig = half_then_fail
+    with pytest.raises(OSError, match="disk full"):
+        atomic_savefig(fig, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["f.png"]
+    plt.close(fig)

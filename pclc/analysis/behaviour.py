@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pclc.io import atomic_savefig
+
 RANKS = (2, 3, 4, 5)
 ORDINAL = {2: "2nd", 3: "3rd", 4: "4th", 5: "5th"}
 PANEL_SIZE = (5.0, 4.0)  # inches per subplot; figures are saved at DPI without tight cropping
@@ -100,6 +102,6 @@ def plot_behaviour(panels: list[tuple[str, list[dict]]], path, title: str) -> Pa
                title="adversarial prediction = clean sample's ...", title_fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=DPI)
+    atomic_savefig(fig, path, dpi=DPI)
     plt.close(fig)
     return Path(path)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pclc.io import atomic_savefig
 from pclc.metrics import probability_gap
 
 BINS, RANGE = 40, (-1.0, 1.0)
@@ -58,6 +59,6 @@ def plot_gaps(series: dict[str, np.ndarray], path, title: str) -> Path:
     ax.set(xlim=RANGE, xlabel=r"probability gap $p_y - \max_{k \neq y} p_k$", ylabel="# examples", title=title)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    atomic_savefig(fig, path, dpi=DPI)
     plt.close(fig)
     return Path(path)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pclc.analysis.gaps import as_input
+from pclc.io import atomic_savefig
 
 PANEL_SIZE = (5.0, 5.0)  # inches per subplot; figures are saved at DPI without tight cropping
 DPI = 150
@@ -105,6 +106,6 @@ def plot_tsne(panels: list[dict], path, title: str) -> Path:
         fig.colorbar(sc, ax=axes[0, -1], label="class")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    atomic_savefig(fig, path, dpi=DPI)
     plt.close(fig)
     return Path(path)
