@@ -50,6 +50,7 @@ from pclc.attacks import build_attack, linf_attack
 from pclc.config import CONFIG_DIR, resolve_device
 from pclc.io import atomic_savefig, atomic_write_json, atomic_write_text, cached_tensor
 from pclc.store import RunDir, provenance, run_key
+from pclc.tables import config_block
 
 log = logging.getLogger(__name__)
 
@@ -861,7 +862,8 @@ def overview(audits: list[dict], paper: dict[tuple, float]) -> list[str]:
 
 
 def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict] | None = None,
-                       title: str = "Robustness audit: adaptive attacks and gradient masking") -> list[Path]:
+                       title: str = "Robustness audit: adaptive attacks and gradient masking",
+                       config_yaml: str | None = None) -> list[Path]:
     """``audit.md`` (per model: probe, accuracy table with the paper's numbers, worst case, flags, verdict),
     ``audit.csv`` (long: model, attack, eps, accuracy) and ``audit_eps.png``; each opens with provenance."""
     import pandas as pd
@@ -876,7 +878,7 @@ def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict]
           f"- thresholds (accuracy points; shares 0-1): {json.dumps(th)}",
           f"- attack budgets: {json.dumps(audits[0]['profile']) if audits else '-'}",
           f"- verdict rules: {' '.join(verdict.__doc__.replace('``', '`').replace(':func:', '').split())}", "",
-          *overview(audits, paper), ""]
+          *(config_block(config_yaml) if config_yaml else []), *overview(audits, paper), ""]
     for a in audits:
         md += _model_section(a, paper)
     paths = [out_dir / "audit.md", out_dir / "audit.csv", out_dir / "audit_eps.png"]
@@ -952,7 +954,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     audits = [audit_run(run, device, reference_run=ref_run, **kw)]
     if ref_run is not None and a.include_reference:
         audits.append(audit_run(ref_run, device, **kw))
-    files = write_audit_report(audits, Path(a.out_dir), _paper_rows(cfg.dataset.name, cfg.model.name))
+    files = write_audit_report(audits, Path(a.out_dir), _paper_rows(cfg.dataset.name, cfg.model.name),
+                               config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
     for x in audits:
         log.info("%s: %s", x["run"], x["verdict_reason"])
     return {"audits": audits, "files": [str(f) for f in files]}

@@ -439,7 +439,8 @@ def write_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     listed = OmegaConf.load(exp_file).experiment.get("methods") if exp_file.exists() else None
     if listed is not None and list(exp.methods) != list(listed):
         title += f" — methods {', '.join(exp.methods)} only (the experiment lists {', '.join(listed)})"
-    paths = au.write_audit_report(audits, out_dir(cfg), paper, title=title)
+    paths = au.write_audit_report(audits, out_dir(cfg), paper, title=title,
+                                  config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
     if tracker is not None:
         import pandas as pd
 

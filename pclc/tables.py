@@ -92,6 +92,10 @@ def header(title: str, prov: dict[str, Any], protocol: str, config_yaml: str, no
              f"- torch: {prov['torch']}", f"- date: {prov['date']}",
              "- cells: **ours** (paper, ours − paper); accuracy in % on the test set"]
     lines += [f"- {n}" for n in notes]
-    lines += ["", "<details><summary>resolved config</summary>", "", "```yaml", config_yaml.rstrip(), "```",
-              "", "</details>", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *config_block(config_yaml)]) + "\n"
+
+
+def config_block(config_yaml: str) -> list[str]:
+    """The resolved config as a collapsed markdown block."""
+    return ["<details><summary>resolved config</summary>", "", "```yaml", config_yaml.rstrip(), "```", "",
+            "</details>", ""]

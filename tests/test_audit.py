@@ -242,6 +242,9 @@ def test_entrypoint_config_and_report(runs, tmp_path):
     assert [a["run"] for a in out["audits"]] == [pc["key"], ce["key"]]  # the target, then its CE reference
     assert out["audits"][0]["transfer_source"] == ce["key"] and out["audits"][1]["transfer_source"] is None
     assert sorted(Path(f).name for f in out["files"]) == ["audit.csv", "audit.md", "audit_eps.png"]
+    md = next(Path(f) for f in out["files"] if f.endswith("audit.md")).read_text()
+    assert "<details><summary>resolved config</summary>" in md and f"store: {store}" in md
+    assert md.index("resolved config") < md.index("## Verdicts")
     with pytest.raises(ValueError, match="unknown audit profile keys"):
         au._profile({"steps": 3})
 

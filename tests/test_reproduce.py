@@ -158,3 +158,4 @@ def test_audit_of_some_methods_says_so_in_its_title(tmp_path):
     md = Path(next(p for p in out["outputs"] if p.endswith(".md"))).read_text()
     assert "methods ce, pclc only (the experiment lists ce, gce, pclc, ce+at, gce+at, pclc+at)" in md.splitlines()[0]
     assert md.count("**Verdict:") == 2
+    assert "<details><summary>resolved config</summary>" in md and "- pclc\n" in md  # the reproduce config
