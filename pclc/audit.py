@@ -884,7 +884,10 @@ def write_audit_report(audits: list[dict], out_dir: Path, paper_rows: list[dict]
     paths = [out_dir / "audit.md", out_dir / "audit.csv", out_dir / "audit_eps.png"]
     atomic_write_text(paths[0], "\n".join(md))
     csv = pd.DataFrame([r for a in audits for r in _csv_rows(a)], columns=CSV_COLUMNS)
-    atomic_write_text(paths[1], "".join(f"# {p}\n" for p in prov) + csv.to_csv(index=False))
+    config = [f"attack budgets: {json.dumps(audits[0]['profile']) if audits else '-'}", f"thresholds: {json.dumps(th)}"]
+    if config_yaml:
+        config.append(f"resolved config: in {paths[0].name}")
+    atomic_write_text(paths[1], "".join(f"# {p}\n" for p in [*prov, *config]) + csv.to_csv(index=False))
     _plot(audits, paths[2], prov, paper)
     return paths
 

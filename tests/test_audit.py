@@ -245,6 +245,8 @@ def test_entrypoint_config_and_report(runs, tmp_path):
     md = next(Path(f) for f in out["files"] if f.endswith("audit.md")).read_text()
     assert "<details><summary>resolved config</summary>" in md and f"store: {store}" in md
     assert md.index("resolved config") < md.index("## Verdicts")
+    csv = next(Path(f) for f in out["files"] if f.endswith("audit.csv")).read_text()
+    assert "# attack budgets: {" in csv and "# resolved config: in audit.md" in csv
     with pytest.raises(ValueError, match="unknown audit profile keys"):
         au._profile({"steps": 3})
 
