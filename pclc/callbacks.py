@@ -1,12 +1,15 @@
-"""Hydra callbacks."""
+"""Hydra job helpers: one job of a sweep that fails is recorded and the sweep goes on; at the end the
+failures are listed and the sweep exits non-zero."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,3 +25,23 @@ class ReportFailures(Callback):
                 d = json.loads(f.read_text())
                 log.error("job %s %s failed: %s", d["job"], " ".join(d["overrides"]), d["error"])
             raise SystemExit(f"{len(failures)} job(s) of the sweep failed; the others finished (see {folder})")
+
+
+def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
+    """Run one job; in a multirun a failure is recorded and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from pclc.config import hydra_choices
+    from pclc.io import atomic_write_json
+
+    try:
+        return fn(hydra_choices(cfg))
+    except Exception as e:
+        hc = HydraConfig.get() if HydraConfig.initialized() else None
+        if hc is None or hc.mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job %s failed; the sweep goes on", hc.job.num)
+        atomic_write_json(Path(hc.sweep.dir) / "failures" / f"job{hc.job.num}.json",
+                          {"job": hc.job.num, "overrides": list(hc.overrides.task), "error": f"{type(e).__name__}: {e}"})
+        return {"failed": True, "error": str(e)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.data import LOADERS
 from pclc.models import check_model_fits
@@ -30,11 +30,58 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
         if len(_COMPOSED) > 1024:
             _COMPOSED.clear()
         if GlobalHydra.instance().is_initialized():  # inside a Hydra app: same search path (configs/)
-            _COMPOSED[key] = hydra_compose(config_name=config_name, overrides=list(key[1]))
+            full = hydra_compose(config_name=config_name, overrides=list(key[1]), return_hydra_config=True)
         else:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-                _COMPOSED[key] = hydra_compose(config_name=config_name, overrides=list(key[1]))
+                full = hydra_compose(config_name=config_name, overrides=list(key[1]), return_hydra_config=True)
+        choices = {g: full.hydra.runtime.choices[g] for g in ("dataset", "model", "loss", "trainer")
+                   if g in full.hydra.runtime.choices}
+        with open_dict(full):
+            del full["hydra"]
+            if choices and config_name in ("train", "evaluate", "audit"):
+                full.choices = choices  # the config chosen in each group (a run's config.yaml records it)
+        _COMPOSED[key] = full
     return copy.deepcopy(_COMPOSED[key])
+
+
+def group_config(group: str, name: str) -> DictConfig:
+    """One config of a group (``configs/<group>/<name>.yaml``) as Hydra composes it into ``train``: its
+    interpolations (``${dataset.num_classes}``) stay unresolved, to resolve in the config it joins."""
+    known = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    if name not in known:
+        raise ValueError(f"unknown {group} config {name!r}; known: {known}")
+    add = "" if group in ("dataset", "model", "loss", "trainer", "logger") else "+"  # groups train.yaml lacks
+    return compose("train", [f"{add}{group}={name}"])[group]
+
+
+def variant(cfg: DictConfig, *, loss: str | None = None, model: str | None = None, trainer: str | None = None,
+            values: dict | None = None) -> DictConfig:
+    """The one way to derive a config: ``cfg`` with whole groups swapped for other configs of the group (the
+    warm-up's loss, the black-box substitute's model, the audit reference's trainer), composed by Hydra, and
+    ``values`` set at dotted keys. A swapped group's own overrides are not carried over (they were for
+    another config); everything else (data, seed, store, other groups) is ``cfg``'s."""
+    out = cfg.copy()
+    with open_dict(out):
+        for group, name in (("loss", loss), ("model", model), ("trainer", trainer)):
+            if name is not None:
+                out[group] = group_config(group, name)
+        for key, value in (values or {}).items():
+            OmegaConf.update(out, key, value, force_add=True)
+        if out.get("choices") is not None:
+            out.choices.update({g: n for g, n in (("loss", loss), ("model", model), ("trainer", trainer)) if n})
+    return out
+
+
+def hydra_choices(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the config chosen in each group recorded under ``choices`` (inside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return cfg
+    runtime = HydraConfig.get().runtime.choices
+    with open_dict(cfg):
+        cfg.choices = {g: runtime[g] for g in ("dataset", "model", "loss", "trainer") if g in runtime}
+    return cfg
 
 
 def validate_data_model(cfg: DictConfig) -> None:

@@ -298,3 +298,14 @@ def build_data(cfg, device: torch.device | str) -> tuple[DeviceData, DeviceData]
     """Train (with the dataset's device-side augmentation) and test splits on ``device``."""
     train, test = load_splits(cfg)
     return DeviceData(train, device, build_augment(cfg.get("augment"))), DeviceData(test, device)
+
+
+def eval_tensors(cfg, subset: int | None, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split of dataset config ``cfg`` (its first ``subset`` examples, class-balanced; None = all) as
+    float images in [0, 1] and labels on ``device``: what every evaluation attacks."""
+    if subset is not None and int(subset) <= 0:
+        raise ValueError(f"the test subset must be a positive number of examples, got {subset}")
+    d = cfg.copy()
+    d.subset = {"train": None, "test": None if subset is None else int(subset)}
+    _, test = load_splits(d)
+    return test.x.to(device).float() / 255, test.y.to(device)

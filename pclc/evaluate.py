@@ -1,7 +1,8 @@
 """Evaluation: clean accuracy and accuracy under each (attack, eps, source) of a suite, per-run JSON.
 
 ``python -m pclc.evaluate dataset=fmnist model=lenet5 loss=pclc attack/suite=table1`` evaluates the
-finished run that the training config names; ``run_dir=runs/<key>`` evaluates a run directory.
+finished run that the training config names; ``run_dir=runs/<key>`` evaluates a run directory. A suite's
+attack budgets are Hydra config (``suite.attacks.pgd.nb_iter=100``).
 Results go to ``runs/<key>/eval/<source>-<attack>-eps<eps>[-sub<N>]-<hash>.json``, with the attack's
 parameters, example count, seconds, device and per-example records (label, clean prediction, clean
 top-5 classes, adversarial prediction). Finished files are reused; an interrupted attack resumes
@@ -20,14 +21,15 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.attacks import ATTACKS, build_attack, check_eps
-from pclc.config import CONFIG_DIR, resolve_device
-from pclc.data import DeviceData, load_splits
+from pclc.attacks import attack_entry, build_attack, check_eps
+from pclc.config import resolve_device, variant
+from pclc.data import eval_tensors
 from pclc.io import atomic_torch_save, atomic_write_json, cached_tensor, load_tensors
-from pclc.store import RunDir, provenance, run_key
+from pclc.metrics import predict
+from pclc.registry import params_of
+from pclc.store import RunDir, load_run, provenance, run_key
 from pclc.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,12 @@ log = logging.getLogger(__name__)
 class Entry:
     """One cell of a suite: an attack config at one eps, white-box or transferred from the substitute."""
 
-    config: str                 # file in configs/attack/
-    kind: str                   # advertorch attack (fgsm, bim, pgd, mim, cw, spsa)
+    config: str                 # the attack config's name (configs/attack/<config>.yaml)
+    kind: str                   # the registered attack (fgsm, bim, pgd, mim, cw, spsa)
     eps: float | None
     source: str                 # white | transfer
     params: dict = field(hash=False, compare=False)
+    attack: dict = field(hash=False, compare=False, default_factory=dict)  # the config to build it from
 
     def name(self, subset: int | None, precision: str = "fp32") -> str:
         eps = "" if self.eps is None else f"-eps{self.eps:g}"
@@ -50,16 +53,21 @@ class Entry:
         return f"{self.source}-{self.config}{eps}{sub}-{digest}"
 
 
-def attack_cfg(name: str) -> DictConfig:
-    path = CONFIG_DIR / "attack" / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in (CONFIG_DIR / "attack").glob("*.yaml"))
-        raise ValueError(f"unknown attack config {name!r}; known: {known}")
-    return OmegaConf.load(path)
+def _grid(eps, dataset: DictConfig, attack: str) -> list:
+    if eps == "dataset":
+        return list(dataset.eps)
+    if eps is None:
+        return [None]
+    if isinstance(eps, DictConfig):
+        if dataset.family not in eps:
+            raise ValueError(f"suite entry {attack} has no eps for family {dataset.family!r}")
+        return list(eps[dataset.family])
+    return list(eps)
 
 
 def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -> list[Entry]:
-    """Suite entries -> (attack, eps, source) cells for ``dataset``; refuses a suite for another family.
+    """Suite entries -> (attack, eps, source) cells for ``dataset``; refuses a suite for another family and
+    any attack config that names no registered attack or sets a parameter it does not take.
 
     ``param_overrides`` ({attack config: {param: value}}) changes attack budgets (tiny smoke profiles);
     the parameters used are recorded in each result and its file name's hash.
@@ -68,33 +76,26 @@ def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -
     if families and dataset.family not in families:
         raise ValueError(f"this attack suite is for {families} datasets; {dataset.name} is {dataset.family!r} "
                          f"(its eps grid is {list(dataset.eps)})")
+    attacks = suite.get("attacks") or {}
     out = []
     for e in suite.entries:
-        a = attack_cfg(e.attack)
-        if a.name not in ATTACKS:
-            raise ValueError(f"attack config {e.attack}: unknown attack {a.name!r}")
+        if e.attack not in attacks:
+            raise ValueError(f"suite entry {e.attack!r} has no attack config (the suite's defaults list "
+                             f"`/attack@attacks.{e.attack}: {e.attack}`); known: {sorted(attacks)}")
+        cfg = {**OmegaConf.to_container(attacks[e.attack], resolve=True),
+               **dict((param_overrides or {}).get(e.attack, {}))}
+        try:
+            spec = attack_entry(cfg)
+        except ValueError as err:
+            raise ValueError(f"attack config {e.attack}: {err}") from None
         source = e.get("source") or "white"
         if source not in ("white", "transfer"):
             raise ValueError(f"attack source must be white or transfer, got {source!r}")
-        eps = e.get("eps")
-        if eps == "dataset":
-            grid = list(dataset.eps)
-        elif eps is None:
-            grid = [None]
-        elif isinstance(eps, DictConfig):
-            if dataset.family not in eps:
-                raise ValueError(f"suite entry {e.attack} has no eps for family {dataset.family!r}")
-            grid = list(eps[dataset.family])
-        else:
-            grid = list(eps)
-        bounded = ATTACKS[a.name][1]
-        for v in grid:
-            if bounded and v is None:
+        for v in _grid(e.get("eps"), dataset, e.attack):
+            if spec.meta["bounded"] and v is None:
                 raise ValueError(f"attack {e.attack} needs eps")
             check_eps(v, e.attack)
-            params = OmegaConf.to_container(a.params, resolve=True)
-            params.update((param_overrides or {}).get(e.attack, {}))
-            out.append(Entry(e.attack, a.name, None if v is None else float(v), source, params))
+            out.append(Entry(e.attack, spec.name, None if v is None else float(v), source, params_of(cfg), cfg))
     return out
 
 
@@ -119,44 +120,16 @@ def with_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return Autocast(model) if precision == "bf16" else model
 
 
-def _freeze(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, and no weight gradients (advertorch would otherwise compute them every step)."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Module]:
-    """The resolved config and the trained model of a finished run."""
-    if not run.finished:
-        raise ValueError(f"run {run.key} is not finished (no {run.summary}); train it first with pclc.train")
-    cfg = OmegaConf.create(OmegaConf.load(run.config).resolved)
-    model = instantiate(cfg.model)
-    model.load_state_dict(load_tensors(run.model))
-    return cfg, _freeze(model.to(device))
-
-
 def substitute_cfg(cfg: DictConfig, substitutes: DictConfig) -> DictConfig:
-    """The black-box substitute's training config: same data, trainer and seed; CE; the mapped model."""
+    """The black-box substitute's training config: same data, trainer (without adversarial training) and
+    seed; CE; the mapped model (``eval.substitute``)."""
     if cfg.model.name not in substitutes:
         raise ValueError(f"no black-box substitute is defined for model {cfg.model.name!r} "
                          f"(eval.substitute maps {dict(substitutes)})")
-    sub = cfg.copy()
-    sub.model = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "model" / f"{substitutes[cfg.model.name]}.yaml"),
-                                {"num_classes": cfg.dataset.num_classes, "in_channels": cfg.dataset.channels,
-                                 "input_size": cfg.dataset.size})
-    sub.loss = OmegaConf.load(CONFIG_DIR / "loss" / "ce.yaml")
-    sub.trainer.adversarial = None
-    return sub
+    return variant(cfg, model=substitutes[cfg.model.name], loss="ce", values={"trainer.adversarial": None})
 
 
-@torch.no_grad()
-def _predict(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def craft(attack, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, batch_size: int,
+def craft(attack, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, lo: int, hi: int, batch_size: int,
           cache: Path | None = None) -> torch.Tensor:
     """Adversarial examples for ``x[lo:hi]``, batch by batch (batch at offset i seeded 1000 + i).
 
@@ -165,17 +138,13 @@ def craft(attack, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, batch_size
     crafted once.
     """
     def run() -> torch.Tensor:
-        advs = []
-        for i in range(lo, hi, batch_size):
-            xb, yb = x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)]
-            torch.manual_seed(1000 + i)  # random starts / SPSA noise: reproducible per batch
-            advs.append(attack.perturb(xb.clone(), yb).detach())
-        return torch.cat(advs)
+        return torch.cat([attack(model, x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)], eps, 1000 + i)
+                          for i in range(lo, hi, batch_size)])
 
     return cached_tensor(None if cache is None else cache / f"{lo}-{hi}.pt", run, x.device)
 
 
-def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int,
+def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, batch_size: int,
               group_batches: int, out: Path, header: dict[str, Any], cache: Path | None = None) -> dict[str, Any]:
     """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``.
 
@@ -188,14 +157,14 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, n
     cache = None if cache is None else cache.with_name(f"{cache.name}-bs{batch_size}")
     partial = out.with_suffix(".partial.pt")
     done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
-    attack = build_attack(entry.kind, crafter, entry.eps, num_classes, entry.params)
+    attack = build_attack(entry.attack)
     n = len(y)
     step = batch_size * group_batches
     while done["n"] < n:
         t0 = time.perf_counter()
         lo, hi = done["n"], min(done["n"] + step, n)
-        adv = craft(attack, x, y, lo, hi, batch_size, cache)
-        pred = _predict(target, adv, batch_size).argmax(1)
+        adv = craft(attack, crafter, x, y, entry.eps, lo, hi, batch_size, cache)
+        pred = predict(target, adv, batch_size).argmax(1)
         linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
         done = {"n": hi, "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
                 "linf": done["linf"] + linf.cpu().tolist(),
@@ -235,50 +204,52 @@ def sanity_warnings(results: list[dict[str, Any]]) -> list[str]:
     return warn
 
 
+def _substitute(cfg: DictConfig, run: RunDir, run_cfg: DictConfig, device) -> tuple[RunDir, torch.nn.Module]:
+    """The black-box substitute's run (trained through the run store when missing) and its model."""
+    if cfg.eval.get("substitute_run"):
+        sub_run = RunDir.at(cfg.eval.substitute_run)
+    else:
+        sc = substitute_cfg(run_cfg, cfg.eval.substitute)
+        sub_run = RunDir(run.path.parent, run_key(sc))
+        if not sub_run.finished:
+            from pclc.train import train
+
+            log.info("training the black-box substitute %s", sub_run.key)
+            train(OmegaConf.merge(sc, {"store": str(sub_run.path.parent), "logger": cfg.logger}))
+    sub_cfg, model = load_run(sub_run, device)
+    if int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes) or \
+            sub_cfg.dataset.name != run_cfg.dataset.name:
+        raise ValueError(f"substitute {sub_run.key} was trained on {sub_cfg.dataset.name} with "
+                         f"{sub_cfg.dataset.num_classes} classes; the target uses {run_cfg.dataset.name} with "
+                         f"{run_cfg.dataset.num_classes}")
+    return sub_run, model
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one finished run under ``cfg.suite``; returns clean and per-cell accuracies."""
     device = resolve_device(cfg.device)
-    run = RunDir(Path(cfg.run_dir).parent, Path(cfg.run_dir).name) if cfg.get("run_dir") else \
-        RunDir(cfg.store, run_key(cfg))
+    run = RunDir.at(cfg.run_dir) if cfg.get("run_dir") else RunDir(cfg.store, run_key(cfg))
     if not run.path.exists():
         raise ValueError(f"no run {run.key} in {run.path.parent}; train it first: python -m pclc.train "
                          f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
     precision = cfg.eval.get("precision") or "fp32"
+    subset = cfg.eval.get("subset")
+    if subset is not None and int(subset) <= 0:
+        raise ValueError(f"eval.subset must be a positive number of test examples, got {subset}")
+    subset = None if subset is None else int(subset)
     run_cfg, target = load_run(run, device)
     target = with_precision(target, precision)
     run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
     entries = expand_suite(cfg.suite, run_cfg.dataset, cfg.eval.get("param_overrides"))
-    subset = cfg.eval.get("subset")
-    if subset is not None and int(subset) <= 0:
-        raise ValueError(f"eval.subset must be a positive number of test examples, got {subset}")
 
-    crafter = target
-    sub_run = None
+    crafter, sub_run = target, None
     if any(e.source == "transfer" for e in entries):
-        sub_run = RunDir(Path(cfg.eval.substitute_run).parent, Path(cfg.eval.substitute_run).name) \
-            if cfg.eval.get("substitute_run") else RunDir(run.path.parent,
-                                                          run_key(substitute_cfg(run_cfg, cfg.eval.substitute)))
-        if cfg.eval.get("substitute_run") is None and not sub_run.finished:
-            from pclc.train import train
+        sub_run, sub_model = _substitute(cfg, run, run_cfg, device)
+        crafter = with_precision(sub_model, precision)
 
-            log.info("training the black-box substitute %s", sub_run.key)
-            train(OmegaConf.merge(substitute_cfg(run_cfg, cfg.eval.substitute), {"store": str(sub_run.path.parent),
-                                                                                  "logger": cfg.logger}))
-        sub_cfg, crafter_model = load_run(sub_run, device)
-        if int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes) or \
-                sub_cfg.dataset.name != run_cfg.dataset.name:
-            raise ValueError(f"substitute {sub_run.key} was trained on {sub_cfg.dataset.name} with "
-                             f"{sub_cfg.dataset.num_classes} classes; the target uses {run_cfg.dataset.name} with "
-                             f"{run_cfg.dataset.num_classes}")
-        crafter = with_precision(crafter_model, precision)
-
-    test_cfg = run_cfg.dataset.copy()
-    test_cfg.subset = {"train": None, "test": None if subset is None else int(subset)}
-    _, test = load_splits(test_cfg)
-    data = DeviceData(test, device)
-    x, y = data.x.float() / 255, data.y
+    x, y = eval_tensors(run_cfg.dataset, subset, device)
     bs = int(cfg.eval.batch_size)
-    logits = _predict(target, x, bs)
+    logits = predict(target, x, bs)
     top5 = logits.topk(min(5, logits.shape[1]), 1).indices
     clean_acc = 100.0 * float((logits.argmax(1) == y).float().mean())
     records = {"label": y.cpu().tolist(), "clean_pred": logits.argmax(1).cpu().tolist(),
@@ -286,14 +257,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     prov = provenance(device)
     results = []
     for e in entries:
-        header = {"run": run.key, "substitute": sub_run.key if e.source == "transfer" else None, "precision": precision,
+        transfer = e.source == "transfer"
+        header = {"run": run.key, "substitute": sub_run.key if transfer else None, "precision": precision,
                   "subset": subset, "clean_accuracy": clean_acc, "device": prov["device"],
                   "provenance": prov, "records": records}
-        out = run.eval / f"{e.name(None if subset is None else int(subset), precision)}.json"
+        out = run.eval / f"{e.name(subset, precision)}.json"
         t0 = time.perf_counter()
-        cache = sub_run.path / "adv" / out.stem if e.source == "transfer" else None
-        r = run_entry(e, target, crafter if e.source == "transfer" else target, x, y,
-                      int(run_cfg.dataset.num_classes), bs, int(cfg.eval.group_batches), out, header, cache)
+        r = run_entry(e, target, crafter if transfer else target, x, y, bs, int(cfg.eval.group_batches), out, header,
+                      sub_run.adv / out.stem if transfer else None)
         log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],
                  clean_acc, time.perf_counter() - t0)
         results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})
@@ -309,7 +280,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from pclc.train import run_job
+    from pclc.callbacks import run_job
 
     return run_job(evaluate, cfg)
 

@@ -15,12 +15,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.attacks import build_attack
-from pclc.config import resolve_device
-from pclc.data import load_splits
-from pclc.evaluate import evaluate, load_run
+from pclc.config import group_config, resolve_device
+from pclc.data import eval_tensors
+from pclc.evaluate import evaluate
+from pclc.experiment import eval_cfg, out_dir, train_cfg
 from pclc.io import atomic_write_json, atomic_write_text
-from pclc.store import RunDir, provenance, run_key
-from pclc.tables import paper_gaps
+from pclc.paper_data import paper_gaps
+from pclc.store import RunDir, load_run, provenance, provenance_lines, run_key
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +33,17 @@ def _grid(spec: DictConfig) -> list[float]:
     return [round(float(spec.start) + i * float(spec.step), 6) for i in range(n)]
 
 
-def _test_tensors(run_cfg: DictConfig, cfg: DictConfig, subset: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    d = run_cfg.dataset.copy()
-    d.subset = {"train": None, "test": subset}
-    _, test = load_splits(d)
-    return test.x.to(device).float() / 255, test.y.to(device)
-
-
 def _load_cell(cell, cfg: DictConfig, device, subset: int | None):
     """A cell's finished run: its key, frozen model and test tensors (``subset`` first images, balanced)."""
-    from pclc.reproduce import train_cfg
-
     tc = train_cfg(cell, cfg)
     run = RunDir(cfg.store, run_key(tc))
     run_cfg, model = load_run(run, device)
     run_cfg.dataset.root = tc.dataset.root
-    x, y = _test_tensors(run_cfg, cfg, subset, device)
+    x, y = eval_tensors(run_cfg.dataset, subset, device)
     return run, run_cfg, model, x, y
 
 
 def _figure_path(cfg: DictConfig, name: str) -> Path:
-    from pclc.reproduce import out_dir
-
     path = out_dir(cfg) / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -63,9 +53,8 @@ def _caption(path: Path, title: str, runs: dict[str, str], cfg: DictConfig, extr
     prov = provenance(resolve_device(cfg.device))
     lines = [f"{path.name}: {title}", f"protocol: {cfg.profile}" + ("" if cfg.profile == "full" else
                                                                       " (NOT the paper's protocol)"),
-             *[f"run {k}: {v}" for k, v in runs.items()], *extra,
-             f"command: {prov['command']}", f"commit: {prov['commit']}", f"device: {prov['device']}",
-             f"date: {prov['date']}", "config (experiment, resolved):",
+             *[f"run {k}: {v}" for k, v in runs.items()], *extra, *provenance_lines(prov),
+             "config (experiment, resolved):",
              OmegaConf.to_yaml(OmegaConf.create({"experiment": OmegaConf.to_container(cfg.experiment, resolve=True),
                                                  "profile": cfg.profile, "datasets": cfg.get("datasets")})).rstrip()]
     cap = path.with_suffix(".caption.txt")
@@ -81,14 +70,14 @@ def _dataset_title(cells) -> str:
 def behaviour(cfg: DictConfig, cells, tracker) -> list[Path]:
     """Figure 2: for FGSM and MIM over a fine eps grid, where newly successful attacks land."""
     from pclc.analysis import behaviour_from_eval_files, plot_behaviour
-    from pclc.reproduce import eval_cfg
 
     exp = cfg.experiment
     out = []
     for cell in cells:
         ec = eval_cfg(cell, cfg, "demo")
         grid = _grid(exp.grid[ec.dataset.family])
-        ec.suite = OmegaConf.create({"families": [], "entries": [{"attack": a, "eps": grid} for a in exp.attacks]})
+        ec.suite = OmegaConf.create({"families": [], "entries": [{"attack": a, "eps": grid} for a in exp.attacks],
+                                     "attacks": {a: group_config("attack", a) for a in exp.attacks}})
         res = evaluate(ec)
         panels = []
         for a in exp.attacks:
@@ -124,7 +113,7 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
             x_adv = success = None
             if exp.get("adversarial"):
                 a = exp.adversarial
-                x_adv = build_attack(a.attack, model, float(a.eps), int(run_cfg.dataset.num_classes), {}).perturb(x, y)
+                x_adv = build_attack(group_config("attack", a.attack))(model, x, y, float(a.eps), 0)
                 with torch.no_grad():
                     success = (model(x).argmax(1) == y) & (model(x_adv).argmax(1) != y)
             for p in tsne_panels(model, x.cpu(), y.cpu(), None if x_adv is None else x_adv.cpu(),
@@ -146,7 +135,6 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
 def gaps(cfg: DictConfig, cells, tracker) -> list[Path]:
     """Mean probability gap p_y - max_{k!=y} p_k on the test set, CE vs PC+LC, beside the paper's."""
     from pclc.analysis import gap_stats, plot_gaps, probability_gaps
-    from pclc.reproduce import out_dir
 
     device = resolve_device(cfg.device)
     paper = paper_gaps()

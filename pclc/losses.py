@@ -10,14 +10,14 @@ Inputs and hyperparameters are validated before anything is computed; problems r
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import numbers
-from typing import Callable, Dict
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from pclc.registry import Registry
 
 __all__ = [
     "ce_loss",
@@ -27,6 +27,7 @@ __all__ = [
     "pclc_loss",
     "LOSSES",
     "get_loss",
+    "build_loss",
 ]
 
 LC_MODES = ("soft", "hard")
@@ -93,12 +94,31 @@ def _true_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.one_hot(target, logits.shape[1]).bool()
 
 
+_PARAM_CHECKS = {
+    "xi": _check_xi,
+    "lam": _check_lam,
+    "alpha": _check_alpha,
+    "mode": lambda v: _check_mode(v, "mode"),
+    "lc": lambda v: _check_mode(v, "lc"),
+}
+
+
+def _check_params(params) -> None:
+    for key, value in params.items():
+        _PARAM_CHECKS[key](value)
+
+
 # --------------------------------------------------------------------------- losses
 
+# Registered losses: ``fn(logits, target, **params)``; a loss config's ``params`` is ``{_target_: <fn>, ...}``.
+LOSSES = Registry("loss", positional=("logits", "target"))
 
-def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+
+@LOSSES.register("ce", runtime=("check_inputs",), check=_check_params)
+def ce_loss(logits: torch.Tensor, target: torch.Tensor, check_inputs: bool = True) -> torch.Tensor:
     """Standard softmax cross-entropy, batch mean (the paper's CE baseline / warm-up loss)."""
-    target = _check_inputs(logits, target)
+    if check_inputs:
+        target = _check_inputs(logits, target)
     return F.cross_entropy(logits, target)
 
 
@@ -148,22 +168,25 @@ def logit_constraint(
     return _logit_constraint(logits, target, mode)
 
 
+@LOSSES.register("pclc", runtime=("check_inputs",), check=_check_params)
 def pclc_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     xi: float = 0.995,
     lam: float = 0.05,
     lc: str = "soft",
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     """PC loss with logit constraints, paper Eq. 16: ``pc_loss + lam * logit_constraint``.
 
     The constant ``C'`` of Eq. 16 has no gradient and is dropped. ``lc`` selects the
     logit-constraint mode (``"soft"`` or ``"hard"``).
     """
-    _check_xi(xi)
-    _check_lam(lam)
-    _check_mode(lc, "lc")
-    target = _check_inputs(logits, target)
+    if check_inputs:
+        _check_xi(xi)
+        _check_lam(lam)
+        _check_mode(lc, "lc")
+        target = _check_inputs(logits, target)
     return _pclc_loss(logits, target, xi, lam, lc)
 
 
@@ -171,7 +194,9 @@ def _pclc_loss(logits: torch.Tensor, target: torch.Tensor, xi: float, lam: float
     return _pc_loss(logits, target, xi) + lam * _logit_constraint(logits, target, lc)
 
 
-def gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.333) -> torch.Tensor:
+@LOSSES.register("gce", runtime=("check_inputs",), check=_check_params)
+def gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.333,
+             check_inputs: bool = True) -> torch.Tensor:
     """Guided Complement Entropy (Chen et al., ICCV 2019), as in the official GCE code.
 
     With ``p = softmax(logits)`` and ``q_k = p_k / (1 - p_y + 1e-7)`` for ``k != y``::
@@ -184,8 +209,9 @@ def gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.333) -
     ``q`` (raising ``H(q)``) and, since ``p_y^alpha`` multiplies a non-positive term, also raises
     ``p_y``. ``K`` is taken from ``logits.shape[1]`` (the official code hard-codes 10).
     """
-    _check_alpha(alpha)
-    target = _check_inputs(logits, target)
+    if check_inputs:
+        _check_alpha(alpha)
+        target = _check_inputs(logits, target)
     return _gce_loss(logits, target, alpha)
 
 
@@ -199,49 +225,20 @@ def _gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> torch
     return guided.sum() / (n * math.log(k))
 
 
-# --------------------------------------------------------------------------- registry
-
-LOSSES: Dict[str, Callable[..., torch.Tensor]] = {
-    "ce": ce_loss,
-    "gce": gce_loss,
-    "pclc": pclc_loss,
-}
-
-# The same losses without per-call input checks (no host sync): for training loops whose labels
-# were validated once when the dataset was loaded. Hyperparameters are still checked by get_loss.
-_UNCHECKED: Dict[str, Callable[..., torch.Tensor]] = {
-    "ce": F.cross_entropy,
-    "gce": _gce_loss,
-    "pclc": _pclc_loss,
-}
-
-_PARAM_CHECKS = {
-    "xi": _check_xi,
-    "lam": _check_lam,
-    "alpha": _check_alpha,
-    "mode": lambda v: _check_mode(v, "mode"),
-    "lc": lambda v: _check_mode(v, "lc"),
-}
-
+# --------------------------------------------------------------------------- building from configs
 
 def get_loss(name: str, check_inputs: bool = True, **params) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Return ``functools.partial(LOSSES[name], **params)`` as ``fn(logits, target)``.
+    """``functools.partial`` of the registered loss ``name`` with ``params``, as ``fn(logits, target)``.
 
     Hyperparameters are validated here so a bad config fails before training starts.
     ``check_inputs=False`` skips the per-call shape/label checks (and their host sync).
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; available losses: {sorted(LOSSES)}")
-    fn = LOSSES[name]
-    accepted = [p for p in inspect.signature(fn).parameters if p not in ("logits", "target")]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"loss {name!r} got unknown parameter(s) {unknown}; accepted parameters: {accepted}"
-        )
-    for key, value in params.items():
-        _PARAM_CHECKS[key](value)
-    if not check_inputs:
-        defaults = {p: v.default for p, v in inspect.signature(fn).parameters.items() if p in accepted}
-        return functools.partial(_UNCHECKED[name], **{**defaults, **params})
-    return functools.partial(fn, **params)
+    return LOSSES.build({"_target_": LOSSES.get(name).target, **params}, check_inputs=check_inputs)
+
+
+def build_loss(cfg, check_inputs: bool = True) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of a loss config (``configs/loss/``: ``name`` and ``params``, a Hydra ``_target_``)."""
+    entry = LOSSES.entry(cfg.params)
+    if entry.name != cfg.name:
+        raise ValueError(f"loss config {cfg.name!r} names the function of loss {entry.name!r} ({entry.target})")
+    return LOSSES.build(cfg.params, check_inputs=check_inputs)

@@ -29,3 +29,9 @@ def clean_metrics(model: torch.nn.Module, data: DeviceData, batch_size: int = 20
     model.train(was_training)
     n = len(data)
     return {"accuracy": 100.0 * float(correct) / n, "prob_gap": float(gap) / n}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in batches (on ``x``'s device)."""
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

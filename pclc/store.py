@@ -20,15 +20,26 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-# Dataset fields that say where the data is, not what it is: never part of a run's identity.
-_DATASET_LOCATION = ("root", "download")
+# Dataset fields that say where the data is and how large its files are, not what it is: never part of a
+# run's identity.
+_DATASET_LOCATION = ("root", "download", "examples")
+
+
+def _without_hydra_keys(d: Any) -> Any:
+    """``d`` without Hydra's ``_target_``/``_partial_``/``_convert_`` keys: where a loss's code lives is not
+    what it computes (its ``name`` and parameters are), and keys stay those of runs trained before losses
+    became Hydra targets."""
+    if isinstance(d, dict):
+        return {k: _without_hydra_keys(v) for k, v in d.items() if not str(k).startswith("_")}
+    return d
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The parts of a training config that determine the trained weights (not logging or paths)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     dataset = {k: v for k, v in c["dataset"].items() if k not in _DATASET_LOCATION}
-    return {"dataset": dataset, "model": c["model"], "loss": c["loss"], "trainer": c["trainer"], "seed": c["seed"]}
+    return {"dataset": dataset, "model": c["model"], "loss": _without_hydra_keys(c["loss"]), "trainer": c["trainer"],
+            "seed": c["seed"]}
 
 
 def run_key(cfg: DictConfig) -> str:
@@ -50,7 +61,15 @@ class RunDir:
         self.metrics = self.path / "metrics.json"
         self.model = self.path / "model.pt"
         self.summary = self.path / "summary.json"
-        self.eval = self.path / "eval"
+        self.eval = self.path / "eval"      # pclc.evaluate's per-attack results
+        self.adv = self.path / "adv"        # transfer examples crafted on this run (it is a substitute)
+        self.audit = self.path / "audit"    # pclc.audit's per-attack results (and audit/adv: transfer examples)
+
+    @classmethod
+    def at(cls, path: str | Path) -> "RunDir":
+        """The run at a directory path."""
+        path = Path(path)
+        return cls(path.parent, path.name)
 
     @property
     def finished(self) -> bool:
@@ -59,6 +78,36 @@ class RunDir:
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text())
 
+    def stored_identity(self) -> dict[str, Any]:
+        """The identity recorded in ``config.yaml`` (what determined the weights)."""
+        return OmegaConf.to_container(OmegaConf.load(self.config).identity)
+
+    def stored_config(self) -> DictConfig:
+        """The resolved training config the run was trained with (``config.yaml``'s ``resolved``)."""
+        return OmegaConf.create(OmegaConf.load(self.config).resolved)
+
+
+def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Module]:
+    """The resolved config and the trained model (eval mode, frozen weights) of a finished run.
+
+    The model is built through the model registry from the stored config's fields, never by instantiating
+    a stored ``_target_``: a run directory is data, and a hand-edited config.yaml must not run code.
+    """
+    from pclc.io import load_tensors
+    from pclc.models import create_model
+
+    if not run.finished:
+        raise ValueError(f"run {run.key} is not finished (no {run.summary}); train it first with pclc.train")
+    cfg = run.stored_config()
+    m, d = cfg.model, cfg.dataset
+    model = create_model(str(m.name), int(m.num_classes), int(m.in_channels), int(m.input_size))
+    if int(m.num_classes) != int(d.num_classes):
+        raise ValueError(f"{run.config}: model.num_classes={m.num_classes} but dataset has {d.num_classes} classes")
+    model.load_state_dict(load_tensors(run.model))
+    model.eval()
+    for p in model.parameters():  # no weight gradients (attacks would otherwise compute them every step)
+        p.requires_grad_(False)
+    return cfg, model.to(device)
 
 @functools.cache
 def git_commit() -> str:
@@ -109,3 +158,9 @@ def provenance(device: torch.device, command: str | None = None) -> dict[str, An
 
 
 git_commit()  # record the commit of the code as imported
+
+
+def provenance_lines(prov: dict[str, Any], devices: list[str] | None = None) -> list[str]:
+    """The provenance every results file opens with (markdown, CSV comments, captions, figure text)."""
+    return [f"command: {prov['command']}", f"commit: {prov['commit']}",
+            f"device: {', '.join(devices) if devices else prov['device']}", f"date: {prov['date']}"]

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 import shutil
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,11 +26,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.attacks import HalfAdversarial
-from pclc.config import CONFIG_DIR, resolve_device, validate_data_model
+from pclc.attacks.linf import HalfAdversarial
+from pclc.config import resolve_device, validate_data_model, variant
 from pclc.data import build_data
 from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
-from pclc.losses import get_loss
+from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
 from pclc.store import RunDir, identity, provenance, run_key
 from pclc.tracking import build_tracker
@@ -51,10 +52,9 @@ class CheckpointMismatchError(RuntimeError):
 def validate(cfg: DictConfig) -> None:
     """Every check that can fail before data is loaded or a model is built."""
     validate_data_model(cfg)
-    get_loss(cfg.loss.name, **cfg.loss.params)
+    build_loss(cfg.loss)
     if cfg.loss.get("warmup"):
-        warm = warmup_loss_cfg(cfg)
-        get_loss(warm.name, **warm.params)
+        build_loss(warmup_source(cfg).loss)
     t = cfg.trainer
     if int(t.epochs_per_phase) < 1:
         raise ValueError(f"trainer.epochs_per_phase must be >= 1, got {t.epochs_per_phase}")
@@ -69,19 +69,12 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.milestones must be increasing integers, got {list(t.milestones)}")
 
 
-def warmup_loss_cfg(cfg: DictConfig) -> DictConfig:
-    """The loss config named by ``loss.warmup`` (read from ``configs/loss/``, as Hydra composes it)."""
-    path = CONFIG_DIR / "loss" / f"{cfg.loss.warmup}.yaml"
-    if not path.exists():
-        raise ValueError(f"loss.warmup={cfg.loss.warmup!r}: no such loss config {path}")
-    return OmegaConf.load(path)
-
-
 def warmup_source(cfg: DictConfig) -> DictConfig:
-    """The run whose phase 1 is this run's phase 1: the same config with the warm-up loss."""
-    src = cfg.copy()
-    src.loss = warmup_loss_cfg(cfg)
-    return src
+    """The run whose phase 1 is this run's phase 1: the same config with the warm-up loss (``loss.warmup``)."""
+    try:
+        return variant(cfg, loss=cfg.loss.warmup)
+    except ValueError as e:
+        raise ValueError(f"loss.warmup={cfg.loss.warmup!r}: {e}") from None
 
 
 def build_adversary(trainer: DictConfig) -> HalfAdversarial | None:
@@ -116,10 +109,21 @@ class Accel:
         return {"bf16": self.bf16, "channels_last": self.channels_last, "compiled": self.forward is not None}
 
 
-def lr_at(trainer: DictConfig, epoch_in_phase: int) -> float:
-    """Adam lr with MultiStepLR(gamma) decays at ``milestones`` within each phase."""
-    drops = sum(1 for m in trainer.milestones if epoch_in_phase >= int(m))
-    return float(trainer.lr) * float(trainer.gamma) ** drops
+def phase_optimizer(model: torch.nn.Module, trainer: DictConfig, in_phase: int = 0, state: dict | None = None):
+    """A phase's fresh Adam and MultiStepLR (gamma at ``milestones``, stepped after each epoch), positioned at
+    epoch ``in_phase`` of the phase; ``state``: a mid-phase checkpoint's Adam moments."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(trainer.lr))
+    if state is not None:
+        optimizer.load_state_dict(state)
+    for g in optimizer.param_groups:  # a checkpoint's lr is replaced by the schedule's below
+        g["lr"] = float(trainer.lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(m) for m in trainer.milestones],
+                                                    float(trainer.gamma))
+    with warnings.catch_warnings():  # fast-forward to in_phase (no optimizer step is due in between)
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(in_phase):
+            schedule.step()
+    return optimizer, schedule
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,6 +184,57 @@ def _set_aside(run: RunDir) -> Path:
     return dest
 
 
+def _open_run(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, Any] | None:
+    """Reuse a finished run (its summary), set it aside (``force``), or record a new run's config; refuse a
+    run directory that belongs to another config."""
+    if run.finished and cfg.get("force") and until_epoch is None:
+        log.warning("force=true: moving the finished run %s to %s", run.key, _set_aside(run))
+    if run.finished:
+        log.info("run %s is finished; reusing it (force=true retrains)", run.key)
+        return {**run.read_summary(), "reused": True}
+    if run.config.exists():
+        if run.stored_identity() != identity(cfg):
+            raise CheckpointMismatchError(f"{run.config} belongs to another config (hash collision?)")
+    else:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        atomic_write_text(run.config, OmegaConf.to_yaml(OmegaConf.create(
+            {"key": run.key, "identity": identity(cfg), "choices": resolved.pop("choices", None),
+             "resolved": resolved})))
+    return None
+
+
+def _start_state(cfg: DictConfig, run: RunDir, model: torch.nn.Module, T: int, stop: int):
+    """Where training starts: this run's checkpoint (resume), the warm-up run's epoch-T checkpoint (trained
+    first if missing), or nothing. Returns (state or None, the warm-up run's key or None)."""
+    if run.checkpoint.exists():
+        state = _read_checkpoint(run.checkpoint, model)
+        log.info("resuming %s from epoch %d", run.key, state["epoch"])
+        return state, state.get("warmup_from")
+    if not (cfg.loss.get("warmup") and stop > T):
+        return None, None
+    src_cfg = warmup_source(cfg)
+    src = RunDir(cfg.store, run_key(src_cfg))
+    if not src.warmup.exists():
+        log.info("training the warm-up (first %d epochs of %s)", T, src.key)
+        train(src_cfg, until_epoch=T)
+    state = _read_checkpoint(src.warmup, model)
+    state["metrics"] = [dict(m, source=src.key) for m in state["metrics"]]
+    log.info("reusing the epoch-%d warm-up of %s", T, src.key)
+    return state, src.key
+
+
+def _summary(cfg: DictConfig, run: RunDir, metrics: list[dict], warmup_from, accel: Accel, prov: dict,
+             t0: float) -> dict[str, Any]:
+    final = metrics[-1]
+    return {"key": run.key, "finished": True, "path": str(run.path), "epochs": 2 * int(cfg.trainer.epochs_per_phase),
+            "dataset": cfg.dataset.name, "model": cfg.model.name, "loss": cfg.loss.name, "seed": int(cfg.seed),
+            "test_accuracy": final["test_accuracy"], "prob_gap": final["prob_gap"],
+            "train_accuracy": final["train_accuracy"], "train_loss": final["train_loss"],
+            "warmup_from": warmup_from, "accel": accel.describe(),
+            "train_seconds": sum(m["seconds"] for m in metrics if "source" not in m),
+            "wall_seconds_this_invocation": time.perf_counter() - t0, "provenance": prov}
+
+
 def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse) the run that ``cfg`` describes; return its summary.
 
@@ -187,84 +242,58 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     """
     validate(cfg)
     device = resolve_device(cfg.device)
-    key = run_key(cfg)
-    run = RunDir(cfg.store, key)
+    run = RunDir(cfg.store, run_key(cfg))
     T = int(cfg.trainer.epochs_per_phase)
     total = 2 * T
     stop = total if until_epoch is None else min(int(until_epoch), total)
-
-    if run.finished and cfg.get("force") and until_epoch is None:
-        log.warning("force=true: moving the finished run %s to %s", key, _set_aside(run))
-    if run.finished:
-        log.info("run %s is finished; reusing it (force=true retrains)", key)
-        return {**run.read_summary(), "reused": True}
-    if run.config.exists():
-        stored = OmegaConf.load(run.config)
-        if OmegaConf.to_container(stored.identity) != identity(cfg):
-            raise CheckpointMismatchError(f"{run.config} belongs to another config (hash collision?)")
-    else:
-        atomic_write_text(run.config, OmegaConf.to_yaml(OmegaConf.create(
-            {"key": key, "identity": identity(cfg), "resolved": OmegaConf.to_container(cfg, resolve=True)})))
+    reused = _open_run(cfg, run, until_epoch)
+    if reused is not None:
+        return reused
+    unfinished = {"key": run.key, "finished": False, "epoch": stop, "path": str(run.path)}
     if until_epoch is not None and run.checkpoint.exists() and int(load_tensors(run.checkpoint).get("epoch", 0)) >= stop:
-        return {"key": key, "finished": False, "epoch": stop, "path": str(run.path)}
+        return unfinished
 
     torch.manual_seed(int(cfg.seed))
     generator = torch.Generator().manual_seed(int(cfg.seed))  # shuffling and augmentation
     train_data, test_data = build_data(cfg.dataset, device)
     model = instantiate(cfg.model).to(device)
-
-    state, warmup_from = None, None
-    if run.checkpoint.exists():
-        state = _read_checkpoint(run.checkpoint, model)
-        warmup_from = state.get("warmup_from")
-        log.info("resuming %s from epoch %d", key, state["epoch"])
-    elif cfg.loss.get("warmup") and stop > T:
-        src_cfg = warmup_source(cfg)
-        src = RunDir(cfg.store, run_key(src_cfg))
-        if not src.warmup.exists():
-            log.info("training the warm-up (first %d epochs of %s)", T, src.key)
-            train(src_cfg, until_epoch=T)
-        state = _read_checkpoint(src.warmup, model)
-        state["metrics"] = [dict(m, source=src.key) for m in state["metrics"]]
-        warmup_from = src.key
-        log.info("reusing the epoch-%d warm-up of %s", T, src.key)
+    state, warmup_from = _start_state(cfg, run, model, T, stop)
     start = int(state["epoch"]) if state else 0
     metrics: list[dict[str, Any]] = list(state["metrics"]) if state else []
     if state:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
 
-    phase_loss = [get_loss(c.name, check_inputs=False, **c.params)
-                  for c in ((warmup_loss_cfg(cfg) if cfg.loss.get("warmup") else cfg.loss), cfg.loss)]
+    phase_loss = [build_loss(c.loss, check_inputs=False) for c in (warmup_source(cfg) if cfg.loss.get("warmup")
+                                                                   else cfg, cfg)]
     adversary = build_adversary(cfg.trainer)
     accel = Accel.build(cfg.get("accel"), model, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.trainer.lr))
-    if state and "optimizer" in state and start % T != 0:  # mid-phase: keep Adam's moments
-        optimizer.load_state_dict(state["optimizer"])
+    mid_phase = state is not None and "optimizer" in state and start % T != 0  # keep Adam's moments
+    optimizer, schedule = phase_optimizer(model, cfg.trainer, start % T, state["optimizer"] if mid_phase else None)
 
-    group = cfg.get("run_group") or f"{cfg.dataset.name}-{cfg.model.name}"
     tracker = build_tracker(cfg.logger, name=f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}",
-                            group=group, config={"key": key, **OmegaConf.to_container(cfg, resolve=True)})
+                            group=cfg.get("run_group") or f"{cfg.dataset.name}-{cfg.model.name}",
+                            config={"key": run.key, **OmegaConf.to_container(cfg, resolve=True)})
     prov = provenance(device)
     t0 = time.perf_counter()
     try:
         for epoch in range(start, stop):
             phase, in_phase = divmod(epoch, T)
-            if in_phase == 0 and epoch != start:  # a new phase: fresh Adam (the optimizer above is fresh at start)
-                optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.trainer.lr))
-            lr = lr_at(cfg.trainer, in_phase)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            if in_phase == 0 and epoch != start:  # a new phase: fresh Adam and schedule
+                optimizer, schedule = phase_optimizer(model, cfg.trainer)
+            lr = optimizer.param_groups[0]["lr"]
             te = time.perf_counter()
-            bar = _progress(train_data.num_batches(int(cfg.trainer.batch_size)), f"{key} epoch {epoch + 1}/{total}")
+            bar = _progress(train_data.num_batches(int(cfg.trainer.batch_size)), f"{run.key} epoch {epoch + 1}/{total}")
             row = train_epoch(model, train_data, phase_loss[phase], optimizer, int(cfg.trainer.batch_size),
                               generator, bar, adversary, accel)
+            schedule.step()
             if bar is not None:
                 bar.close()
             if not math.isfinite(row["train_loss"]):
-                raise NonFiniteLossError(
-                    f"non-finite training loss at epoch {epoch + 1} of {key}; the last good checkpoint "
-                    f"(epoch {epoch}) is kept in {run.checkpoint}. Lower trainer.lr or check the loss.")
+                kept = f"the last good checkpoint (epoch {epoch}) is kept in {run.checkpoint}" if epoch else \
+                    "no checkpoint was written"
+                raise NonFiniteLossError(f"non-finite training loss at epoch {epoch + 1} of {run.key}; {kept}. "
+                                         "Lower trainer.lr or check the loss.")
             clean = clean_metrics(model, test_data, int(cfg.trainer.eval_batch_size))
             row = {"epoch": epoch + 1, "phase": phase + 1, "lr": lr, **row,
                    "test_accuracy": clean["accuracy"], "prob_gap": clean["prob_gap"],
@@ -273,30 +302,20 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
             ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                     "metrics": metrics, "warmup_from": warmup_from}
-            atomic_torch_save(ckpt, run.checkpoint)
-            if epoch + 1 == T:
+            if epoch + 1 == T:  # the warm-up first: a kill between the two writes leaves a resumable run
                 atomic_torch_save(ckpt, run.warmup)
+            atomic_torch_save(ckpt, run.checkpoint)
             atomic_write_json(run.metrics, metrics)
             tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             if bar is None:
-                log.info("%s epoch %d/%d phase %d loss %.4f train %.2f%% test %.2f%% gap %.3f (%.1fs)", key,
+                log.info("%s epoch %d/%d phase %d loss %.4f train %.2f%% test %.2f%% gap %.3f (%.1fs)", run.key,
                          epoch + 1, total, phase + 1, row["train_loss"], row["train_accuracy"],
                          row["test_accuracy"], row["prob_gap"], row["seconds"])
         if stop < total:
             tracker.finish(0)
-            return {"key": key, "finished": False, "epoch": stop, "path": str(run.path)}
+            return unfinished
         atomic_torch_save(model.state_dict(), run.model)
-        final = metrics[-1]
-        summary = {
-            "key": key, "finished": True, "path": str(run.path), "epochs": total,
-            "dataset": cfg.dataset.name, "model": cfg.model.name, "loss": cfg.loss.name, "seed": int(cfg.seed),
-            "test_accuracy": final["test_accuracy"], "prob_gap": final["prob_gap"],
-            "train_accuracy": final["train_accuracy"], "train_loss": final["train_loss"],
-            "warmup_from": warmup_from, "accel": accel.describe(),
-            "train_seconds": sum(m["seconds"] for m in metrics if "source" not in m),
-            "wall_seconds_this_invocation": time.perf_counter() - t0,
-            "provenance": prov,
-        }
+        summary = _summary(cfg, run, metrics, warmup_from, accel, prov, t0)
         atomic_write_json(run.summary, summary)
         tracker.summary(summary)
         tracker.finish(0)
@@ -318,25 +337,10 @@ def _progress(total: int, desc: str):
 # ------------------------------------------------------------------------------------------
 # Hydra entrypoint
 # ------------------------------------------------------------------------------------------
-def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run one job; in a multirun a failure is recorded and the sweep goes on."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    try:
-        return fn(cfg)
-    except Exception as e:
-        hc = HydraConfig.get() if HydraConfig.initialized() else None
-        if hc is None or hc.mode != RunMode.MULTIRUN:
-            raise
-        log.exception("job %s failed; the sweep goes on", hc.job.num)
-        atomic_write_json(Path(hc.sweep.dir) / "failures" / f"job{hc.job.num}.json",
-                          {"job": hc.job.num, "overrides": list(hc.overrides.task), "error": f"{type(e).__name__}: {e}"})
-        return {"failed": True, "error": str(e)}
-
-
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    from pclc.callbacks import run_job
+
     return run_job(train, cfg)
 
 

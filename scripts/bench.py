@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from pclc.attacks import build_attack
 from pclc.config import compose
-from pclc.costs import device_slug, forward_flops
+from pclc.plan import device_slug, forward_flops
 from pclc.data import DeviceData, Split, load_splits
-from pclc.evaluate import attack_cfg
+from pclc.config import group_config
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.losses import get_loss
 from pclc.models import create_model
@@ -148,11 +148,11 @@ def pgd_seconds(model, split: Split, device, n: int, batch: int, frozen: bool) -
     model.eval()
     for p in model.parameters():
         p.requires_grad_(not frozen)
-    attack = build_attack("pgd", model, 0.1 if x.shape[1] == 1 else 0.04, 10, attack_cfg("pgd").params)
+    attack, eps = build_attack(group_config("attack", "pgd")), 0.1 if x.shape[1] == 1 else 0.04
 
     def run():
         for i in range(0, n, batch):
-            attack.perturb(x[i:i + batch], y[i:i + batch])
+            attack(model, x[i:i + batch], y[i:i + batch], eps, i)
 
     t = timed(run, device, repeat=REPEAT)
     for p in model.parameters():

@@ -18,20 +18,20 @@ from pathlib import Path
 
 import torch
 
-from pclc.attacks import build_attack
-from pclc.costs import device_slug
-from pclc.evaluate import attack_cfg
+from pclc.attacks import attack_config, build_attack
+from pclc.config import group_config
+from pclc.plan import device_slug
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.models import create_model
 from pclc.store import provenance
 
 
-def per_example(attack, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    """Seconds per example of ``attack`` over ``x`` in batches of ``batch``."""
-    attack.perturb(x[:batch], y[:batch])  # warm-up
+def per_example(attack, model, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    """Seconds per example of ``attack`` on ``model`` over ``x`` in batches of ``batch`` (eps 0.3)."""
+    attack(model, x[:batch], y[:batch], 0.3, 0)  # warm-up
     t = time.perf_counter()
     for i in range(0, len(x), batch):
-        attack.perturb(x[i:i + batch], y[i:i + batch])
+        attack(model, x[i:i + batch], y[i:i + batch], 0.3, i)
     return (time.perf_counter() - t) / len(x)
 
 
@@ -48,15 +48,15 @@ def main() -> None:
     spsa_batches, pgd_batches = ([2, 8], [2, 8]) if args.tiny else ([1000, 100, 20, 10, 5, 1], [1000, 250, 100])
     n = 16 if args.tiny else 1000
     x, y = torch.rand(n, 1, 28, 28, device=device), torch.randint(0, 10, (n,), device=device)
-    spsa = dict(attack_cfg("spsa").params)
-    pgd = dict(attack_cfg("pgd").params)
+    spsa = {k: v for k, v in group_config("attack", "spsa").items() if k != "_target_"}
+    pgd = {k: v for k, v in group_config("attack", "pgd").items() if k != "_target_"}
     rows = []
     for attack, batches, params, scale in (
             ("spsa", spsa_batches, {**spsa, "nb_iter": 1}, float(spsa["nb_iter"])),
             ("pgd", pgd_batches, {**pgd, "nb_iter": 10}, float(pgd["nb_iter"]) / 10)):
         for b in batches:
             k = min(n, max(b, 200 if not args.tiny else b))  # at least 200 examples (one batch if larger)
-            s = per_example(build_attack(attack, model, 0.3, 10, params), x[:k], y[:k], b) * scale
+            s = per_example(build_attack(attack_config(attack, **params)), model, x[:k], y[:k], b) * scale
             rows.append({"attack": attack, "batch": b, "examples_timed": k, "seconds_per_example": s,
                          "minutes_per_10k": s * 1e4 / 60})
             print(rows[-1], flush=True)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.store import RunDir, provenance
-from pclc.tables import paper_tables
+from pclc.paper_data import paper_tables
 
 
 def main() -> None:

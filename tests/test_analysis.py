@@ -15,12 +15,11 @@ from threadpoolctl import threadpool_limits
 from pclc.analysis import (behaviour_from_eval_files, embed, gap_stats, newly_successful, penultimate_features,
                            plot_behaviour, plot_gaps, plot_tsne, probability_gaps, tsne_panels)
 from pclc.analysis import behaviour, gaps, tsne
-from pclc.attacks import build_attack
+from pclc.attacks import attack_config, build_attack
 from pclc.config import compose
 from pclc.data import load_splits
-from pclc.evaluate import load_run
 from pclc.metrics import probability_gap
-from pclc.store import RunDir
+from pclc.store import RunDir, load_run
 from pclc.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -145,7 +144,7 @@ def test_tsne_keeps_class_structure(trained):
 
 def test_tsne_with_adversarial_examples(trained, tmp_path):
     model, x, y = trained
-    adv = build_attack("fgsm", model, 0.1, 10, {}).perturb(x.clone(), y).detach()
+    adv = build_attack(attack_config("fgsm"))(model, x.clone(), y, 0.1, 0)
     fooled = (model(adv).argmax(1) != y).numpy()
     assert 0 < fooled.sum() < len(y)
     clean, both = tsne_panels(model, x, y, x_adv=adv, n=len(y))

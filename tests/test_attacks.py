@@ -12,10 +12,12 @@ import torch
 from omegaconf import OmegaConf
 
 import pclc.evaluate as ev
-from pclc.attacks import HalfAdversarial, _zero_gradients, build_attack, linf_attack, list_attacks
-from pclc.config import compose
-from pclc.evaluate import evaluate, load_run
-from pclc.store import RunDir, run_key
+from pclc.attacks import ATTACKS, attack_config, build_attack, list_attacks
+from pclc.attacks.linf import HalfAdversarial, sign_pgd
+from pclc.attacks.paper import _zero_gradients
+from pclc.config import compose, group_config
+from pclc.evaluate import evaluate
+from pclc.store import RunDir, load_run, run_key
 from pclc.train import train
 
 BASE = ["dataset=fake", "dataset.n_test=600", "logger=none", "trainer.epochs_per_phase=2"]
@@ -45,6 +47,17 @@ def trained(store):
     return model, x, y
 
 
+def attack(kind, model, x, y, eps, seed=0, **params):
+    """Run registered attack ``kind`` with ``params``."""
+    return build_attack(attack_config(kind, **params))(model, x, y, eps, seed)
+
+
+def suite(*entries) -> OmegaConf:
+    """A suite of ``entries`` with the attack configs they name (configs/attack/)."""
+    return OmegaConf.create({"families": ["grey"], "entries": list(entries),
+                             "attacks": {e["attack"]: group_config("attack", e["attack"]) for e in entries}})
+
+
 def accuracy(model, x, y) -> float:
     with torch.no_grad():
         return 100.0 * float((model(x).argmax(1) == y).float().mean())
@@ -54,7 +67,7 @@ def test_advertorch_shim_is_needed_and_works():
     code = "import advertorch.attacks"
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert plain.returncode != 0 and "zero_gradients" in plain.stderr  # torch still lacks it: the shim is needed
-    shimmed = subprocess.run([sys.executable, "-c", "from pclc.attacks import advertorch_attacks as a; "
+    shimmed = subprocess.run([sys.executable, "-c", "from pclc.attacks.paper import advertorch_attacks as a; "
                               "print(a().LinfPGDAttack.__name__)"], capture_output=True, text=True)
     assert shimmed.returncode == 0 and shimmed.stdout.strip() == "LinfPGDAttack", shimmed.stderr
     t = torch.ones(3, requires_grad=True)
@@ -67,7 +80,15 @@ SMALL = {"fgsm": {}, "bim": {"nb_iter": 10, "eps_iter": 0.01}, "pgd": {"nb_iter"
          "mim": {"nb_iter": 40, "eps_iter": 0.01, "decay_factor": 1.0},
          "cw": {"max_iterations": 50, "learning_rate": 0.01, "confidence": 0, "binary_search_steps": 3,
                 "initial_const": 0.1, "abort_early": True},
-         "spsa": {"lr": 0.01, "delta": 0.01, "nb_iter": 5, "nb_sample": 32, "max_batch_size": 64}}
+         "spsa": {"lr": 0.01, "delta": 0.01, "nb_iter": 5, "nb_sample": 32, "max_batch_size": 64},
+         "ce-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25}, "margin-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25, "restarts": 1},
+         "temp-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25, "restarts": 1},
+         "apgd": {"loss": "ce", "nb_iter": 10, "restarts": 1}, "apgdt": {"nb_iter": 5, "restarts": 1, "targets": 2},
+         "square": {"queries": 200, "restarts": 1}, "transfer-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25}}
+
+
+def test_every_registered_attack_has_a_test_budget():
+    assert sorted(SMALL) == list_attacks()
 
 
 @pytest.mark.parametrize("kind", list_attacks())
@@ -76,15 +97,46 @@ def test_every_attack_respects_eps_and_range_and_lowers_accuracy(trained, kind):
     x, y = x[:64], y[:64]
     x0 = x.clone()
     eps = None if kind == "cw" else 0.2
-    adv = build_attack(kind, model, eps, 10, SMALL[kind]).perturb(x, y)
+    runtime = {"source": model} if kind == "transfer-pgd" else {}
+    adv = build_attack(attack_config(kind, **SMALL[kind]), **runtime)(model, x, y, eps, 0)
     assert torch.equal(x, x0)  # inputs not modified
     assert adv.shape == x.shape and float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
     if eps is not None:
         assert float((adv - x).abs().max()) <= eps + 1e-6
     clean, attacked = accuracy(model, x, y), accuracy(model, adv, y)
     assert attacked <= clean
-    if kind != "spsa":  # gradient attacks at eps 0.2 (C&W unbounded) must do real damage on this model
+    if kind not in ("spsa", "square"):  # gradient attacks at eps 0.2 (C&W unbounded) must do real damage
         assert attacked < clean - 20
+    again = build_attack(attack_config(kind, **SMALL[kind]), **runtime)(model, x, y, eps, 0)
+    assert torch.equal(adv, again)  # seeded by the call's seed: reproducible
+
+
+@pytest.mark.parametrize("kind", list_attacks())
+def test_unknown_missing_or_out_of_range_parameters_are_refused(kind):
+    with pytest.raises(ValueError, match="unknown parameter.*nb_iterr"):
+        build_attack(attack_config(kind, **SMALL[kind], nb_iterr=3))
+    required = ATTACKS.get(kind).required
+    if required:
+        with pytest.raises(ValueError, match="needs parameter"):
+            build_attack(attack_config(kind, **{k: v for k, v in SMALL[kind].items() if k != required[0]}))
+    for bad in ({"nb_iter": 0}, {"nb_iter": -3}, {"eps_iter": -0.01}, {"rel_eps_iter": 0.0}, {"max_iterations": 0},
+                {"queries": 0}, {"restarts": 0}):
+        k = next(iter(bad))
+        if k in ATTACKS.get(kind).params:
+            with pytest.raises(ValueError, match=k):
+                build_attack(attack_config(kind, **{**SMALL[kind], **bad}))
+
+
+def test_attack_configs_are_hydra_targets_with_their_budgets_overridable():
+    cfg = compose("evaluate", ["attack/suite=table1", "suite.attacks.pgd.nb_iter=100"])
+    assert cfg.suite.attacks.pgd.nb_iter == 100 and cfg.suite.attacks.bim.nb_iter == 10
+    from pclc.evaluate import expand_suite
+
+    pgd = [e for e in expand_suite(cfg.suite, cfg.dataset) if e.config == "pgd"]
+    assert [e.eps for e in pgd] == [0.1, 0.2, 0.3] and all(e.params["nb_iter"] == 100 for e in pgd)
+    bad = compose("evaluate", ["attack/suite=table1", "+suite.attacks.pgd.nb_iterr=100"])
+    with pytest.raises(ValueError, match="attack config pgd.*nb_iterr"):
+        expand_suite(bad.suite, bad.dataset)
 
 
 def test_config_params_match_the_paper():
@@ -93,38 +145,39 @@ def test_config_params_match_the_paper():
                            "cw": {"max_iterations": 100, "learning_rate": 0.001, "confidence": 0},
                            "cw1000": {"max_iterations": 1000}, "spsa": {"lr": 0.01, "delta": 0.01},
                            "pgd10": {"nb_iter": 10, "rel_eps_iter": 0.1, "rand_init": True}}.items():
-        params = ev.attack_cfg(name).params
+        params = group_config("attack", name)
         assert all(params[k] == v for k, v in expected.items()), name
 
 
 def test_pgd_success_grows_with_eps_and_iterative_beats_fgsm(trained):
     model, x, y = trained
-    accs = [accuracy(model, build_attack("pgd", model, e, 10, SMALL["pgd"]).perturb(x, y), y)
-            for e in (0.02, 0.05, 0.1, 0.2)]
+    accs = [accuracy(model, attack("pgd", model, x, y, e, **SMALL["pgd"]), y) for e in (0.02, 0.05, 0.1, 0.2)]
     assert all(a >= b for a, b in zip(accs, accs[1:])) and accs[0] > accs[-1]
-    fgsm = accuracy(model, build_attack("fgsm", model, 0.1, 10, {}).perturb(x, y), y)
+    fgsm = accuracy(model, attack("fgsm", model, x, y, 0.1), y)
     for kind in ("bim", "pgd", "mim"):
-        assert accuracy(model, build_attack(kind, model, 0.1, 10, SMALL[kind]).perturb(x, y), y) <= fgsm
+        assert accuracy(model, attack(kind, model, x, y, 0.1, **SMALL[kind]), y) <= fgsm
 
 
 def test_our_pgd_agrees_with_torchattacks(trained):
     torchattacks = pytest.importorskip("torchattacks")
     model, x, y = trained
-    torch.manual_seed(0)
-    ours = accuracy(model, build_attack("pgd", model, 0.05, 10, SMALL["pgd"]).perturb(x, y), y)
+    ours = accuracy(model, attack("pgd", model, x, y, 0.05, 0, **SMALL["pgd"]), y)
     torch.manual_seed(0)
     theirs = accuracy(model, torchattacks.PGD(model, eps=0.05, alpha=0.01, steps=40, random_start=True)(x, y), y)
     assert abs(ours - theirs) <= 2.0, (ours, theirs)
 
 
-def test_linf_attack_for_training_respects_per_example_eps(trained):
+def test_sign_pgd_for_training_respects_per_example_eps(trained):
     model, x, y = trained
     eps = torch.linspace(0.0, 0.3, len(x))
-    adv = linf_attack(model, x, y, eps, steps=5, step_size=eps / 2, random_start=True,
-                      generator=torch.Generator().manual_seed(0))
+    adv = sign_pgd(model, x, y, eps, 5, eps / 2, rand_init=True, generator=torch.Generator().manual_seed(0))
     assert ((adv - x).abs().flatten(1).amax(1) <= eps + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
-    fgsm = linf_attack(model, x, y, torch.full((len(x),), 0.1), steps=1)
+    fgsm = sign_pgd(model, x, y, torch.full((len(x),), 0.1), 1, torch.full((len(x),), 0.1), rand_init=False)
     assert accuracy(model, fgsm, y) < accuracy(model, x, y)
+    ours = attack("ce-pgd", model, x, y, 0.1, nb_iter=1, rel_eps_iter=1.0, rand_init=False)
+    paper = attack("fgsm", model, x, y, 0.1)  # our one-step CE-PGD is advertorch's FGSM, to the bit
+    right = model(x).argmax(1) == y  # ce-pgd keeps a misclassified input as it is
+    assert torch.equal(fgsm, paper) and torch.equal(ours[right], paper[right])
 
 
 def test_adversarial_training_batches_are_half_adversarial(trained):
@@ -146,10 +199,8 @@ def test_adversarial_training_run(store):
 
 
 def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
-    suite = OmegaConf.create({"families": ["grey"], "entries": [{"attack": "fgsm", "eps": [0.1, 0.2]},
-                                                                 {"attack": "bim", "eps": [0.1]}]})
     cfg = eval_cfg(store, "eval.subset=100", "eval.batch_size=40")
-    cfg.suite = suite
+    cfg.suite = suite({"attack": "fgsm", "eps": [0.1, 0.2]}, {"attack": "bim", "eps": [0.1]})
     out = evaluate(cfg)
     assert [r["eps"] for r in out["results"]] == [0.1, 0.2, 0.1] and out["n"] == 100
     r = json.loads(Path(out["results"][0]["file"]).read_text())
@@ -165,9 +216,9 @@ def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
     assert evaluate(cfg)["results"] == out["results"] and calls == []  # finished files are reused
 
     # interrupted after the first batch group of a new attack: resumes and matches an uninterrupted run
-    cfg.suite = OmegaConf.create({"entries": [{"attack": "bim", "eps": [0.2]}]})
+    cfg.suite = suite({"attack": "bim", "eps": [0.2]})
     done_batches = []
-    real_predict = ev._predict
+    real_predict = ev.predict
 
     def crash_after_first_group(model, x, bs):
         if len(x) == 40:  # an attacked batch (the clean pass predicts all 100 at once)
@@ -176,11 +227,11 @@ def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
             done_batches.append(1)
         return real_predict(model, x, bs)
 
-    monkeypatch.setattr(ev, "_predict", crash_after_first_group)
+    monkeypatch.setattr(ev, "predict", crash_after_first_group)
     with pytest.raises(KeyboardInterrupt):
         evaluate(cfg)
     assert list((RunDir(store, run_key(cfg)).eval).glob("*.partial.pt"))
-    monkeypatch.setattr(ev, "_predict", real_predict)
+    monkeypatch.setattr(ev, "predict", real_predict)
     resumed = evaluate(cfg)["results"][0]
     assert not list((RunDir(store, run_key(cfg)).eval).glob("*.partial.pt"))
     Path(resumed["file"]).unlink()
@@ -190,21 +241,18 @@ def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
 
 def test_transfer_attack_uses_the_substitute(store):
     cfg = eval_cfg(store, "eval.subset=100")
-    cfg.suite = OmegaConf.create({"entries": [{"attack": "bim", "eps": [0.2], "source": "transfer"},
-                                               {"attack": "bim", "eps": [0.2]}]})
+    cfg.suite = suite({"attack": "bim", "eps": [0.2], "source": "transfer"}, {"attack": "bim", "eps": [0.2]})
     res = evaluate(cfg)["results"]
     transfer, white = (json.loads(Path(r["file"]).read_text()) for r in res)
     assert transfer["substitute"].startswith("fake-cnn3-ce") and white["substitute"] is None
     # recompute: BIM crafted on the substitute, predicted by the target
     _, target = load_run(RunDir(store, run_key(cfg)), torch.device("cpu"))
     _, sub = load_run(RunDir(store, transfer["substitute"]), torch.device("cpu"))
-    from pclc.data import load_splits
+    from pclc.data import eval_tensors
 
-    test_cfg = cfg.dataset.copy()
-    test_cfg.subset = {"train": None, "test": 100}
-    _, test = load_splits(test_cfg)
-    x, y = test.x.float() / 255, test.y
-    adv = build_attack("bim", sub, 0.2, 10, ev.attack_cfg("bim").params).perturb(x, y)
+    x, y = eval_tensors(cfg.dataset, 100, "cpu")
+    adv = torch.cat([build_attack(group_config("attack", "bim"))(sub, x[i:i + 1000], y[i:i + 1000], 0.2, 1000 + i)
+                     for i in range(0, 100, 1000)])
     with torch.no_grad():
         assert target(adv).argmax(1).tolist() == transfer["records"]["adv_pred"]
     assert transfer["records"]["adv_pred"] != white["records"]["adv_pred"]
@@ -212,14 +260,12 @@ def test_transfer_attack_uses_the_substitute(store):
 
 
 def counting_attacks(monkeypatch) -> list[int]:
-    """Batch sizes of every ``perturb`` call the evaluation makes from here on."""
+    """Batch sizes of every attack call the evaluation makes from here on."""
     sizes, real = [], ev.build_attack
 
     def build(*a, **k):
         attack = real(*a, **k)
-        perturb = attack.perturb
-        attack.perturb = lambda x, y: sizes.append(len(x)) or perturb(x, y)
-        return attack
+        return lambda model, x, y, eps, seed: sizes.append(len(x)) or attack(model, x, y, eps, seed)
 
     monkeypatch.setattr(ev, "build_attack", build)
     return sizes
@@ -231,7 +277,7 @@ def test_transfer_examples_are_crafted_once_for_every_target(store, monkeypatch)
     res, models = {}, {}
     for loss in ("ce", "pclc"):
         cfg = eval_cfg(store, "eval.subset=120", "eval.batch_size=50", loss=loss)
-        cfg.suite = OmegaConf.create({"entries": [{"attack": "bim", "eps": [0.2], "source": "transfer"}]})
+        cfg.suite = suite({"attack": "bim", "eps": [0.2], "source": "transfer"})
         res[loss] = json.loads(Path(evaluate(cfg)["results"][0]["file"]).read_text())
         _, models[loss] = load_run(RunDir(store, run_key(cfg)), torch.device("cpu"))
     assert sizes == [50, 50, 20]  # crafted on the substitute for the first target only
@@ -249,16 +295,16 @@ def test_spsa_runs_at_its_own_batch_size(store, monkeypatch):
     sizes = counting_attacks(monkeypatch)
     cfg = eval_cfg(store, "eval.subset=20", "eval.batch_size=1000",
                    "+eval.param_overrides.spsa={nb_iter: 1, nb_sample: 4, max_batch_size: 4, batch_size: 8}")
-    cfg.suite = OmegaConf.create({"entries": [{"attack": "spsa", "eps": [0.1]}]})
+    cfg.suite = suite({"attack": "spsa", "eps": [0.1]})
     r = json.loads(Path(evaluate(cfg)["results"][0]["file"]).read_text())
     assert sizes == [8, 8, 4] and r["params"]["batch_size"] == 8 and r["n"] == 20
-    assert ev.attack_cfg("spsa").params.batch_size == 10
+    assert group_config("attack", "spsa").batch_size == 10
 
 
 def test_bad_inputs_fail_before_any_attack(store, monkeypatch):
     monkeypatch.setattr(ev, "run_entry", lambda *a, **k: pytest.fail("an attack started"))
     cfg = eval_cfg(store)
-    cfg.suite = OmegaConf.create({"entries": [{"attack": "pgd", "eps": [1.5]}]})
+    cfg.suite = suite({"attack": "pgd", "eps": [1.5]})
     with pytest.raises(ValueError, match="outside"):
         evaluate(cfg)
     with pytest.raises(ValueError, match=r"for \['large'\] datasets"):
@@ -269,6 +315,6 @@ def test_bad_inputs_fail_before_any_attack(store, monkeypatch):
                               "trainer.epochs_per_phase=1", f"store={store}"])
     sub = train(other)
     cfg = eval_cfg(store, f"eval.substitute_run={sub['path']}")
-    cfg.suite = OmegaConf.create({"entries": [{"attack": "pgd", "eps": [0.1], "source": "transfer"}]})
+    cfg.suite = suite({"attack": "pgd", "eps": [0.1], "source": "transfer"})
     with pytest.raises(ValueError, match="5"):
         evaluate(cfg)

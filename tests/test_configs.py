@@ -30,11 +30,19 @@ def overrides_for(group: str, name: str) -> list[str]:
 
 @pytest.mark.parametrize("group,name", FILES, ids=[f"{g}/{n}" for g, n in FILES])
 def test_every_config_file_composes_and_resolves(group, name):
-    cfg = compose("train", overrides_for(group, name))
     from omegaconf import OmegaConf
 
-    OmegaConf.resolve(cfg)  # every interpolation resolves
+    from pclc.losses import build_loss
+    from pclc.train import build_adversary
+
+    cfg = compose("train", overrides_for(group, name))
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert (cfg.choices[group] if group in cfg.choices else resolved[group]["name"]) == name
     validate_data_model(cfg)
+    assert callable(build_loss(cfg.loss))  # a registered loss with valid parameters
+    build_adversary(cfg.trainer)
+    if group == "dataset":  # the planner's split sizes come from the config
+        assert int(resolved["dataset"]["examples"]["train"]) > 0 and int(resolved["dataset"]["examples"]["test"]) > 0
 
 
 def test_every_config_folder_is_covered():
@@ -43,20 +51,28 @@ def test_every_config_folder_is_covered():
     assert ROOTS == ["audit", "evaluate", "reproduce", "train"]
 
 
+ROOT_KEYS = {"train": {"dataset", "model", "loss", "trainer", "logger", "seed", "store", "accel"},
+             "evaluate": {"dataset", "model", "loss", "suite", "eval", "run_dir"},
+             "audit": {"dataset", "model", "loss", "audit"},
+             "reproduce": {"experiment", "methods", "profiles", "stage", "datasets", "attacks"}}
+
+
 @pytest.mark.parametrize("root", ROOTS)
 def test_root_configs_compose(root):
     from omegaconf import OmegaConf
 
-    OmegaConf.resolve(compose(root))
+    cfg = OmegaConf.to_container(compose(root), resolve=True)
+    assert ROOT_KEYS[root] <= set(cfg), sorted(ROOT_KEYS[root] - set(cfg))
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_attack_configs_name_a_known_attack(name):
-    from pclc.attacks import ATTACKS as KNOWN
-    from pclc.evaluate import attack_cfg
+def test_attack_configs_name_a_registered_attack_with_valid_parameters(name):
+    from pclc.attacks import ATTACKS as KNOWN, build_attack
+    from pclc.config import group_config
 
-    a = attack_cfg(name)
-    assert a.name in KNOWN and isinstance(dict(a.params), dict)
+    a = group_config("attack", name)
+    atk = build_attack(a)  # refuses unknown, missing or out-of-range parameters
+    assert atk.name in KNOWN and a._target_ == KNOWN.get(atk.name).target and atk.passes >= 1
 
 
 @pytest.mark.parametrize("name", SUITES)

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pclc.attacks import build_attack
+from pclc.attacks import attack_config, build_attack
+from pclc.config import group_config
 from pclc.config import compose
 from pclc.data import load_splits
-from pclc.evaluate import attack_cfg, load_run, with_precision
+from pclc.evaluate import with_precision
+from pclc.store import load_run
 from pclc.store import RunDir
 from pclc.train import train
 
@@ -37,11 +39,11 @@ def test_bf16_attacks_stay_within_one_point_of_fp32(tmp_path):
     cfg, model = load_run(RunDir(tmp_path, s["key"]), torch.device("cpu"))
     _, test = load_splits(cfg.dataset)
     x, y = test.x.float() / 255, test.y
-    params = {"nb_iter": 10, "eps_iter": 0.01, "rand_init": False}
+    params = {"nb_iter": 10, "eps_iter": 0.01}
     acc = {}
     for prec in ("fp32", "bf16"):
         m = with_precision(model, prec)
-        adv = build_attack("bim", m, 0.05, 10, params).perturb(x, y)
+        adv = build_attack(attack_config("bim", **params))(m, x, y, 0.05, 0)
         with torch.no_grad():
             acc[prec] = 100.0 * float((model(adv).argmax(1) == y).float().mean())
     assert abs(acc["bf16"] - acc["fp32"]) <= 1.0, acc
@@ -77,7 +79,7 @@ BENCH = {"models": [{"dataset": "fmnist", "model": "lenet5", "train_images": 600
 
 
 def test_cost_model_scales_the_benchmark_by_size_steps_flops_and_adversarial_training():
-    from pclc import costs
+    from pclc import plan as costs
 
     ds = compose("train", ["dataset=fmnist"]).dataset
     paper = compose("train", ["dataset=fmnist", "trainer=paper"]).trainer
@@ -89,10 +91,11 @@ def test_cost_model_scales_the_benchmark_by_size_steps_flops_and_adversarial_tra
     assert costs.epoch_seconds(BENCH, ds, "lenet5", fgsm_at) == pytest.approx(3.0 * (1 + 0.5 * 2 / 3))
     ratio = costs.model_flops("cnn3", 10, 1, 28) / 833040.0  # an unbenchmarked model: same seconds per FLOP
     assert ratio > 5 and costs.epoch_seconds(BENCH, ds, "cnn3", paper) == pytest.approx(3.0 * ratio)
-    pgd = attack_cfg("pgd").params
-    assert costs.attack_seconds_per_example(BENCH, ds, "lenet5", "pgd", pgd) * 10000 == pytest.approx(50.0)
-    cw = attack_cfg("cw").params
-    assert costs.attack_passes("cw", cw) == 900 and costs.attack_passes("fgsm", {}) == 1
+    pgd = group_config("attack", "pgd")
+    assert costs.attack_seconds_per_example(BENCH, ds, "lenet5", pgd) * 10000 == pytest.approx(50.0)
+    assert build_attack(group_config("attack", "cw")).passes == 900  # the registry's cost: C&W 100 x 9 searches
+    assert build_attack(group_config("attack", "fgsm")).passes == 1
+    assert build_attack(group_config("attack", "spsa")).passes == 10 * 128
 
 
 def test_planner_predicts_unmeasured_work_from_the_benchmark(tmp_path, capsys):

@@ -16,7 +16,8 @@ import pclc.evaluate as ev
 import pclc.train as train_mod
 from pclc.config import CONFIG_DIR, compose
 from pclc.reproduce import reproduce
-from pclc.tables import combine, paper_tables, table_rows, to_markdown
+from pclc.paper_data import paper_tables, table_rows
+from pclc.reports import combine, to_markdown
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "paper" / "paper_tables.csv"
 FAKE_MAP = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "

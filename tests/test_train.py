@@ -112,11 +112,11 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = train_mod.get_loss
+    real = train_mod.build_loss
     batches = []  # fake data: 512 images = 2 batches an epoch; the loss turns NaN in epoch 2
 
-    def nan_from_third_batch(name, check_inputs=True, **p):
-        fn = real(name, check_inputs=check_inputs, **p)
+    def nan_from_third_batch(loss_cfg, check_inputs=True):
+        fn = real(loss_cfg, check_inputs=check_inputs)
 
         def loss(logits, y):
             batches.append(1)
@@ -124,7 +124,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
         return loss
 
-    monkeypatch.setattr(train_mod, "get_loss", nan_from_third_batch)
+    monkeypatch.setattr(train_mod, "build_loss", nan_from_third_batch)
     cfg = cfg_for(tmp_path, loss="gce")
     with pytest.raises(NonFiniteLossError, match="epoch 2.*epoch 1"):
         train(cfg)
