@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -19,13 +20,17 @@ _COMPOSED: dict[tuple, DictConfig] = {}
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
     """Compose a config from ``configs/`` with Hydra's compose API; returns a fresh copy of a cached result
     (composition costs ~0.2 s and the planner composes the same configs many times). Interpolations such
-    as ``${oc.env:PCLC_RUNS,runs}`` stay unresolved in the cache, so they still follow the environment."""
+    as ``${oc.env:PCLC_RUNS,runs}`` stay unresolved in the cache, so they still follow the environment.
+    ``PCLC_CONFIG_PATH`` (folders, ``os.pathsep``-separated) adds config groups of your own (a dataset, an
+    attack) beside configs/, as Hydra's ``hydra.searchpath`` does for the command-line apps."""
     import copy
 
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    key = (config_name, tuple(overrides or []))
+    extra = [d for d in os.environ.get("PCLC_CONFIG_PATH", "").split(os.pathsep) if d]
+    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in extra)}]"] if extra else []
+    key = (config_name, tuple([*search, *(overrides or [])]))
     if key not in _COMPOSED:
         if len(_COMPOSED) > 1024:
             _COMPOSED.clear()
@@ -47,7 +52,8 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
 def group_config(group: str, name: str) -> DictConfig:
     """One config of a group (``configs/<group>/<name>.yaml``) as Hydra composes it into ``train``: its
     interpolations (``${dataset.num_classes}``) stay unresolved, to resolve in the config it joins."""
-    known = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    dirs = [CONFIG_DIR, *(Path(d) for d in os.environ.get("PCLC_CONFIG_PATH", "").split(os.pathsep) if d)]
+    known = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
     if name not in known:
         raise ValueError(f"unknown {group} config {name!r}; known: {known}")
     add = "" if group in ("dataset", "model", "loss", "trainer", "logger") else "+"  # groups train.yaml lacks

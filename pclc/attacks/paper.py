@@ -66,30 +66,34 @@ def fgsm(model, x, y, eps, seed):
                                                         clip_max=1.0, targeted=False), x, y, seed)
 
 
+def _iterative(cls: str, model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter, **extra) -> torch.Tensor:
+    """An advertorch L-inf iterative attack (BIM, PGD, MIM) on CE, ``nb_iter`` steps of the step size."""
+    attack = getattr(advertorch_attacks(), cls)(model, loss_fn=_ce_sum(), eps=eps, nb_iter=int(nb_iter),
+                                                eps_iter=step_size(eps, eps_iter, rel_eps_iter), clip_min=0.0,
+                                                clip_max=1.0, targeted=False, **extra)
+    return _run(attack, x, y, seed)
+
+
 @register_attack("bim", bounded=True, passes=lambda p: p["nb_iter"])
 def bim(model, x, y, eps, seed, nb_iter: int, eps_iter: float | None = None, rel_eps_iter: float | None = None):
     """BIM (Kurakin et al. 2016): ``nb_iter`` sign steps, no random start."""
-    return _run(advertorch_attacks().LinfBasicIterativeAttack(
-        model, loss_fn=_ce_sum(), eps=eps, nb_iter=int(nb_iter), eps_iter=step_size(eps, eps_iter, rel_eps_iter),
-        clip_min=0.0, clip_max=1.0, targeted=False), x, y, seed)
+    return _iterative("LinfBasicIterativeAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter)
 
 
 @register_attack("pgd", bounded=True, passes=lambda p: p["nb_iter"])
 def pgd(model, x, y, eps, seed, nb_iter: int, rand_init: bool, eps_iter: float | None = None,
         rel_eps_iter: float | None = None):
     """PGD (Madry et al. 2017): ``nb_iter`` sign steps from a random start (``rand_init``)."""
-    return _run(advertorch_attacks().LinfPGDAttack(
-        model, loss_fn=_ce_sum(), eps=eps, nb_iter=int(nb_iter), eps_iter=step_size(eps, eps_iter, rel_eps_iter),
-        rand_init=bool(rand_init), clip_min=0.0, clip_max=1.0, targeted=False), x, y, seed)
+    return _iterative("LinfPGDAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter,
+                      rand_init=bool(rand_init))
 
 
 @register_attack("mim", bounded=True, passes=lambda p: p["nb_iter"])
 def mim(model, x, y, eps, seed, nb_iter: int, decay_factor: float, eps_iter: float | None = None,
         rel_eps_iter: float | None = None):
     """MIM (Dong et al. 2018): momentum iterative sign steps."""
-    return _run(advertorch_attacks().MomentumIterativeAttack(
-        model, loss_fn=_ce_sum(), eps=eps, nb_iter=int(nb_iter), eps_iter=step_size(eps, eps_iter, rel_eps_iter),
-        decay_factor=float(decay_factor), clip_min=0.0, clip_max=1.0, targeted=False), x, y, seed)
+    return _iterative("MomentumIterativeAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter,
+                      decay_factor=float(decay_factor))
 
 
 @register_attack("cw", bounded=False, passes=lambda p: p["max_iterations"] * p["binary_search_steps"])
