@@ -44,11 +44,15 @@ class Split:
 # Loaders: name -> function(root, download, cfg) -> (train Split, test Split), all on the CPU.
 # --------------------------------------------------------------------------------------------
 LOADERS: dict[str, Callable[..., tuple[Split, Split]]] = {}
+CLASSES: dict[str, int] = {}  # the class count of each real dataset (synthetic ones take the config's)
 
 
-def register_loader(name: str):
+def register_loader(name: str, classes: int | None = None):
+    """Register ``loader(root, download, cfg) -> (train, test)``; ``classes``: the dataset's class count."""
     def wrap(fn):
         LOADERS[name] = fn
+        if classes is not None:
+            CLASSES[name] = int(classes)
         return fn
 
     return wrap
@@ -98,9 +102,9 @@ def _mnist_like(cls_name: str, title: str, system_copy: bool = False, how: str =
     return load
 
 
-register_loader("mnist")(_mnist_like("MNIST", "MNIST"))
-register_loader("kmnist")(_mnist_like("KMNIST", "KMNIST"))
-register_loader("fmnist")(
+register_loader("mnist", classes=10)(_mnist_like("MNIST", "MNIST"))
+register_loader("kmnist", classes=10)(_mnist_like("KMNIST", "KMNIST"))
+register_loader("fmnist", classes=10)(
     _mnist_like(
         "FashionMNIST",
         "Fashion-MNIST",
@@ -130,11 +134,11 @@ def _cifar(cls_name: str, title: str, folder: str):
     return load
 
 
-register_loader("cifar10")(_cifar("CIFAR10", "CIFAR-10", "cifar-10-batches-py"))
-register_loader("cifar100")(_cifar("CIFAR100", "CIFAR-100", "cifar-100-python"))
+register_loader("cifar10", classes=10)(_cifar("CIFAR10", "CIFAR-10", "cifar-10-batches-py"))
+register_loader("cifar100", classes=100)(_cifar("CIFAR100", "CIFAR-100", "cifar-100-python"))
 
 
-@register_loader("svhn")
+@register_loader("svhn", classes=10)
 def _svhn(root: Path, download: bool, cfg) -> tuple[Split, Split]:
     import torchvision.datasets as tvd
 
@@ -150,7 +154,7 @@ def _svhn(root: Path, download: bool, cfg) -> tuple[Split, Split]:
     return splits[0], splits[1]
 
 
-@register_loader("tinyimagenet")
+@register_loader("tinyimagenet")  # its class count is wnids.txt's
 def _tinyimagenet(root: Path, download: bool, cfg) -> tuple[Split, Split]:
     """Tiny ImageNet in its standard layout; the labelled ``val/`` split serves as the test set."""
     base = root / "tiny-imagenet-200"
@@ -223,6 +227,9 @@ def load_splits(cfg) -> tuple[Split, Split]:
     name = cfg.name
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}")
+    if name in CLASSES and int(cfg.num_classes) != CLASSES[name]:
+        raise ValueError(f"dataset {name} has {CLASSES[name]} classes, but num_classes={cfg.num_classes}; "
+                         f"leave dataset.num_classes at the dataset's count")
     root = Path(cfg.root).expanduser()
     if name == "fake":
         train, test = LOADERS[name](root, False, cfg)

@@ -26,13 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.attacks import attack_entry, build_attack, check_eps
 from pclc.config import resolve_device, variant
 from pclc.data import eval_tensors
-from pclc.io import atomic_torch_save, atomic_write_json, cached_tensor, load_tensors
+from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, cached_tensor, load_tensors, read_json
 from pclc.metrics import predict
 from pclc.registry import params_of
-from pclc.store import RunDir, load_run, provenance, run_key
+from pclc.store import RunDir, load_run, provenance, run_fingerprint, run_key
 from pclc.tracking import build_tracker
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): results at it keep their plain names
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,13 @@ class Entry:
     params: dict = field(hash=False, compare=False)
     attack: dict = field(hash=False, compare=False, default_factory=dict)  # the config to build it from
 
-    def name(self, subset: int | None, precision: str = "fp32") -> str:
+    def name(self, subset: int | None, precision: str = "fp32", batch_size: int = DEFAULT_BATCH) -> str:
+        """The result's file stem. A random start is seeded per batch, so a stochastic attack's result at
+        another batch size than the default is another result (``-bs<N>``)."""
         eps = "" if self.eps is None else f"-eps{self.eps:g}"
         sub = ("" if subset is None else f"-sub{subset}") + ("" if precision == "fp32" else f"-{precision}")
+        if self.params.get("rand_init") and int(batch_size) != DEFAULT_BATCH:
+            sub += f"-bs{int(batch_size)}"
         digest = hashlib.sha256(json.dumps([self.kind, self.params], sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.source}-{self.config}{eps}{sub}-{digest}"
 
@@ -152,11 +158,27 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
     replaces ``batch_size``. ``cache``: a directory for :func:`craft`, suffixed here with the batch size.
     """
     if out.exists():
-        return json.loads(out.read_text())
+        try:
+            done = read_json(out)
+        except CorruptFileError as e:
+            log.warning("%s; set aside, recomputing", e)
+            done = None
+        # results written before weights were recorded (no "weights" key) are taken as they are
+        if done is not None and all(done.get(k, header.get(k)) == header.get(k)
+                                    for k in ("run", "weights", "substitute_weights")):
+            return done
+        if done is not None:
+            log.warning("%s was computed with other weights (%s, now %s); set aside, recomputing", out,
+                        done.get("weights"), header["weights"])
+        out.rename(out.with_name(f"{out.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.json"))
     batch_size = int(entry.params.get("batch_size", batch_size))
-    cache = None if cache is None else cache.with_name(f"{cache.name}-bs{batch_size}")
+    if cache is not None:  # the crafted examples depend on the substitute's weights and the batches
+        cache = cache.with_name(f"{cache.name}-bs{batch_size}-w{header['substitute_weights'][:8]}")
     partial = out.with_suffix(".partial.pt")
     done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
+    if done.get("weights", header["weights"]) != header["weights"]:  # a partial result of other weights
+        done = {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
+    done["weights"] = header["weights"]
     attack = build_attack(entry.attack)
     n = len(y)
     step = batch_size * group_batches
@@ -167,12 +189,12 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
         pred = predict(target, adv, batch_size).argmax(1)
         linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
         done = {"n": hi, "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
-                "linf": done["linf"] + linf.cpu().tolist(),
+                "linf": done["linf"] + linf.cpu().tolist(), "weights": header["weights"],
                 "seconds": done["seconds"] + time.perf_counter() - t0}
         atomic_torch_save(done, partial)
     adv_pred = torch.tensor(done["adv_pred"])
     result = {**header, "attack": entry.config, "kind": entry.kind, "eps": entry.eps, "source": entry.source,
-              "params": entry.params, "n": n, "seconds": done["seconds"],
+              "params": entry.params, "n": n, "seconds": done["seconds"], "batch_size": batch_size,
               "adv_accuracy": 100.0 * float((adv_pred == y.cpu()).float().mean()),
               "max_linf": max(done["linf"]) if done["linf"] else 0.0,
               "records": {**header["records"], "adv_pred": done["adv_pred"]}}
@@ -237,14 +259,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if subset is not None and int(subset) <= 0:
         raise ValueError(f"eval.subset must be a positive number of test examples, got {subset}")
     subset = None if subset is None else int(subset)
+    for k in ("batch_size", "group_batches"):
+        v = cfg.eval.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"eval.{k} must be an integer >= 1, got {v!r}")
     run_cfg, target = load_run(run, device)
+    tie = run_fingerprint(run, target)
     target = with_precision(target, precision)
     run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
     entries = expand_suite(cfg.suite, run_cfg.dataset, cfg.eval.get("param_overrides"))
 
-    crafter, sub_run = target, None
+    crafter, sub_run, sub_tie = target, None, None
     if any(e.source == "transfer" for e in entries):
         sub_run, sub_model = _substitute(cfg, run, run_cfg, device)
+        sub_tie = run_fingerprint(sub_run, sub_model)["weights"]
         crafter = with_precision(sub_model, precision)
 
     x, y = eval_tensors(run_cfg.dataset, subset, device)
@@ -258,10 +286,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results = []
     for e in entries:
         transfer = e.source == "transfer"
-        header = {"run": run.key, "substitute": sub_run.key if transfer else None, "precision": precision,
+        header = {**tie, "substitute": sub_run.key if transfer else None, "precision": precision,
+                  "substitute_weights": sub_tie if transfer else None,
                   "subset": subset, "clean_accuracy": clean_acc, "device": prov["device"],
                   "provenance": prov, "records": records}
-        out = run.eval / f"{e.name(subset, precision)}.json"
+        out = run.eval / f"{e.name(subset, precision, bs)}.json"
         t0 = time.perf_counter()
         r = run_entry(e, target, crafter if transfer else target, x, y, bs, int(cfg.eval.group_batches), out, header,
                       sub_run.adv / out.stem if transfer else None)

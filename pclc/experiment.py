@@ -104,7 +104,7 @@ def check_attacks(cfg: DictConfig) -> None:
 def eval_name(ec: DictConfig, e) -> str:
     """The file stem of entry ``e``'s result under evaluation config ``ec`` (``runs/<key>/eval/<stem>.json``)."""
     sub = ec.eval.subset
-    return e.name(None if sub is None else int(sub), ec.eval.get("precision") or "fp32")
+    return e.name(None if sub is None else int(sub), ec.eval.get("precision") or "fp32", int(ec.eval.batch_size))
 
 
 def entries(ec: DictConfig) -> list:

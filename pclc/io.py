@@ -18,7 +18,7 @@ class CorruptFileError(RuntimeError):
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -46,6 +46,37 @@ def atomic_savefig(fig, path: Path, **kwargs) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, with a clear error naming it when it is truncated or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"cannot read {path}: {e}") from e
+
+
+def remove_stale_temp(folder: Path) -> list[Path]:
+    """Delete the temp files of interrupted atomic writes in ``folder`` (their writer, named in the file name,
+    is no longer running); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp") if Path(folder).exists() else []:
+        parts = tmp.name.rsplit(".", 3)  # .<name>.<pid>.<random>.tmp
+        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> Any:

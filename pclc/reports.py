@@ -25,6 +25,7 @@ from pclc.store import RunDir, provenance, provenance_lines, run_key
 log = logging.getLogger(__name__)
 
 NOT_RUN = "not run"
+KEPT = "kept"  # a cell this command did not compute, kept from the results file it rewrites
 
 
 def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float]) -> pd.DataFrame:
@@ -65,7 +66,8 @@ def to_markdown(df: pd.DataFrame) -> str:
             elif r.ours is None or pd.isna(r.ours):
                 vals.append(f"{NOT_RUN} (paper {r.paper:.1f})")
             else:
-                vals.append(f"**{r.ours:.1f}** ({r.paper:.1f}, {r.diff:+.1f})")
+                mark = "†" if getattr(r, "status", "run") == KEPT else ""
+                vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
         lines.append(f"| {_row_label(a, p)} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -79,6 +81,13 @@ def header(title: str, prov: dict[str, Any], protocol: str, config_yaml: str, no
              "- cells: **ours** (paper, ours − paper); accuracy in % on the test set"]
     lines += [f"- {n}" for n in notes]
     return "\n".join([*lines, "", *config_block(config_yaml)]) + "\n"
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML for a results file, without credentials."""
+    from pclc.tracking import scrub
+
+    return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True))))
 
 
 def config_block(config_yaml: str) -> list[str]:
@@ -167,20 +176,54 @@ def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md
     return "".join(f"# {ln}\n" for ln in lines)
 
 
+def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tuple[pd.DataFrame, str | None]:
+    """``df`` with the cells of the results file it replaces that this command did not compute (other
+    datasets, attacks not run here): a restricted or partial run never drops numbers results/ holds. Those
+    cells keep their value with status ``kept``; returns the table and a note naming the file's provenance."""
+    if not csv.exists():
+        return df, None
+    old = pd.read_csv(csv, comment="#", dtype={"param": str})
+    head = {k: v for k, v in (ln[2:].split(": ", 1) for ln in csv.read_text().splitlines()
+                              if ln.startswith("# ") and ": " in ln)}
+    key = ["dataset", "model", "method", "attack", "param"]
+    had = {tuple(r[k] for k in key): r for r in old.to_dict("records") if r["status"] in ("run", KEPT)}
+    datasets = list(dict.fromkeys([*df.dataset, *old.dataset]))
+    rows = table_rows(table, None, attacks)
+    rows = rows[rows.dataset.isin(datasets)]
+    mine = {tuple(r[k] for k in key): r for r in df.to_dict("records")}
+    out, kept = [], 0
+    for r in rows.rename(columns={"accuracy": "paper"}).to_dict("records"):
+        k = tuple(r[c] for c in key)
+        new = mine.get(k)
+        if new is not None and new["status"] == "run":
+            out.append(new)
+        elif k in had:
+            kept += 1
+            out.append({**r, "ours": float(had[k]["ours"]), "diff": round(float(had[k]["ours"]) - r["paper"], 2),
+                        "status": KEPT})
+        else:
+            out.append(new if new is not None else {**r, "ours": None, "diff": None, "status": NOT_RUN})
+    if not kept:
+        return df, None
+    note = (f"† {kept} cells kept from the file this command rewrote (not computed by it): commit "
+            f"`{head.get('commit', '?')}`, {head.get('date', '?')}, `{head.get('command', '?')}`")
+    return pd.DataFrame(out, columns=list(df.columns)), note
+
+
 def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     """``<out_dir>/<experiment>.{md,csv}``: the paper's table with ours beside it, headed by provenance."""
     exp = cfg.experiment
-    df = collect_table(cfg)
+    folder = out_dir(cfg)
+    md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
+    df, kept = keep_previous(collect_table(cfg), csv, exp.table, exp.get("attacks"))
     prov = provenance(resolve_device(cfg.device))
     title = f"{exp.title}" + ("" if cfg.profile == "full" else f" — {cfg.profile} profile, NOT the paper's protocol")
     cells = experiment_cells(cfg)
     runs = {c.label: run_key(train_cfg(c, cfg)) for c in cells}
-    head = header(title, prov, cfg.profile, OmegaConf.to_yaml(cfg, resolve=True),
+    head = header(title, prov, cfg.profile, config_yaml(cfg),
                   notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
                                                                                for k, v in runs.items()),
-                         *substitute_notes(cfg)])
-    folder = out_dir(cfg)
-    md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
+                         *substitute_notes(cfg), *([kept] if kept else [])])
     atomic_write_text(md, head + to_markdown(df))
     config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile,
               "datasets": cfg.get("datasets") and list(cfg.datasets), "runs": runs}

@@ -24,7 +24,7 @@ from pclc.config import group_config, resolve_device
 from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
     sub_experiments, suites_of, train_cfg
 from pclc.plan import plan
-from pclc.reports import write_table
+from pclc.reports import config_yaml, write_table
 from pclc.store import RunDir, run_key
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     if listed is not None and list(exp.methods) != list(listed):
         title += f" — methods {', '.join(exp.methods)} only (the experiment lists {', '.join(listed)})"
     paths = write_audit_report(audits, out_dir(cfg), rows, title=title,
-                               config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+                               config_yaml=config_yaml(cfg))
     if tracker is not None:
         import pandas as pd
 

@@ -42,11 +42,24 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
             "seed": c["seed"]}
 
 
+def digest(obj: Any, n: int = 12) -> str:
+    """The first ``n`` hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
 def run_key(cfg: DictConfig) -> str:
     """``<dataset>-<model>-<loss>-s<seed>-<hash>``: readable, and unique per identity."""
-    ident = identity(cfg)
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}-{digest}"
+    return f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}-{digest(identity(cfg))}"
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A hash of a model's weights (names, shapes, dtypes and bytes): what a result is tied to."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class RunDir:
@@ -76,7 +89,13 @@ class RunDir:
         return self.summary.exists()
 
     def read_summary(self) -> dict[str, Any]:
-        return json.loads(self.summary.read_text())
+        from pclc.io import CorruptFileError, read_json
+
+        try:
+            return read_json(self.summary)
+        except CorruptFileError as e:
+            raise CorruptFileError(f"{e}. Rerun the training command: the run resumes from its checkpoint and "
+                                   "writes it again.") from None
 
     def stored_identity(self) -> dict[str, Any]:
         """The identity recorded in ``config.yaml`` (what determined the weights)."""
@@ -87,27 +106,82 @@ class RunDir:
         return OmegaConf.create(OmegaConf.load(self.config).resolved)
 
 
+class RunIntegrityError(ValueError):
+    """A run directory does not hold what its key says (an edited config.yaml, weights that do not fit)."""
+
+
+def checked_config(run: RunDir) -> DictConfig:
+    """The run's stored training config, refused when its identity no longer hashes to the run's key (a
+    hand-edited config.yaml: the weights were not trained with what it now says)."""
+    cfg = run.stored_config()
+    key = run_key(cfg)
+    if key.rsplit("-", 1)[1] != run.key.rsplit("-", 1)[-1]:
+        raise RunIntegrityError(f"{run.config} was edited: its config hashes to {key}, not to the run's key "
+                                f"{run.key}. Restore it, or train the edited config as a run of its own.")
+    return cfg
+
+
+def build_model(model_cfg) -> torch.nn.Module:
+    """A registered model from a model config's fields (``name``, ``num_classes``, ``in_channels``,
+    ``input_size``); its ``_target_`` must be the model registry's, and is never instantiated."""
+    from pclc.models import create_model
+
+    target = model_cfg.get("_target_")
+    if target not in (None, "pclc.models.create_model"):
+        raise RunIntegrityError(f"model config `_target_: {target}`: models are built by pclc.models.create_model "
+                                "(the model registry) only")
+    return create_model(str(model_cfg.name), int(model_cfg.num_classes), int(model_cfg.in_channels),
+                        int(model_cfg.input_size))
+
+
+def model_state(run: RunDir) -> dict[str, torch.Tensor]:
+    """A finished run's final weights: ``model.pt``, or, when that is missing or unreadable, the final
+    checkpoint (the same weights), from which ``model.pt`` is written again."""
+    from pclc.io import CorruptFileError, atomic_torch_save, load_tensors
+
+    try:
+        return load_tensors(run.model)
+    except (CorruptFileError, FileNotFoundError) as e:
+        epochs = int(run.read_summary().get("epochs", -1))
+        try:
+            ckpt = load_tensors(run.checkpoint)
+        except (CorruptFileError, FileNotFoundError):
+            raise CorruptFileError(f"{run.model} cannot be read ({e}) and no final checkpoint holds its weights; "
+                                   f"retrain with force=true") from None
+        if int(ckpt.get("epoch", -1)) != epochs:
+            raise CorruptFileError(f"{run.model} cannot be read and the checkpoint is at epoch {ckpt.get('epoch')}"
+                                   f", not {epochs}; retrain with force=true") from None
+        import logging
+
+        logging.getLogger(__name__).warning("%s is missing or unreadable; restored from the final checkpoint", run.model)
+        atomic_torch_save(ckpt["model"], run.model)
+        return ckpt["model"]
+
+
 def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Module]:
     """The resolved config and the trained model (eval mode, frozen weights) of a finished run.
 
     The model is built through the model registry from the stored config's fields, never by instantiating
-    a stored ``_target_``: a run directory is data, and a hand-edited config.yaml must not run code.
+    a stored ``_target_``: a run directory is data, and a hand-edited config.yaml must not run code (nor
+    silently change what is evaluated: :func:`checked_config`).
     """
-    from pclc.io import load_tensors
-    from pclc.models import create_model
-
     if not run.finished:
         raise ValueError(f"run {run.key} is not finished (no {run.summary}); train it first with pclc.train")
-    cfg = run.stored_config()
+    cfg = checked_config(run)
     m, d = cfg.model, cfg.dataset
-    model = create_model(str(m.name), int(m.num_classes), int(m.in_channels), int(m.input_size))
     if int(m.num_classes) != int(d.num_classes):
         raise ValueError(f"{run.config}: model.num_classes={m.num_classes} but dataset has {d.num_classes} classes")
-    model.load_state_dict(load_tensors(run.model))
+    model = build_model(m)
+    model.load_state_dict(model_state(run))
     model.eval()
     for p in model.parameters():  # no weight gradients (attacks would otherwise compute them every step)
         p.requires_grad_(False)
     return cfg, model.to(device)
+
+
+def run_fingerprint(run: RunDir, model: torch.nn.Module) -> dict[str, str]:
+    """What a result of ``run`` is tied to: the run's key and its weights' hash."""
+    return {"run": run.key, "weights": weights_digest(model.state_dict())}
 
 @functools.cache
 def git_commit() -> str:
@@ -138,9 +212,13 @@ def invocation() -> str:
     """The command line, as ``python -m pclc.<module> ...`` for our entrypoints."""
     import sys
 
+    from pclc.tracking import is_secret
+
     prog = Path(sys.argv[0])
     head = f"python -m pclc.{prog.stem}" if prog.parent.name == "pclc" and prog.suffix == ".py" else prog.name
-    return " ".join([head, *sys.argv[1:]])
+    args = [a.split("=", 1)[0] + "=***" if "=" in a and is_secret(a.split("=", 1)[0].split(".")[-1]) else a
+            for a in sys.argv[1:]]  # a credential given as an override is never written down
+    return " ".join([head, *args])
 
 
 def provenance(device: torch.device, command: str | None = None) -> dict[str, Any]:

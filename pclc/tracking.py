@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-_SECRET_WORDS = ("key", "token", "secret", "password")
+# A config entry named like a credential (api_key, wandb_key, token, secret, password; not a run's `key`).
+_SECRET = re.compile(r"(api_?key|_key$|^key_|token|secret|passw(or)?d|credential)", re.IGNORECASE)
 
 
-def _scrub(obj: Any) -> Any:
-    """Drop any config entry whose name looks like a credential."""
+def is_secret(name: str) -> bool:
+    return bool(_SECRET.search(str(name)))
+
+
+def scrub(obj: Any) -> Any:
+    """Drop every entry whose name looks like a credential (nothing written or logged may hold one)."""
     if isinstance(obj, dict):
-        return {k: _scrub(v) for k, v in obj.items() if not any(w in str(k).lower() for w in _SECRET_WORDS)}
+        return {k: scrub(v) for k, v in obj.items() if not is_secret(k)}
     if isinstance(obj, list):
-        return [_scrub(v) for v in obj]
+        return [scrub(v) for v in obj]
     return obj
 
 
@@ -47,7 +53,7 @@ class WandbTracker(Tracker):
 
         Path(dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, entity=entity, name=name, group=group, job_type=job_type,
-                              config=_scrub(config), mode=mode, dir=dir, tags=tags or [],
+                              config=scrub(config), mode=mode, dir=dir, tags=tags or [],
                               reinit="create_new")  # independent runs: an evaluation inside a reproduce run
         self.dir = Path(self.run.dir).parent if self.run is not None and mode != "disabled" else None
 

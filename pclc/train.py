@@ -13,26 +13,24 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.attacks.linf import HalfAdversarial
 from pclc.config import resolve_device, validate_data_model, variant
 from pclc.data import build_data
-from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
+from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
-from pclc.store import RunDir, identity, provenance, run_key
+from pclc.resume import CheckpointMismatchError, open_run, record_config, start_state
+from pclc.store import RunDir, build_model, provenance, run_key, weights_digest
 from pclc.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -40,10 +38,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not belong to this run's model or config."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -60,8 +54,10 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.epochs_per_phase must be >= 1, got {t.epochs_per_phase}")
     if int(t.batch_size) < 1 or int(t.eval_batch_size) < 1:
         raise ValueError("trainer.batch_size and trainer.eval_batch_size must be >= 1")
-    if not float(t.lr) > 0:
-        raise ValueError(f"trainer.lr must be > 0, got {t.lr}")
+    if not (float(t.lr) > 0 and math.isfinite(float(t.lr))):
+        raise ValueError(f"trainer.lr must be a finite number > 0, got {t.lr}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     if not 0 < float(t.gamma) <= 1:
         raise ValueError(f"trainer.gamma must be in (0, 1], got {t.gamma}")
     build_adversary(t)
@@ -164,63 +160,35 @@ def train_epoch(model: torch.nn.Module, data, loss_fn: Callable, optimizer: torc
 # ------------------------------------------------------------------------------------------
 # A run
 # ------------------------------------------------------------------------------------------
-def _read_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    state = load_tensors(path)
-    needed = {"epoch", "model", "generator", "torch_rng", "metrics"}
-    if not isinstance(state, dict) or not needed <= set(state):
-        raise CorruptFileError(f"{path} is not a pclc checkpoint (missing {sorted(needed - set(state or {}))})")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointMismatchError(f"{path} does not fit this model: {e}") from e
-    return state
+def _run_threads(state: dict | None, run: RunDir, accel: Accel) -> int:
+    """The CPU threads of a run: those it started with (a resume adopts them, so the weights do not depend
+    on where it was interrupted), else this process's. A resume with other speed options (bf16,
+    channels_last: they change the weights) is refused."""
+    if state is None or state.get("threads") is None:
+        return torch.get_num_threads()
+    was = state.get("accel") or {}
+    now = accel.describe()
+    for k in ("bf16", "channels_last"):
+        if k in was and was[k] != now[k]:
+            raise CheckpointMismatchError(f"{run.checkpoint} was trained with accel.{k}={was[k]}; resuming with "
+                                          f"{now[k]} would mix two numerics in one run. Resume with "
+                                          f"accel.{k}={str(was[k]).lower()}, or force=true to retrain.")
+    if int(state["threads"]) != torch.get_num_threads():
+        log.info("resuming %s with its %d CPU threads (this process had %d)", run.key, state["threads"],
+                 torch.get_num_threads())
+        torch.set_num_threads(int(state["threads"]))
+    return int(state["threads"])
 
 
-def _set_aside(run: RunDir) -> Path:
-    """``force``: move an existing run out of the way instead of deleting it."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = run.path.with_name(f"{run.key}.replaced-{stamp}")
-    shutil.move(str(run.path), dest)
-    return dest
-
-
-def _open_run(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, Any] | None:
-    """Reuse a finished run (its summary), set it aside (``force``), or record a new run's config; refuse a
-    run directory that belongs to another config."""
-    if run.finished and cfg.get("force") and until_epoch is None:
-        log.warning("force=true: moving the finished run %s to %s", run.key, _set_aside(run))
-    if run.finished:
-        log.info("run %s is finished; reusing it (force=true retrains)", run.key)
-        return {**run.read_summary(), "reused": True}
-    if run.config.exists():
-        if run.stored_identity() != identity(cfg):
-            raise CheckpointMismatchError(f"{run.config} belongs to another config (hash collision?)")
-    else:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        atomic_write_text(run.config, OmegaConf.to_yaml(OmegaConf.create(
-            {"key": run.key, "identity": identity(cfg), "choices": resolved.pop("choices", None),
-             "resolved": resolved})))
-    return None
-
-
-def _start_state(cfg: DictConfig, run: RunDir, model: torch.nn.Module, T: int, stop: int):
-    """Where training starts: this run's checkpoint (resume), the warm-up run's epoch-T checkpoint (trained
-    first if missing), or nothing. Returns (state or None, the warm-up run's key or None)."""
-    if run.checkpoint.exists():
-        state = _read_checkpoint(run.checkpoint, model)
-        log.info("resuming %s from epoch %d", run.key, state["epoch"])
-        return state, state.get("warmup_from")
-    if not (cfg.loss.get("warmup") and stop > T):
-        return None, None
-    src_cfg = warmup_source(cfg)
-    src = RunDir(cfg.store, run_key(src_cfg))
-    if not src.warmup.exists():
-        log.info("training the warm-up (first %d epochs of %s)", T, src.key)
-        train(src_cfg, until_epoch=T)
-    state = _read_checkpoint(src.warmup, model)
-    state["metrics"] = [dict(m, source=src.key) for m in state["metrics"]]
-    log.info("reusing the epoch-%d warm-up of %s", T, src.key)
-    return state, src.key
+def _diverged(summary: dict, num_classes: int) -> bool:
+    """A finished run at chance accuracy (or worse): it is kept, with a warning in the log and its summary."""
+    chance = 100.0 / num_classes
+    if summary["test_accuracy"] <= chance + 1.0 or not math.isfinite(summary["train_loss"]) \
+            or summary["train_loss"] > 1e6:
+        log.warning("run %s finished at %.2f%% test accuracy (chance %.1f%%, train loss %.3g): it looks diverged; "
+                    "lower trainer.lr", summary["key"], summary["test_accuracy"], chance, summary["train_loss"])
+        return True
+    return False
 
 
 def _summary(cfg: DictConfig, run: RunDir, metrics: list[dict], warmup_from, accel: Accel, prov: dict,
@@ -246,7 +214,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     T = int(cfg.trainer.epochs_per_phase)
     total = 2 * T
     stop = total if until_epoch is None else min(int(until_epoch), total)
-    reused = _open_run(cfg, run, until_epoch)
+    reused = open_run(cfg, run, until_epoch)
     if reused is not None:
         return reused
     unfinished = {"key": run.key, "finished": False, "epoch": stop, "path": str(run.path)}
@@ -256,8 +224,13 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     generator = torch.Generator().manual_seed(int(cfg.seed))  # shuffling and augmentation
     train_data, test_data = build_data(cfg.dataset, device)
-    model = instantiate(cfg.model).to(device)
-    state, warmup_from = _start_state(cfg, run, model, T, stop)
+    model = build_model(cfg.model).to(device)
+    accel = Accel.build(cfg.get("accel"), model, device)
+    state, warmup_from = start_state(cfg, run, model, T, stop, train,
+                                     warmup_source(cfg) if cfg.loss.get("warmup") else None)
+    record_config(cfg, run)  # the data loaded and the model built: the run starts
+    threads_before = torch.get_num_threads()
+    threads = _run_threads(state, run, accel)
     start = int(state["epoch"]) if state else 0
     metrics: list[dict[str, Any]] = list(state["metrics"]) if state else []
     if state:
@@ -267,7 +240,6 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     phase_loss = [build_loss(c.loss, check_inputs=False) for c in (warmup_source(cfg) if cfg.loss.get("warmup")
                                                                    else cfg, cfg)]
     adversary = build_adversary(cfg.trainer)
-    accel = Accel.build(cfg.get("accel"), model, device)
     mid_phase = state is not None and "optimizer" in state and start % T != 0  # keep Adam's moments
     optimizer, schedule = phase_optimizer(model, cfg.trainer, start % T, state["optimizer"] if mid_phase else None)
 
@@ -301,7 +273,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
             metrics.append(row)
             ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "metrics": metrics, "warmup_from": warmup_from}
+                    "metrics": metrics, "warmup_from": warmup_from, "threads": threads, "accel": accel.describe()}
             if epoch + 1 == T:  # the warm-up first: a kill between the two writes leaves a resumable run
                 atomic_torch_save(ckpt, run.warmup)
             atomic_torch_save(ckpt, run.checkpoint)
@@ -316,6 +288,8 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
             return unfinished
         atomic_torch_save(model.state_dict(), run.model)
         summary = _summary(cfg, run, metrics, warmup_from, accel, prov, t0)
+        summary.update(threads=threads, weights=weights_digest(model.state_dict()),
+                       diverged=_diverged(summary, int(cfg.dataset.num_classes)))
         atomic_write_json(run.summary, summary)
         tracker.summary(summary)
         tracker.finish(0)
@@ -323,6 +297,8 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     except BaseException:
         tracker.finish(1)
         raise
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def _progress(total: int, desc: str):

@@ -88,10 +88,11 @@ SMALL = {"fgsm": {}, "bim": {"nb_iter": 10, "eps_iter": 0.01}, "pgd": {"nb_iter"
 
 
 def test_every_registered_attack_has_a_test_budget():
-    assert sorted(SMALL) == list_attacks()
+    ours = [n for n in list_attacks() if ATTACKS.get(n).fn.__module__.startswith("pclc.")]  # not tests' own
+    assert sorted(SMALL) == ours
 
 
-@pytest.mark.parametrize("kind", list_attacks())
+@pytest.mark.parametrize("kind", sorted(SMALL))
 def test_every_attack_respects_eps_and_range_and_lowers_accuracy(trained, kind):
     model, x, y = trained
     x, y = x[:64], y[:64]
@@ -111,7 +112,7 @@ def test_every_attack_respects_eps_and_range_and_lowers_accuracy(trained, kind):
     assert torch.equal(adv, again)  # seeded by the call's seed: reproducible
 
 
-@pytest.mark.parametrize("kind", list_attacks())
+@pytest.mark.parametrize("kind", sorted(SMALL))
 def test_unknown_missing_or_out_of_range_parameters_are_refused(kind):
     with pytest.raises(ValueError, match="unknown parameter.*nb_iterr"):
         build_attack(attack_config(kind, **SMALL[kind], nb_iterr=3))
@@ -282,7 +283,7 @@ def test_transfer_examples_are_crafted_once_for_every_target(store, monkeypatch)
         _, models[loss] = load_run(RunDir(store, run_key(cfg)), torch.device("cpu"))
     assert sizes == [50, 50, 20]  # crafted on the substitute for the first target only
     assert res["ce"]["substitute"] == res["pclc"]["substitute"]
-    cache = next((RunDir(store, res["ce"]["substitute"]).path / "adv").glob("transfer-bim-eps0.2-sub120-*-bs50"))
+    cache = next((RunDir(store, res["ce"]["substitute"]).path / "adv").glob("transfer-bim-eps0.2-sub120-*-bs50-w*"))
     assert sorted(p.name for p in cache.iterdir()) == ["0-50.pt", "100-120.pt", "50-100.pt"]
     adv = torch.cat([torch.load(cache / f, weights_only=True) for f in ("0-50.pt", "50-100.pt", "100-120.pt")])
     with torch.no_grad():

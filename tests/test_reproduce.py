@@ -160,3 +160,24 @@ def test_audit_of_some_methods_says_so_in_its_title(tmp_path):
     assert "methods ce, pclc only (the experiment lists ce, gce, pclc, ce+at, gce+at, pclc+at)" in md.splitlines()[0]
     assert md.count("**Verdict:") == 2
     assert "<details><summary>resolved config</summary>" in md and "- pclc\n" in md  # the reproduce config
+
+
+def test_a_restricted_run_never_drops_numbers_results_holds(tmp_path):
+    """A fresh store (a fresh clone) rewriting a committed table with fewer attacks or another dataset keeps
+    the committed cells, marked as kept with the old file's provenance."""
+    full = reproduce(repro_cfg(tmp_path, "table1", "mnist"))
+    csv_path = next(Path(p) for p in full["outputs"] if p.endswith(".csv"))
+    before = pd.read_csv(csv_path, comment="#", dtype={"param": str})
+    fresh = [f"store={tmp_path / 'fresh-runs'}"]
+    reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", *fresh))
+    after = pd.read_csv(csv_path, comment="#", dtype={"param": str})
+    assert len(after) == len(before) and (after.status != "not run").all()
+    kept = after[after.status == "kept"]
+    assert set(kept.attack) == {"bim", "pgd", "mim", "cw"}
+    assert kept.set_index(["attack", "param"]).ours.equals(
+        before[before.attack.isin(kept.attack)].set_index(["attack", "param"]).ours)
+    md = csv_path.with_suffix(".md").read_text()
+    assert "cells kept from the file this command rewrote" in md and "†" in md
+    reproduce(repro_cfg(tmp_path, "table1", "kmnist", *fresh))  # another column: mnist's stays
+    other = pd.read_csv(csv_path, comment="#", dtype={"param": str})
+    assert set(other.dataset) == {"mnist", "kmnist"} and (other[other.dataset == "mnist"].status != "not run").all()

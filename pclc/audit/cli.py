@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pclc.audit.report import paper_rows, write_audit_report
 from pclc.audit.run import audit_run
 from pclc.config import resolve_device, variant
+from pclc.reports import config_yaml
 from pclc.store import RunDir, run_key
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     if ref_run is not None and a.include_reference:
         audits.append(audit_run(ref_run, device, **kw))
     files = write_audit_report(audits, Path(a.out_dir), paper_rows(cfg.dataset.name, cfg.model.name),
-                               config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+                               config_yaml=config_yaml(cfg))
     for x in audits:
         log.info("%s: %s", x.run, x.verdict_reason)
     return {"audits": audits, "files": [str(f) for f in files]}

@@ -23,8 +23,9 @@ from pclc.audit.checks import checks, explain_verdict, named, paper_attack, pct,
     worst_case
 from pclc.audit.result import AuditResult
 from pclc.data import eval_tensors
-from pclc.io import atomic_write_json
-from pclc.store import RunDir, load_run, provenance
+from pclc.io import CorruptFileError, atomic_write_json, read_json
+from pclc.attacks import check_eps
+from pclc.store import RunDir, load_run, provenance, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def cache_name(spec: Spec, eps: float, subset: int | None, batch_size: int, seed
     return f"{spec.name}-eps{eps:g}{sub}-{digest}.json"
 
 
-def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None, y) -> torch.Tensor | None:
+def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None, y, model) -> torch.Tensor | None:
     """The paper's PGD at ``eps`` as pclc.evaluate already computed it for this run, if it did."""
     if eval_dir is None or spec.group != "paper":
         return None
@@ -129,11 +130,24 @@ def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None
     path = Path(eval_dir) / f"{Entry('pgd', spec.attack.name, float(eps), 'white', spec.params).name(subset)}.json"
     if not path.exists():
         return None
-    rec = json.loads(path.read_text())["records"]
+    try:
+        found = read_json(path)
+    except CorruptFileError:
+        return None
+    if found.get("weights") not in (None, weights_digest(model.state_dict())):
+        return None  # computed on other weights
+    rec = found["records"]
     label = torch.tensor(rec["label"])
     if not torch.equal(label, y.cpu()):
         return None
     return (torch.tensor(rec["clean_pred"]) == label) & (torch.tensor(rec["adv_pred"]) == label)
+
+
+def _tie(model, spec: Spec) -> str:
+    """The weights a cached result depends on: the model's, and the transfer source's."""
+    source = spec.attack.fn.keywords.get("source") if hasattr(spec.attack.fn, "keywords") else None
+    w = weights_digest(model.state_dict())
+    return w if source is None else f"{w}:{weights_digest(source.state_dict())}"
 
 
 def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset: int | None, batch_size: int,
@@ -143,14 +157,20 @@ def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset:
     others count as not robust (the cascade passes the examples that survived every attack so far)."""
     path = Path(cache_dir) / cache_name(spec, eps, subset, batch_size, seed, only)
     labels = _labels_digest(y)
+    tie = _tie(model, spec)
     if path.exists():
-        d = json.loads(path.read_text())
-        if d.get("labels") == labels:
+        try:
+            d = read_json(path)
+        except CorruptFileError as e:
+            log.warning("%s; recomputing", e)
+            d = {}
+        if d.get("labels") == labels and d.get("weights") == tie:
             return torch.tensor(d["correct"], dtype=torch.bool)
-        log.warning("%s was computed on other examples; recomputing", path)
+        if d:
+            log.warning("%s was computed on other examples or weights; recomputing", path)
     t0 = time.perf_counter()
     bs = spec.batch_size or batch_size
-    correct = None if only is not None else _from_eval(eval_dir, spec, eps, subset, y)
+    correct = None if only is not None else _from_eval(eval_dir, spec, eps, subset, y, model)
     source = "pclc.evaluate" if correct is not None else "audit"
     if correct is None:
         idx = torch.arange(len(y)) if only is None else only.cpu().nonzero().squeeze(1)
@@ -159,7 +179,7 @@ def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset:
             i = idx.to(x.device)
             correct[idx] = attack_correct(model, x[i], y[i], spec.attack, eps, bs, seed)
     secs = time.perf_counter() - t0
-    atomic_write_json(path, {"attack": spec.name, "group": spec.group, "eps": eps, "params": spec.params,
+    atomic_write_json(path, {"attack": spec.name, "group": spec.group, "eps": eps, "params": spec.params, "weights": tie,
                              "source_run": spec.source_key, "subset": subset, "n": len(correct), "labels": labels,
                              "attacked": len(y) if only is None else int(only.sum()), "batch_size": bs,
                              "accuracy": pct(correct), "seconds": secs, "computed_by": source,
@@ -236,6 +256,8 @@ def audit_model(model, x, y, eps_list, attacks: dict, profile: dict, thresholds:
     """
     p, th = profile, thresholds
     eps_list = sorted({float(e) for e in eps_list})
+    for e in eps_list:  # before any attack runs (and is cached)
+        check_eps(e, "audit")
     bs = int(p["batch_size"])
     specs = attack_specs(attacks, _num_classes(model, x), source)
     run = partial(cached_correct, model=model, x=x, y=y, cache_dir=cache_dir, subset=subset, batch_size=bs,
@@ -286,6 +308,8 @@ def audit_run(run: RunDir, device: torch.device, attacks: dict, profile: dict, t
     """Audit a finished run on its test set (or a class-balanced subset); ``eps_list`` None = the dataset's
     grid. ``reference_run`` (the CE run of the same architecture and data) is the transfer source and sets
     the reference level. Per-attack results are cached in ``run.audit``."""
+    for e in eps_list or []:
+        check_eps(e, "audit")
     run_cfg, model = load_run(run, device)
     if data_root is not None:
         run_cfg.dataset.root = data_root
