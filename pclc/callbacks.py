@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +29,17 @@ class ReportFailures(Callback):
             raise SystemExit(f"{len(failures)} job(s) of the sweep failed; the others finished (see {folder})")
 
 
+def is_user_error(e: BaseException) -> bool:
+    """An error the user can fix from its message (a bad setting, missing data, a damaged file): printed as
+    one line with exit status 2. Anything else is a bug and keeps its traceback."""
+    from pclc.io import CorruptFileError
+    from pclc.resume import CheckpointMismatchError
+    from pclc.train import NonFiniteLossError
+
+    return isinstance(e, (ValueError, FileNotFoundError, CorruptFileError, CheckpointMismatchError,
+                          NonFiniteLossError))
+
+
 def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run one job; in a multirun a failure is recorded and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
@@ -40,6 +53,9 @@ def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     except Exception as e:
         hc = HydraConfig.get() if HydraConfig.initialized() else None
         if hc is None or hc.mode != RunMode.MULTIRUN:
+            if is_user_error(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line; no traceback
+                raise SystemExit(2) from None
             raise
         log.exception("job %s failed; the sweep goes on", hc.job.num)
         atomic_write_json(Path(hc.sweep.dir) / "failures" / f"job{hc.job.num}.json",

@@ -7,6 +7,7 @@ normalisation happens outside the model.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -222,6 +223,22 @@ def _check(name: str, split: Split, cfg) -> None:
         raise ValueError(f"dataset {name}: labels outside [0, {cfg.num_classes}) -- num_classes mismatch?")
 
 
+def _without_leftovers(root: Path, load: Callable):
+    """``load()``; when it fails, the empty folders it made (a failed download's) are removed again."""
+    def dirs() -> set[Path]:
+        below = {p for p in root.rglob("*") if p.is_dir()} if root.exists() else set()
+        return below | {p for p in (root, *root.parents) if p.exists()}
+
+    before = dirs()
+    try:
+        return load()
+    except BaseException:
+        for d in sorted(dirs() - before, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
+        raise
+
+
 def load_splits(cfg) -> tuple[Split, Split]:
     """Parse a dataset once, cache it as uint8 tensors under ``<root>/.pclc-cache``, apply ``subset``."""
     name = cfg.name
@@ -239,7 +256,7 @@ def load_splits(cfg) -> tuple[Split, Split]:
             t = load_tensors(cache)
             train, test = Split(t["train_x"], t["train_y"]), Split(t["test_x"], t["test_y"])
         else:
-            train, test = LOADERS[name](root, bool(cfg.download), cfg)
+            train, test = _without_leftovers(root, lambda: LOADERS[name](root, bool(cfg.download), cfg))
             for s in (train, test):
                 _check(name, s, cfg)
             cache.parent.mkdir(parents=True, exist_ok=True)

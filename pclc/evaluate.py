@@ -24,9 +24,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.attacks import attack_entry, build_attack, check_eps
-from pclc.config import resolve_device, variant
+from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.data import eval_tensors
-from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, cached_tensor, load_tensors, read_json
+from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, cached_tensor, load_tensors, read_json, \
+    remove_stale_temp
+from pclc.locks import held, lock_path
 from pclc.metrics import predict
 from pclc.registry import params_of
 from pclc.store import RunDir, load_run, provenance, run_fingerprint, run_key
@@ -57,6 +59,11 @@ class Entry:
             sub += f"-bs{int(batch_size)}"
         digest = hashlib.sha256(json.dumps([self.kind, self.params], sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.source}-{self.config}{eps}{sub}-{digest}"
+
+
+def percent(correct: torch.Tensor) -> float:
+    """Accuracy in % from a per-example bool tensor, exactly (count / n: 0.01 per example of 10,000)."""
+    return 100.0 * int(correct.sum()) / len(correct) if len(correct) else 0.0
 
 
 def _grid(eps, dataset: DictConfig, attack: str) -> list:
@@ -195,7 +202,7 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
     adv_pred = torch.tensor(done["adv_pred"])
     result = {**header, "attack": entry.config, "kind": entry.kind, "eps": entry.eps, "source": entry.source,
               "params": entry.params, "n": n, "seconds": done["seconds"], "batch_size": batch_size,
-              "adv_accuracy": 100.0 * float((adv_pred == y.cpu()).float().mean()),
+              "adv_accuracy": percent(adv_pred == y.cpu()),
               "max_linf": max(done["linf"]) if done["linf"] else 0.0,
               "records": {**header["records"], "adv_pred": done["adv_pred"]}}
     atomic_write_json(out, result)
@@ -265,6 +272,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"eval.{k} must be an integer >= 1, got {v!r}")
     run_cfg, target = load_run(run, device)
     tie = run_fingerprint(run, target)
+    remove_stale_temp(run.eval)
     target = with_precision(target, precision)
     run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
     entries = expand_suite(cfg.suite, run_cfg.dataset, cfg.eval.get("param_overrides"))
@@ -279,7 +287,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     bs = int(cfg.eval.batch_size)
     logits = predict(target, x, bs)
     top5 = logits.topk(min(5, logits.shape[1]), 1).indices
-    clean_acc = 100.0 * float((logits.argmax(1) == y).float().mean())
+    clean_acc = percent(logits.argmax(1) == y)
     records = {"label": y.cpu().tolist(), "clean_pred": logits.argmax(1).cpu().tolist(),
                "clean_top5": top5.cpu().tolist()}
     prov = provenance(device)
@@ -292,8 +300,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                   "provenance": prov, "records": records}
         out = run.eval / f"{e.name(subset, precision, bs)}.json"
         t0 = time.perf_counter()
-        r = run_entry(e, target, crafter if transfer else target, x, y, bs, int(cfg.eval.group_batches), out, header,
-                      sub_run.adv / out.stem if transfer else None)
+        with held(lock_path(run.path.parent, f"{run.key}.eval.{out.stem}"), f"evaluation {out.name}"):
+            r = run_entry(e, target, crafter if transfer else target, x, y, bs, int(cfg.eval.group_batches), out,
+                          header, sub_run.adv / out.stem if transfer else None)
         log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],
                  clean_acc, time.perf_counter() - t0)
         results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})
@@ -307,7 +316,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from pclc.callbacks import run_job
 

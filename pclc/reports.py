@@ -32,7 +32,10 @@ def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float]) -
     """Add ``ours`` (keyed by dataset, method, attack, param) and the difference to the paper's rows."""
     out = paper.rename(columns={"accuracy": "paper"}).copy()
     vals = [ours.get((r.dataset, r.method, r.attack, r.param)) for r in out.itertuples()]
-    out["ours"] = vals  # a float column: cells not run are NaN (so test status from vals, not the column)
+    # a float column (cells not run are NaN, so test status from vals, not the column), in points of accuracy
+    # to 2 decimals: 0.01 is one example in 10,000, the finest a test set here resolves
+    vals = [None if o is None else round(float(o), 2) for o in vals]
+    out["ours"] = vals
     out["diff"] = [None if o is None else round(o - p, 2) for o, p in zip(vals, out.paper)]
     out["status"] = ["run" if o is not None else NOT_RUN for o in vals]
     return out

@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.config import group_config, resolve_device
+from pclc.config import CONFIG_DIR, group_config, resolve_device
 from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
     sub_experiments, suites_of, train_cfg
 from pclc.plan import plan
@@ -122,7 +122,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     return {"cells": [c.label for c in cells], "ran": len(results), "outputs": [str(p) for p in paths]}
 
 
-@hydra.main(config_path="../configs", config_name="reproduce", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="reproduce", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from pclc.callbacks import run_job
 

@@ -46,6 +46,23 @@ class Tracker:
         """Close the run (nothing to close without a backend)."""
 
 
+_HINTED: set[Path] = set()
+
+
+def _sync_hint(folder: Path) -> None:
+    """Once per process, when it exits: where the offline W&B runs are and how to upload them."""
+    if folder in _HINTED:
+        return
+    if not _HINTED:
+        import atexit
+        import sys
+
+        atexit.register(lambda: print("W&B runs were logged offline in " + ", ".join(map(str, sorted(_HINTED)))
+                                      + "; upload them with: wandb sync " + " ".join(
+                                          f"{f}/offline-run-*" for f in sorted(_HINTED)), file=sys.stderr))
+    _HINTED.add(folder)
+
+
 class WandbTracker(Tracker):
     def __init__(self, project: str, name: str, group: str, config: dict, mode: str, dir: str,
                  tags: list[str] | None = None, entity: str | None = None, job_type: str = "train"):
@@ -54,7 +71,10 @@ class WandbTracker(Tracker):
         Path(dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, entity=entity, name=name, group=group, job_type=job_type,
                               config=scrub(config), mode=mode, dir=dir, tags=tags or [],
+                              settings=wandb.Settings(silent=True, console="off"),  # no banners in our console
                               reinit="create_new")  # independent runs: an evaluation inside a reproduce run
+        if mode == "offline":
+            _sync_hint(Path(dir).resolve() / "wandb")
         self.dir = Path(self.run.dir).parent if self.run is not None and mode != "disabled" else None
 
     def log(self, metrics: dict[str, float], step: int) -> None:

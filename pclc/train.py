@@ -24,9 +24,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.attacks.linf import HalfAdversarial
-from pclc.config import resolve_device, validate_data_model, variant
+from pclc.config import CONFIG_DIR, resolve_device, validate_data_model, variant
 from pclc.data import build_data
 from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
+from pclc.locks import held, lock_path
 from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
 from pclc.resume import CheckpointMismatchError, open_run, record_config, start_state
@@ -207,10 +208,16 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse) the run that ``cfg`` describes; return its summary.
 
     ``until_epoch`` stops early (used to train a CE run's warm-up for PC+LC); the run stays resumable.
+    One process at a time trains a run: another identical command waits, then reuses it.
     """
     validate(cfg)
-    device = resolve_device(cfg.device)
     run = RunDir(cfg.store, run_key(cfg))
+    with held(lock_path(cfg.store, run.key), f"run {run.key}"):
+        return _train(cfg, run, until_epoch)
+
+
+def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
     T = int(cfg.trainer.epochs_per_phase)
     total = 2 * T
     stop = total if until_epoch is None else min(int(until_epoch), total)
@@ -313,7 +320,7 @@ def _progress(total: int, desc: str):
 # ------------------------------------------------------------------------------------------
 # Hydra entrypoint
 # ------------------------------------------------------------------------------------------
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from pclc.callbacks import run_job
 

@@ -20,7 +20,7 @@ MASKING_FLAGS = ("iterative_beats_single_step", "white_box_beats_black_box", "wh
 
 def pct(correct: torch.Tensor) -> float:
     """Accuracy (%) of a per-example bool tensor."""
-    return 100.0 * float(correct.double().mean()) if len(correct) else 0.0
+    return 100.0 * int(correct.sum()) / len(correct) if len(correct) else 0.0
 
 
 def worst_case(per_attack_correct: dict[str, torch.Tensor]) -> torch.Tensor:
