@@ -115,6 +115,7 @@ def start_state(cfg: DictConfig, run: RunDir, model: torch.nn.Module, T: int, st
     if warmup_cfg is None or stop <= T:
         return None, None
     src = RunDir(cfg.store, run_key(warmup_cfg))
+    remove_stale_temp(src.path)  # a kill in the warm-up run's writes, which it may never open again
     if not src.warmup.exists():
         if src.finished:
             _rebuild_warmup(warmup_cfg, src, T, train)
