@@ -11,7 +11,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pclc.data import LOADERS
 from pclc.models import check_model_fits
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ beside the package in a checkout (and an editable install); pclc/configs in an installed wheel
+_HERE = Path(__file__).resolve().parent
+CONFIG_DIR = _HERE.parent / "configs" if (_HERE.parent / "configs" / "train.yaml").exists() else _HERE / "configs"
 
 
 _COMPOSED: dict[tuple, DictConfig] = {}

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.attacks.linf import HalfAdversarial
 from pclc.config import CONFIG_DIR, resolve_device, validate_data_model, variant
 from pclc.data import build_data
+from pclc.errors import UserError
 from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.locks import held, lock_path
 from pclc.losses import build_loss
@@ -37,7 +38,7 @@ from pclc.tracking import build_tracker
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 

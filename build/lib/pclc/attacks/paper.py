@@ -1,0 +1,117 @@
+"""The paper's attacks, through advertorch 0.2.3 as the paper used it (configs/attack/: its settings).
+
+advertorch 0.2.3 (its last release) imports ``torch.autograd.gradcheck.zero_gradients``, which torch
+removed in 1.9; :func:`advertorch_attacks` installs that one function before importing it.
+Every attack is untargeted on inputs in [0, 1]; the batch's ``seed`` seeds random starts and SPSA's noise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+
+from pclc.attacks import register_attack
+from pclc.attacks.linf import seeded
+
+
+def _zero_gradients(x) -> None:
+    """torch<1.9's ``zero_gradients``: zero the ``.grad`` of a tensor or of every tensor in an iterable."""
+    if isinstance(x, torch.Tensor):
+        if x.grad is not None:
+            x.grad.detach_()
+            x.grad.zero_()
+    else:
+        for t in x:
+            _zero_gradients(t)
+
+
+@functools.cache
+def advertorch_attacks():
+    """``advertorch.attacks``, importable on current torch (the compatibility shim lives only here)."""
+    import importlib
+
+    gradcheck = importlib.import_module("torch.autograd.gradcheck")  # the module (the attribute is a function)
+    if not hasattr(gradcheck, "zero_gradients"):
+        gradcheck.zero_gradients = _zero_gradients
+    import advertorch.attacks
+
+    return advertorch.attacks
+
+
+def _ce_sum() -> nn.Module:
+    return nn.CrossEntropyLoss(reduction="sum")
+
+
+def step_size(eps: float, eps_iter: float | None, rel_eps_iter: float | None) -> float:
+    """Step size: absolute ``eps_iter``, or ``rel_eps_iter`` times eps (Table 4: eps/10)."""
+    return float(rel_eps_iter) * eps if rel_eps_iter is not None else float(eps_iter)
+
+
+def _run(attack, x, y, seed: int) -> torch.Tensor:
+    with seeded(seed, x.device):
+        return attack.perturb(x.clone(), y)
+
+
+def _num_classes(model, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
+@register_attack("fgsm", bounded=True, passes=lambda p: 1.0)
+def fgsm(model, x, y, eps, seed):
+    """FGSM (Goodfellow et al. 2014): one step of eps along the sign of the CE gradient."""
+    return _run(advertorch_attacks().GradientSignAttack(model, loss_fn=_ce_sum(), eps=eps, clip_min=0.0,
+                                                        clip_max=1.0, targeted=False), x, y, seed)
+
+
+def _iterative(cls: str, model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter, **extra) -> torch.Tensor:
+    """An advertorch L-inf iterative attack (BIM, PGD, MIM) on CE, ``nb_iter`` steps of the step size."""
+    attack = getattr(advertorch_attacks(), cls)(model, loss_fn=_ce_sum(), eps=eps, nb_iter=int(nb_iter),
+                                                eps_iter=step_size(eps, eps_iter, rel_eps_iter), clip_min=0.0,
+                                                clip_max=1.0, targeted=False, **extra)
+    return _run(attack, x, y, seed)
+
+
+@register_attack("bim", bounded=True, passes=lambda p: p["nb_iter"])
+def bim(model, x, y, eps, seed, nb_iter: int, eps_iter: float | None = None, rel_eps_iter: float | None = None):
+    """BIM (Kurakin et al. 2016): ``nb_iter`` sign steps, no random start."""
+    return _iterative("LinfBasicIterativeAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter)
+
+
+@register_attack("pgd", bounded=True, passes=lambda p: p["nb_iter"])
+def pgd(model, x, y, eps, seed, nb_iter: int, rand_init: bool, eps_iter: float | None = None,
+        rel_eps_iter: float | None = None):
+    """PGD (Madry et al. 2017): ``nb_iter`` sign steps from a random start (``rand_init``)."""
+    return _iterative("LinfPGDAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter,
+                      rand_init=bool(rand_init))
+
+
+@register_attack("mim", bounded=True, passes=lambda p: p["nb_iter"])
+def mim(model, x, y, eps, seed, nb_iter: int, decay_factor: float, eps_iter: float | None = None,
+        rel_eps_iter: float | None = None):
+    """MIM (Dong et al. 2018): momentum iterative sign steps."""
+    return _iterative("MomentumIterativeAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter,
+                      decay_factor=float(decay_factor))
+
+
+@register_attack("cw", bounded=False, passes=lambda p: p["max_iterations"] * p["binary_search_steps"])
+def cw(model, x, y, eps, seed, max_iterations: int, learning_rate: float, confidence: float,
+       binary_search_steps: int, initial_const: float, abort_early: bool):
+    """C&W L2 (Carlini & Wagner 2017), untargeted and unbounded (``eps`` is None)."""
+    return _run(advertorch_attacks().CarliniWagnerL2Attack(
+        model, _num_classes(model, x), confidence=float(confidence), targeted=False,
+        learning_rate=float(learning_rate), binary_search_steps=int(binary_search_steps),
+        max_iterations=int(max_iterations), abort_early=bool(abort_early), initial_const=float(initial_const),
+        clip_min=0.0, clip_max=1.0), x, y, seed)
+
+
+@register_attack("spsa", bounded=True, passes=lambda p: p["nb_iter"] * p["nb_sample"] * 2 / 2)
+def spsa(model, x, y, eps, seed, lr: float, delta: float, nb_iter: int, nb_sample: int, max_batch_size: int,
+         batch_size: int = 10):
+    """SPSA (Uesato et al. 2018), gradient-free. ``batch_size``: examples per call, read by pclc.evaluate
+    (SPSA forwards ``max_batch_size`` copies of each example, so it runs in smaller batches than the others)."""
+    return _run(advertorch_attacks().LinfSPSAAttack(
+        model, eps=eps, delta=float(delta), lr=float(lr), nb_iter=int(nb_iter), nb_sample=int(nb_sample),
+        max_batch_size=int(max_batch_size), targeted=False, clip_min=0.0, clip_max=1.0), x, y, seed)

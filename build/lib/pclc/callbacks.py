@@ -1,0 +1,63 @@
+"""Hydra job helpers: one job of a sweep that fails is recorded and the sweep goes on; at the end the
+failures are listed and the sweep exits non-zero."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class ReportFailures(Callback):
+    """After a multirun, list the jobs that failed (each recorded by ``run_job``) and exit non-zero."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        folder = Path(config.hydra.sweep.dir) / "failures"
+        failures = sorted(folder.glob("job*.json")) if folder.exists() else []
+        if failures:
+            for f in failures:
+                d = json.loads(f.read_text())
+                log.error("job %s %s failed: %s", d["job"], " ".join(d["overrides"]), d["error"])
+            raise SystemExit(f"{len(failures)} job(s) of the sweep failed; the others finished (see {folder})")
+
+
+def is_user_error(e: BaseException) -> bool:
+    """An error the user can fix from its message (a bad setting, missing data, a damaged file): printed as
+    one line with exit status 2. Anything else is a bug and keeps its traceback."""
+    from pclc.io import CorruptFileError
+    from pclc.resume import CheckpointMismatchError
+    from pclc.train import NonFiniteLossError
+
+    return isinstance(e, (ValueError, FileNotFoundError, CorruptFileError, CheckpointMismatchError,
+                          NonFiniteLossError))
+
+
+def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
+    """Run one job; in a multirun a failure is recorded and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from pclc.config import hydra_choices
+    from pclc.io import atomic_write_json
+
+    try:
+        return fn(hydra_choices(cfg))
+    except Exception as e:
+        hc = HydraConfig.get() if HydraConfig.initialized() else None
+        if hc is None or hc.mode != RunMode.MULTIRUN:
+            if is_user_error(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line; no traceback
+                raise SystemExit(2) from None
+            raise
+        log.exception("job %s failed; the sweep goes on", hc.job.num)
+        atomic_write_json(Path(hc.sweep.dir) / "failures" / f"job{hc.job.num}.json",
+                          {"job": hc.job.num, "overrides": list(hc.overrides.task), "error": f"{type(e).__name__}: {e}"})
+        return {"failed": True, "error": str(e)}

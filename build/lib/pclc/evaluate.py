@@ -1,0 +1,327 @@
+"""Evaluation: clean accuracy and accuracy under each (attack, eps, source) of a suite, per-run JSON.
+
+``python -m pclc.evaluate dataset=fmnist model=lenet5 loss=pclc attack/suite=table1`` evaluates the
+finished run that the training config names; ``run_dir=runs/<key>`` evaluates a run directory. A suite's
+attack budgets are Hydra config (``suite.attacks.pgd.nb_iter=100``).
+Results go to ``runs/<key>/eval/<source>-<attack>-eps<eps>[-sub<N>]-<hash>.json``, with the attack's
+parameters, example count, seconds, device and per-example records (label, clean prediction, clean
+top-5 classes, adversarial prediction). Finished files are reused; an interrupted attack resumes
+from its last finished batch group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pclc.attacks import attack_entry, build_attack, check_eps
+from pclc.config import CONFIG_DIR, resolve_device, variant
+from pclc.data import eval_tensors
+from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, cached_tensor, load_tensors, read_json, \
+    remove_stale_temp
+from pclc.locks import held, lock_path
+from pclc.metrics import predict
+from pclc.registry import params_of
+from pclc.store import RunDir, load_run, provenance, run_fingerprint, run_key
+from pclc.tracking import build_tracker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): results at it keep their plain names
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cell of a suite: an attack config at one eps, white-box or transferred from the substitute."""
+
+    config: str                 # the attack config's name (configs/attack/<config>.yaml)
+    kind: str                   # the registered attack (fgsm, bim, pgd, mim, cw, spsa)
+    eps: float | None
+    source: str                 # white | transfer
+    params: dict = field(hash=False, compare=False)
+    attack: dict = field(hash=False, compare=False, default_factory=dict)  # the config to build it from
+
+    def name(self, subset: int | None, precision: str = "fp32", batch_size: int = DEFAULT_BATCH) -> str:
+        """The result's file stem. A random start is seeded per batch, so a stochastic attack's result at
+        another batch size than the default is another result (``-bs<N>``)."""
+        eps = "" if self.eps is None else f"-eps{self.eps:g}"
+        sub = ("" if subset is None else f"-sub{subset}") + ("" if precision == "fp32" else f"-{precision}")
+        if self.params.get("rand_init") and int(batch_size) != DEFAULT_BATCH:
+            sub += f"-bs{int(batch_size)}"
+        digest = hashlib.sha256(json.dumps([self.kind, self.params], sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.source}-{self.config}{eps}{sub}-{digest}"
+
+
+def percent(correct: torch.Tensor) -> float:
+    """Accuracy in % from a per-example bool tensor, exactly (count / n: 0.01 per example of 10,000)."""
+    return 100.0 * int(correct.sum()) / len(correct) if len(correct) else 0.0
+
+
+def _grid(eps, dataset: DictConfig, attack: str) -> list:
+    if eps == "dataset":
+        return list(dataset.eps)
+    if eps is None:
+        return [None]
+    if isinstance(eps, DictConfig):
+        if dataset.family not in eps:
+            raise ValueError(f"suite entry {attack} has no eps for family {dataset.family!r}")
+        return list(eps[dataset.family])
+    return list(eps)
+
+
+def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -> list[Entry]:
+    """Suite entries -> (attack, eps, source) cells for ``dataset``; refuses a suite for another family and
+    any attack config that names no registered attack or sets a parameter it does not take.
+
+    ``param_overrides`` ({attack config: {param: value}}) changes attack budgets (tiny smoke profiles);
+    the parameters used are recorded in each result and its file name's hash.
+    """
+    families = list(suite.get("families") or [])
+    if families and dataset.family not in families:
+        raise ValueError(f"this attack suite is for {families} datasets; {dataset.name} is {dataset.family!r} "
+                         f"(its eps grid is {list(dataset.eps)})")
+    attacks = suite.get("attacks") or {}
+    out = []
+    for e in suite.entries:
+        if e.attack not in attacks:
+            raise ValueError(f"suite entry {e.attack!r} has no attack config (the suite's defaults list "
+                             f"`/attack@attacks.{e.attack}: {e.attack}`); known: {sorted(attacks)}")
+        cfg = {**OmegaConf.to_container(attacks[e.attack], resolve=True),
+               **dict((param_overrides or {}).get(e.attack, {}))}
+        try:
+            spec = attack_entry(cfg)
+        except ValueError as err:
+            raise ValueError(f"attack config {e.attack}: {err}") from None
+        source = e.get("source") or "white"
+        if source not in ("white", "transfer"):
+            raise ValueError(f"attack source must be white or transfer, got {source!r}")
+        for v in _grid(e.get("eps"), dataset, e.attack):
+            if spec.meta["bounded"] and v is None:
+                raise ValueError(f"attack {e.attack} needs eps")
+            check_eps(v, e.attack)
+            out.append(Entry(e.attack, spec.name, None if v is None else float(v), source, params_of(cfg), cfg))
+    return out
+
+
+class Autocast(torch.nn.Module):
+    """Run a model's forward in bf16 autocast and return float32 logits (``eval.precision=bf16``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def with_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """fp32 (default, the paper's), tf32 (CUDA matmuls/convs in TF32) or bf16 autocast for attacks."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"eval.precision must be fp32, tf32 or bf16, got {precision!r}")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return Autocast(model) if precision == "bf16" else model
+
+
+def substitute_cfg(cfg: DictConfig, substitutes: DictConfig) -> DictConfig:
+    """The black-box substitute's training config: same data, trainer (without adversarial training) and
+    seed; CE; the mapped model (``eval.substitute``)."""
+    if cfg.model.name not in substitutes:
+        raise ValueError(f"no black-box substitute is defined for model {cfg.model.name!r} "
+                         f"(eval.substitute maps {dict(substitutes)})")
+    return variant(cfg, model=substitutes[cfg.model.name], loss="ce", values={"trainer.adversarial": None})
+
+
+def craft(attack, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, lo: int, hi: int, batch_size: int,
+          cache: Path | None = None) -> torch.Tensor:
+    """Adversarial examples for ``x[lo:hi]``, batch by batch (batch at offset i seeded 1000 + i).
+
+    With ``cache`` (a directory; transfer attacks use one in the substitute's run) the group is saved as
+    ``<lo>-<hi>.pt`` and reused: every target attacked from the same substitute gets the same examples,
+    crafted once.
+    """
+    def run() -> torch.Tensor:
+        return torch.cat([attack(model, x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)], eps, 1000 + i)
+                          for i in range(lo, hi, batch_size)])
+
+    return cached_tensor(None if cache is None else cache / f"{lo}-{hi}.pt", run, x.device)
+
+
+def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+              group_batches: int, out: Path, header: dict[str, Any], cache: Path | None = None) -> dict[str, Any]:
+    """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``.
+
+    An attack's own ``batch_size`` parameter (SPSA's: it forwards ``nb_sample`` copies of each example)
+    replaces ``batch_size``. ``cache``: a directory for :func:`craft`, suffixed here with the batch size.
+    """
+    if out.exists():
+        try:
+            done = read_json(out)
+        except CorruptFileError as e:
+            log.warning("%s; set aside, recomputing", e)
+            done = None
+        # results written before weights were recorded (no "weights" key) are taken as they are
+        if done is not None and all(done.get(k, header.get(k)) == header.get(k)
+                                    for k in ("run", "weights", "substitute_weights")):
+            return done
+        if done is not None:
+            log.warning("%s was computed with other weights (%s, now %s); set aside, recomputing", out,
+                        done.get("weights"), header["weights"])
+        out.rename(out.with_name(f"{out.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+    batch_size = int(entry.params.get("batch_size", batch_size))
+    if cache is not None:  # the crafted examples depend on the substitute's weights and the batches
+        cache = cache.with_name(f"{cache.name}-bs{batch_size}-w{header['substitute_weights'][:8]}")
+    partial = out.with_suffix(".partial.pt")
+    done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
+    if done.get("weights", header["weights"]) != header["weights"]:  # a partial result of other weights
+        done = {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
+    done["weights"] = header["weights"]
+    attack = build_attack(entry.attack)
+    n = len(y)
+    step = batch_size * group_batches
+    while done["n"] < n:
+        t0 = time.perf_counter()
+        lo, hi = done["n"], min(done["n"] + step, n)
+        adv = craft(attack, crafter, x, y, entry.eps, lo, hi, batch_size, cache)
+        pred = predict(target, adv, batch_size).argmax(1)
+        linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
+        done = {"n": hi, "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
+                "linf": done["linf"] + linf.cpu().tolist(), "weights": header["weights"],
+                "seconds": done["seconds"] + time.perf_counter() - t0}
+        atomic_torch_save(done, partial)
+    adv_pred = torch.tensor(done["adv_pred"])
+    result = {**header, "attack": entry.config, "kind": entry.kind, "eps": entry.eps, "source": entry.source,
+              "params": entry.params, "n": n, "seconds": done["seconds"], "batch_size": batch_size,
+              "adv_accuracy": percent(adv_pred == y.cpu()),
+              "max_linf": max(done["linf"]) if done["linf"] else 0.0,
+              "records": {**header["records"], "adv_pred": done["adv_pred"]}}
+    atomic_write_json(out, result)
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def sanity_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """RobustBench-style warnings: signs that a model's gradients may be masked."""
+    warn = []
+    by = {(r["source"], r["kind"], r["eps"]): r["adv_accuracy"] for r in results}
+    for (src, kind, eps), acc in by.items():
+        if src == "white" and kind in ("bim", "pgd", "mim") and ("white", "fgsm", eps) in by \
+                and acc > by[("white", "fgsm", eps)] + 1.0:
+            warn.append(f"{kind} at eps {eps:g} ({acc:.1f}%) is weaker than FGSM ({by[('white', 'fgsm', eps)]:.1f}%): "
+                        "iterative attacks should be at least as strong; gradients may be masked")
+        if src == "transfer" and ("white", kind, eps) in by and acc < by[("white", kind, eps)] - 1.0:
+            warn.append(f"transferred {kind} at eps {eps:g} ({acc:.1f}%) beats white-box {kind} "
+                        f"({by[('white', kind, eps)]:.1f}%): white-box gradients may be masked")
+    spsa = [(eps, acc) for (src, kind, eps), acc in by.items() if kind == "spsa"]
+    for eps, acc in spsa:
+        white = [a for (s, k, e), a in by.items() if s == "white" and k in ("pgd", "bim", "mim") and e == eps]
+        if white and acc < min(white) - 1.0:
+            warn.append(f"gradient-free SPSA at eps {eps:g} ({acc:.1f}%) beats gradient attacks ({min(white):.1f}%): "
+                        "gradients may be masked")
+    for w in warn:
+        log.warning(w)
+    return warn
+
+
+def _substitute(cfg: DictConfig, run: RunDir, run_cfg: DictConfig, device) -> tuple[RunDir, torch.nn.Module]:
+    """The black-box substitute's run (trained through the run store when missing) and its model."""
+    if cfg.eval.get("substitute_run"):
+        sub_run = RunDir.at(cfg.eval.substitute_run)
+    else:
+        sc = substitute_cfg(run_cfg, cfg.eval.substitute)
+        sub_run = RunDir(run.path.parent, run_key(sc))
+        if not sub_run.finished:
+            from pclc.train import train
+
+            log.info("training the black-box substitute %s", sub_run.key)
+            train(OmegaConf.merge(sc, {"store": str(sub_run.path.parent), "logger": cfg.logger}))
+    sub_cfg, model = load_run(sub_run, device)
+    if int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes) or \
+            sub_cfg.dataset.name != run_cfg.dataset.name:
+        raise ValueError(f"substitute {sub_run.key} was trained on {sub_cfg.dataset.name} with "
+                         f"{sub_cfg.dataset.num_classes} classes; the target uses {run_cfg.dataset.name} with "
+                         f"{run_cfg.dataset.num_classes}")
+    return sub_run, model
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate one finished run under ``cfg.suite``; returns clean and per-cell accuracies."""
+    device = resolve_device(cfg.device)
+    run = RunDir.at(cfg.run_dir) if cfg.get("run_dir") else RunDir(cfg.store, run_key(cfg))
+    if not run.path.exists():
+        raise ValueError(f"no run {run.key} in {run.path.parent}; train it first: python -m pclc.train "
+                         f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
+    precision = cfg.eval.get("precision") or "fp32"
+    subset = cfg.eval.get("subset")
+    if subset is not None and int(subset) <= 0:
+        raise ValueError(f"eval.subset must be a positive number of test examples, got {subset}")
+    subset = None if subset is None else int(subset)
+    for k in ("batch_size", "group_batches"):
+        v = cfg.eval.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"eval.{k} must be an integer >= 1, got {v!r}")
+    run_cfg, target = load_run(run, device)
+    tie = run_fingerprint(run, target)
+    remove_stale_temp(run.eval)
+    target = with_precision(target, precision)
+    run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
+    entries = expand_suite(cfg.suite, run_cfg.dataset, cfg.eval.get("param_overrides"))
+
+    crafter, sub_run, sub_tie = target, None, None
+    if any(e.source == "transfer" for e in entries):
+        sub_run, sub_model = _substitute(cfg, run, run_cfg, device)
+        sub_tie = run_fingerprint(sub_run, sub_model)["weights"]
+        crafter = with_precision(sub_model, precision)
+
+    x, y = eval_tensors(run_cfg.dataset, subset, device)
+    bs = int(cfg.eval.batch_size)
+    logits = predict(target, x, bs)
+    top5 = logits.topk(min(5, logits.shape[1]), 1).indices
+    clean_acc = percent(logits.argmax(1) == y)
+    records = {"label": y.cpu().tolist(), "clean_pred": logits.argmax(1).cpu().tolist(),
+               "clean_top5": top5.cpu().tolist()}
+    prov = provenance(device)
+    results = []
+    for e in entries:
+        transfer = e.source == "transfer"
+        header = {**tie, "substitute": sub_run.key if transfer else None, "precision": precision,
+                  "substitute_weights": sub_tie if transfer else None,
+                  "subset": subset, "clean_accuracy": clean_acc, "device": prov["device"],
+                  "provenance": prov, "records": records}
+        out = run.eval / f"{e.name(subset, precision, bs)}.json"
+        t0 = time.perf_counter()
+        with held(lock_path(run.path.parent, f"{run.key}.eval.{out.stem}"), f"evaluation {out.name}"):
+            r = run_entry(e, target, crafter if transfer else target, x, y, bs, int(cfg.eval.group_batches), out,
+                          header, sub_run.adv / out.stem if transfer else None)
+        log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],
+                 clean_acc, time.perf_counter() - t0)
+        results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})
+    warnings = sanity_warnings(results)
+    summary = {"run": run.key, "clean_accuracy": clean_acc, "n": len(y), "subset": subset,
+               "results": results, "warnings": warnings}
+    tracker = build_tracker(cfg.logger, name=f"eval-{run.key}", group=cfg.get("run_group") or run.key,
+                            config={"run": run.key, "suite": OmegaConf.to_container(cfg.suite)}, job_type="eval")
+    tracker.summary({"clean_accuracy": clean_acc, **{Path(r["file"]).stem: r["adv_accuracy"] for r in results}})
+    tracker.finish(0)
+    return summary
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from pclc.callbacks import run_job
+
+    return run_job(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

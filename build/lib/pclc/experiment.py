@@ -1,0 +1,155 @@
+"""The cells of a paper table or figure (dataset, model, method) and the configs that train, evaluate and
+audit them. Nothing here runs anything."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pclc.config import compose, group_config, variant
+from pclc.evaluate import expand_suite
+from pclc.store import RunDir, run_key
+from pclc.paper_data import table_rows
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained model an experiment needs: dataset, model and method (loss + trainer)."""
+
+    dataset: str
+    model: str
+    method: str
+    loss: str
+    trainer: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.method}"
+
+
+def dataset_config(cfg: DictConfig, dataset: str) -> str:
+    """The dataset config a paper dataset runs on (``dataset_map`` swaps in synthetic data for smoke tests)."""
+    return (cfg.get("dataset_map") or {}).get(dataset, dataset)
+
+
+def family_of(cfg: DictConfig, dataset: str) -> str:
+    """grey | colour | large: the ``family`` of the dataset's config."""
+    return str(group_config("dataset", dataset_config(cfg, dataset)).family)
+
+
+def make_cell(cfg: DictConfig, dataset: str, model: str, method: str) -> Cell:
+    if method not in cfg.methods:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(cfg.methods)}")
+    m = cfg.methods[method]
+    trainer = m.trainer if isinstance(m.trainer, str) else m.trainer[family_of(cfg, dataset)]
+    return Cell(dataset, model, method, m.loss, trainer)
+
+
+def experiment_cells(cfg: DictConfig) -> list[Cell]:
+    """Cells of the experiment, restricted to ``cfg.datasets`` when given."""
+    exp = cfg.experiment
+    datasets = list(cfg.datasets) if cfg.get("datasets") else None
+    if exp.kind == "table":
+        rows = table_rows(exp.table, datasets, exp.get("attacks"))
+        triples = list(dict.fromkeys(zip(rows.dataset, rows.model, rows.method)))
+    else:
+        chosen = datasets or list(exp.datasets)
+        triples = [(d, exp.model_for[family_of(cfg, d)], meth) for d in chosen for meth in exp.methods]
+    return [make_cell(cfg, *t) for t in triples]
+
+
+def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
+    prof = cfg.profiles[cfg.profile]
+    return [f"dataset={dataset_config(cfg, cell.dataset)}", f"model={cell.model}", f"loss={cell.loss}",
+            f"trainer={cell.trainer}", f"store={cfg.store}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
+            f"logger={cfg.logger.name}", *prof.train, *cfg.extra]
+
+
+def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
+    return compose("train", cell_overrides(cell, cfg))
+
+
+def eval_cfg(cell: Cell, cfg: DictConfig, suite: str, restrict: bool = False) -> DictConfig:
+    """The cell's evaluation config; ``restrict`` keeps only the suite entries of ``cfg.attacks`` (when set)."""
+    ec = compose("evaluate", [*cell_overrides(cell, cfg), f"attack/suite={suite}", *cfg.profiles[cfg.profile].eval])
+    if restrict and cfg.get("attacks"):
+        ec.suite.entries = [e for e in ec.suite.entries if e.attack in cfg.attacks]
+    return ec
+
+
+def audit_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
+    """The cell's audit config (configs/audit.yaml with the profile's audit overrides)."""
+    return compose("audit", [*cell_overrides(cell, cfg), *(cfg.profiles[cfg.profile].get("audit") or [])])
+
+
+def suites_of(exp: DictConfig) -> list[str]:
+    return [exp.suite] if exp.get("suite") else []
+
+
+def check_attacks(cfg: DictConfig) -> None:
+    """``attacks=[...]`` must name attack configs of the experiment's suite."""
+    if not cfg.get("attacks") or not suites_of(cfg.experiment):
+        return
+    known = {e.attack for e in compose("evaluate", [f"attack/suite={cfg.experiment.suite}"]).suite.entries}
+    unknown = sorted(set(cfg.attacks) - known)
+    if unknown:
+        raise ValueError(f"attacks={list(cfg.attacks)}: {unknown} not in suite {cfg.experiment.suite!r} "
+                         f"(its attacks: {sorted(known)})")
+
+
+def eval_name(ec: DictConfig, e) -> str:
+    """The file stem of entry ``e``'s result under evaluation config ``ec`` (``runs/<key>/eval/<stem>.json``)."""
+    sub = ec.eval.subset
+    return e.name(None if sub is None else int(sub), ec.eval.get("precision") or "fp32", int(ec.eval.batch_size))
+
+
+def entries(ec: DictConfig) -> list:
+    """The (attack, eps, source) entries of an evaluation config."""
+    return expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides"))
+
+
+def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
+    """(evaluation config, suite entry) of each evaluation this cell still needs."""
+    out = []
+    for suite in suites_of(cfg.experiment):
+        ec = eval_cfg(cell, cfg, suite, restrict=True)
+        run = RunDir(cfg.store, run_key(ec))
+        out += [(ec, e) for e in entries(ec) if not (run.eval / f"{eval_name(ec, e)}.json").exists()]
+    return out
+
+
+def warmup_cfg(tc: DictConfig) -> DictConfig | None:
+    """The run whose epoch-T checkpoint starts ``tc`` (its loss's warm-up loss), if it has one."""
+    return variant(tc, loss=tc.loss.warmup) if tc.loss.get("warmup") else None
+
+
+def out_dir(cfg: DictConfig) -> Path:
+    """Where the experiment writes: ``out_dir`` for the paper's protocol, ``out_dir/<profile>`` otherwise."""
+    base = Path(cfg.out_dir)
+    return base if cfg.profile == "full" else base / cfg.profile
+
+
+def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
+    """The configs of ``experiment=all``'s experiments, with this run's settings."""
+    keep = [f"profile={cfg.profile}", f"store={cfg.store}", f"out_dir={cfg.out_dir}", f"device={cfg.device}",
+            f"logger={cfg.logger.name}", f"stage={cfg.stage}"]
+    keep += [f"bench={cfg.bench}"] if cfg.get("bench") else []
+    keep += [f"dataset_map={json.dumps(OmegaConf.to_container(cfg.dataset_map))}"] if cfg.get("dataset_map") else []
+    keep += ["extra=" + json.dumps(list(cfg.extra))] if cfg.get("extra") else []
+    out = []
+    for name in cfg.experiment.experiments:
+        sub = compose("reproduce", [f"experiment={name}", *keep])
+        if cfg.get("datasets"):  # tables keep the datasets they have a column for (skipped if none);
+            exp = sub.experiment  # figures are drawn for any dataset
+            chosen = [d for d in cfg.datasets if exp.kind != "table" or d in set(table_rows(exp.table).dataset)]
+            if not chosen:
+                continue
+            sub.datasets = chosen
+        out.append(sub)
+    if not out:
+        raise ValueError(f"no experiment of {list(cfg.experiment.experiments)} has datasets {list(cfg.datasets)}")
+    return out

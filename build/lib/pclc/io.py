@@ -1,0 +1,97 @@
+"""Atomic writes and safe loads: nothing already written is lost when a run is interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CorruptFileError(RuntimeError):
+    """A checkpoint or cache file exists but cannot be read."""
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_savefig(fig, path: Path, **kwargs) -> None:
+    """``fig.savefig`` to ``path`` atomically (format from the suffix)."""
+    _atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip("."), **kwargs))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, with a clear error naming it when it is truncated or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"cannot read {path}: {e}") from e
+
+
+def remove_stale_temp(folder: Path) -> list[Path]:
+    """Delete the temp files of interrupted atomic writes in ``folder`` (their writer, named in the file name,
+    is no longer running); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp") if Path(folder).exists() else []:
+        parts = tmp.name.rsplit(".", 3)  # .<name>.<pid>.<random>.tmp
+        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(..., weights_only=True)`` with a clear error for a corrupt or foreign file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CorruptFileError(f"cannot read {path}: {type(e).__name__}: {e}. Delete it to recompute.") from e
+
+
+def cached_tensor(path: Path | None, compute, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``compute()``, saved atomically at ``path`` and read back from there next time (no cache if None)."""
+    if path is not None and Path(path).exists():
+        return load_tensors(path).to(device)
+    out = compute()
+    if path is not None:
+        atomic_torch_save(out.cpu(), path)
+    return out

@@ -1,0 +1,275 @@
+"""The planner: which cells of an experiment are done, and the predicted time of the rest.
+
+Costs come from what this device has measured, best first: the run store (per-epoch seconds in
+``metrics.json``, per-example seconds of every evaluation), else ``results/bench-<device>.json`` (``make
+bench``): seconds per FLOP of training and of attack steps, scaled by each model's FLOPs, the dataset's
+split sizes (``dataset.examples``) and the attack's passes per example (declared where it is registered).
+Work shared between experiments (a run, one evaluation file) is counted once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from pclc.attacks import build_attack
+from pclc.config import group_config, resolve_device
+from pclc.evaluate import substitute_cfg
+from pclc.experiment import Cell, eval_name, experiment_cells, missing_entries, sub_experiments, train_cfg
+from pclc.models import create_model
+from pclc.store import RunDir, run_key
+
+
+# ------------------------------------------------------------------------------------------
+# Cost model
+# ------------------------------------------------------------------------------------------
+def device_slug(device: torch.device) -> str:
+    """``cpu``, or the GPU's model (``h100``): the suffix of ``results/bench-<slug>.json``."""
+    return "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1].lower()
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of one forward pass of ``x`` (torch's FLOP counter: matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x)
+    return float(fc.get_total_flops())
+
+
+@functools.lru_cache(maxsize=None)
+def model_flops(model: str, num_classes: int, channels: int, size: int) -> float:
+    """Forward FLOPs per image of a registered model on this input shape."""
+    return forward_flops(create_model(model, num_classes, channels, size).eval(), torch.zeros(1, channels, size, size))
+
+
+def split_sizes(ds: DictConfig) -> tuple[int, int]:
+    """(train, test) examples of a dataset config (``examples``), honouring ``subset``."""
+    n_train, n_test = int(ds.examples.train), int(ds.examples.test)
+    sub = ds.get("subset") or {}
+    return (min(n_train, int(sub.get("train") or n_train)), min(n_test, int(sub.get("test") or n_test)))
+
+
+def load_bench(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _channels(dataset: str) -> int:
+    return int(group_config("dataset", dataset).channels)
+
+
+def _rate(bench: dict, model: str, channels: int, key: str) -> float | None:
+    """Measured seconds per FLOP of ``key`` ("epoch" or "pgd"), from the same model, else one of the same
+    channel count (same kind of data), else any benchmarked model."""
+    rows = bench.get("models", [])
+    for pick in (lambda r: r["model"] == model, lambda r: _channels(r["dataset"]) == channels, lambda r: True):
+        for r in rows:
+            if pick(r):
+                if key == "epoch":
+                    return r["epoch_ours_s"] / (3 * r["forward_flops_per_image"] * r["train_images"])
+                return r["pgd40_ours_s"] / (40 * 2 * r["forward_flops_per_image"] * 10000)
+    return None
+
+
+def adversarial_factor(trainer: DictConfig) -> float:
+    """Extra cost of adversarial training: each attack step is a forward and input-gradient pass (about 2/3 of
+    a training step) over the adversarial share of the batch."""
+    adv = trainer.get("adversarial")
+    if not adv:
+        return 1.0
+    return 1.0 + float(adv.fraction) * int(adv.get("nb_iter") or 1) * 2 / 3
+
+
+def epoch_seconds(bench: dict, ds: DictConfig, model: str, trainer: DictConfig) -> float | None:
+    """Predicted seconds of one training epoch from the benchmark's seconds per training FLOP."""
+    rate = _rate(bench, model, int(ds.channels), "epoch")
+    if rate is None:
+        return None
+    flops = model_flops(model, int(ds.num_classes), int(ds.channels), int(ds.size))
+    return rate * 3 * flops * split_sizes(ds)[0] * adversarial_factor(trainer)
+
+
+def attack_seconds_per_example(bench: dict, ds: DictConfig, model: str, attack_cfg: dict) -> float | None:
+    """Predicted seconds per attacked example from the benchmark's seconds per attack-step FLOP."""
+    rate = _rate(bench, model, int(ds.channels), "pgd")
+    if rate is None:
+        return None
+    flops = model_flops(model, int(ds.num_classes), int(ds.channels), int(ds.size))
+    return rate * 2 * flops * build_attack(attack_cfg).passes
+
+
+# ------------------------------------------------------------------------------------------
+# Measured costs, the store first
+# ------------------------------------------------------------------------------------------
+def _adv_kind(trainer) -> tuple | None:
+    """What sets an epoch's cost beyond the model and data: the adversarial-training attack and its steps."""
+    adv = (trainer or {}).get("adversarial")
+    return None if not adv else (adv.get("attack"), adv.get("nb_iter"), adv.get("fraction"))
+
+
+def _epoch_seconds(store: Path, dataset: str, model: str, trainer: DictConfig) -> float | None:
+    """Median measured epoch time of this model with this kind of training, on this dataset (else any)."""
+    kind = _adv_kind(trainer)
+    for pattern in (f"{dataset}-{model}-*/metrics.json", f"*-{model}-*/metrics.json"):
+        secs = []
+        for m in store.glob(pattern):
+            run = RunDir.at(m.parent)
+            trainer = run.stored_config().get("trainer") if run.config.exists() else None
+            if _adv_kind(trainer) == kind:
+                secs += [r["seconds"] for r in json.loads(m.read_text()) if "source" not in r]
+        if secs:
+            return statistics.median(secs)
+    return None
+
+
+def _attack_seconds(store: Path, dataset: str, model: str) -> dict[str, float]:
+    """Measured seconds per example of each attack config on this model and dataset (else any dataset)."""
+    per: dict[str, list[float]] = {}
+    for pattern in (f"*-{model}-*/eval/*.json", f"{dataset}-{model}-*/eval/*.json"):  # the exact pair wins
+        found: dict[str, list[float]] = {}
+        for f in store.glob(pattern):
+            r = json.loads(f.read_text())
+            found.setdefault(r["attack"], []).append(r["seconds"] / max(1, r["n"]))
+        per.update(found)
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+class CostModel:
+    """Predicted seconds: measured in the run store first, else scaled from ``make bench``."""
+
+    def __init__(self, store: Path, bench: dict | None):
+        self.store, self.bench = store, bench
+        self.sources: set[str] = set()
+        self._attacks: dict[tuple, dict[str, float]] = {}  # the store is read once per (dataset, model)
+        self._epochs: dict[tuple, float | None] = {}
+
+    def epoch(self, tc: DictConfig) -> float | None:
+        k = (tc.dataset.name, tc.model.name, _adv_kind(tc.trainer))
+        if k not in self._epochs:
+            self._epochs[k] = _epoch_seconds(self.store, tc.dataset.name, tc.model.name, tc.trainer)
+        if self._epochs[k] is not None:
+            self.sources.add("store")
+            return self._epochs[k]
+        s = None if self.bench is None else epoch_seconds(self.bench, tc.dataset, tc.model.name, tc.trainer)
+        if s is not None:
+            self.sources.add("bench")
+        return s
+
+    def training(self, tc: DictConfig, done_epochs: int) -> float | None:
+        todo = 2 * int(tc.trainer.epochs_per_phase) - done_epochs
+        if todo <= 0:
+            return 0.0
+        per = self.epoch(tc)
+        return None if per is None else per * todo
+
+    def attack(self, ec: DictConfig, model: str, entry) -> float | None:
+        """Seconds of one evaluation entry over the test set (or subset); transfer: crafted on ``model``."""
+        n = split_sizes(ec.dataset)[1] if ec.eval.subset is None else int(ec.eval.subset)
+        key = (ec.dataset.name, model)
+        if key not in self._attacks:
+            self._attacks[key] = _attack_seconds(self.store, *key)
+        measured = self._attacks[key].get(entry.config)
+        if measured is not None:
+            self.sources.add("store")
+            return measured * n
+        if self.bench is None:
+            return None
+        per = attack_seconds_per_example(self.bench, ec.dataset, model, entry.attack)
+        if per is None:
+            return None
+        self.sources.add("bench")
+        return per * n
+
+
+# ------------------------------------------------------------------------------------------
+# The plan
+# ------------------------------------------------------------------------------------------
+def _done_epochs(store: Path, tc: DictConfig, cell: Cell | None) -> int:
+    from pclc.train import warmup_source
+
+    run = RunDir(store, run_key(tc))
+    if run.finished:
+        return 2 * int(tc.trainer.epochs_per_phase)
+    if run.metrics.exists():
+        return len(json.loads(run.metrics.read_text()))
+    if cell is not None and tc.loss.get("warmup"):  # phase 1 may exist in the warm-up run
+        warm = RunDir(store, run_key(warmup_source(tc)))
+        return int(tc.trainer.epochs_per_phase) if warm.warmup.exists() else 0
+    return 0
+
+
+def bench_path(cfg: DictConfig) -> Path:
+    """``cfg.bench`` or ``<out_dir>/bench-<device>.json`` (written by ``make bench`` on this kind of device)."""
+    if cfg.get("bench"):
+        return Path(cfg.bench)
+    return Path(cfg.out_dir) / f"bench-{device_slug(resolve_device(cfg.device))}.json"
+
+
+def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple, float | None]]:
+    """Rows (one per cell, and per black-box substitute) and the work still to do, keyed so that work shared
+    between experiments counts once: {("train", key) or ("eval", key, file): seconds, None if unmeasured}."""
+    store = Path(cfg.store)
+    rows: list[dict] = []
+    work: dict[tuple, float | None] = {}
+    for i, cell in enumerate(experiment_cells(cfg)):
+        tc = train_cfg(cell, cfg)
+        key = run_key(tc)
+        done = _done_epochs(store, tc, cell)
+        train_s = cost.training(tc, done)
+        if train_s != 0.0:
+            work[("train", key)] = train_s
+        todo = missing_entries(cell, cfg)
+        eval_s: float | None = 0.0
+        for ec, e in todo:
+            model = cell.model
+            if e.source == "transfer":
+                sc = substitute_cfg(tc, ec.eval.substitute)
+                model, skey = sc.model.name, run_key(sc)
+                if ("train", skey) not in work and not RunDir(store, skey).finished:
+                    sdone = _done_epochs(store, sc, None)
+                    work[("train", skey)] = st = cost.training(sc, sdone)
+                    rows.append({"cell": "-", "label": f"{cell.dataset}/{model}/ce (substitute)", "key": skey,
+                                 "trained": False, "epochs_done": f"{sdone}/{2 * int(sc.trainer.epochs_per_phase)}",
+                                 "evals_missing": 0, "predicted_seconds": None if st is None else round(st, 1)})
+            s = cost.attack(ec, model, e)
+            work[("eval", key, eval_name(ec, e))] = s
+            eval_s = None if s is None or eval_s is None else eval_s + s
+        rows.append({"cell": i, "label": cell.label, "key": key, "trained": RunDir(store, key).finished,
+                     "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}", "evals_missing": len(todo),
+                     "predicted_seconds": None if train_s is None or eval_s is None else round(train_s + eval_s, 1)})
+    return rows, work
+
+
+def plan(cfg: DictConfig) -> dict[str, Any]:
+    """Which cells are trained and evaluated, and the predicted time of the rest from measured costs
+    (``experiment=all``: every experiment's, shared work counted once)."""
+    cost = CostModel(Path(cfg.store), load_bench(bench_path(cfg)))
+    rows, work, audited = [], {}, []
+    for sub in sub_experiments(cfg) if cfg.experiment.kind == "all" else [cfg]:
+        r, w = plan_items(sub, cost)
+        rows += [{"experiment": sub.experiment.name, **x} for x in r]
+        work.update(w)
+        if sub.experiment.kind == "audit":
+            audited += [x["key"] for x in r if x["cell"] != "-"]
+    total = sum(v for v in work.values() if v is not None)
+    unknown = sorted({k[1] + (f" {k[2]}" if len(k) > 2 else " training") for k, v in work.items() if v is None})
+    print(pd.DataFrame(rows).to_string(index=False))
+    src = {"store": "the run store", "bench": f"{bench_path(cfg)} (scaled by FLOPs)"}
+    print(f"predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on this device"
+          + (f", from {' and '.join(src[k] for k in sorted(cost.sources, reverse=True))}" if cost.sources else "")
+          + (f"; not predicted ({len(unknown)} items, no measurement: run `make bench` on this device): "
+             + ", ".join(unknown[:6]) + (" ..." if len(unknown) > 6 else "") if unknown else ""))
+    if audited:
+        print(f"not in that figure: the audit's attacks on {len(audited)} runs (their cost depends on how many "
+              "examples survive each attack: the adaptive ones run as a cascade on survivors); finished "
+              "attacks are cached in runs/<key>/audit/")
+    return {"cells": rows, "predicted_seconds": total, "unmeasured": unknown, "sources": sorted(cost.sources),
+            "audits_not_predicted": audited}

@@ -1,0 +1,237 @@
+"""Reports: the run store's per-example results as one DataFrame per experiment, the paper's tables in the
+paper's layout (ours beside the paper's), and the provenance header every results file opens with.
+
+Rows are (attack, param) in the paper's order; columns are (dataset, method) in the paper's order.
+A cell shows ``ours (paper, diff)``; a cell we have not run says so, it is never blank or filled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pclc.config import resolve_device
+from pclc.evaluate import substitute_cfg
+from pclc.experiment import entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
+from pclc.io import atomic_write_text
+from pclc.paper_data import table_rows
+from pclc.store import RunDir, provenance, provenance_lines, run_key
+
+log = logging.getLogger(__name__)
+
+NOT_RUN = "not run"
+KEPT = "kept"  # a cell this command did not compute, kept from the results file it rewrites
+
+
+def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float]) -> pd.DataFrame:
+    """Add ``ours`` (keyed by dataset, method, attack, param) and the difference to the paper's rows."""
+    out = paper.rename(columns={"accuracy": "paper"}).copy()
+    vals = [ours.get((r.dataset, r.method, r.attack, r.param)) for r in out.itertuples()]
+    # a float column (cells not run are NaN, so test status from vals, not the column), in points of accuracy
+    # to 2 decimals: 0.01 is one example in 10,000, the finest a test set here resolves
+    vals = [None if o is None else round(float(o), 2) for o in vals]
+    out["ours"] = vals
+    out["diff"] = [None if o is None else round(o - p, 2) for o, p in zip(vals, out.paper)]
+    out["status"] = ["run" if o is not None else NOT_RUN for o in vals]
+    return out
+
+
+def _order(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _row_label(attack: str, param: str) -> str:
+    if attack == "clean":
+        return "clean"
+    if attack == "cw":
+        return "cw"
+    return f"{attack} ε={param}"
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """The paper's layout: one row per (attack, param), one column per (dataset/model, method)."""
+    cols = _order(zip(df.dataset, df.model, df.method))
+    rows = _order(zip(df.attack, df.param))
+    cell = {(r.dataset, r.model, r.method, r.attack, r.param): r for r in df.itertuples()}
+    head = "| attack | " + " | ".join(f"{d}/{m} {meth}" for d, m, meth in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for a, p in rows:
+        vals = []
+        for d, m, meth in cols:
+            r = cell.get((d, m, meth, a, p))
+            if r is None:
+                vals.append("—")  # the paper has no such cell
+            elif r.ours is None or pd.isna(r.ours):
+                vals.append(f"{NOT_RUN} (paper {r.paper:.1f})")
+            else:
+                mark = "†" if getattr(r, "status", "run") == KEPT else ""
+                vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
+        lines.append(f"| {_row_label(a, p)} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def header(title: str, prov: dict[str, Any], protocol: str, config_yaml: str, notes: list[str] = ()) -> str:
+    """The provenance block every results file opens with."""
+    lines = [f"# {title}", "",
+             f"- protocol: **{protocol}**" + ("" if protocol == "full" else " (NOT the paper's protocol)"),
+             f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
+             f"- torch: {prov['torch']}", f"- date: {prov['date']}",
+             "- cells: **ours** (paper, ours − paper); accuracy in % on the test set"]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join([*lines, "", *config_block(config_yaml)]) + "\n"
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML for a results file, without credentials."""
+    from pclc.tracking import scrub
+
+    return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True))))
+
+
+def config_block(config_yaml: str) -> list[str]:
+    """The resolved config as a collapsed markdown block."""
+    return ["<details><summary>resolved config</summary>", "", "```yaml", config_yaml.rstrip(), "```", "",
+            "</details>", ""]
+
+
+# ------------------------------------------------------------------------------------------
+# The store's results as one DataFrame, and the tables built from it
+# ------------------------------------------------------------------------------------------
+EVAL_COLUMNS = ["dataset", "model", "method", "run", "attack", "source", "eps", "n", "clean_accuracy",
+                "adv_accuracy", "file"]
+
+
+def _eps_of(param: str) -> float | None:
+    return None if param in ("-", "0.0") else float(param)
+
+
+def evaluations(cfg: DictConfig) -> pd.DataFrame:
+    """One row per finished evaluation file of the experiment's cells (its suite, its profile): the
+    per-example JSON files of the run store, read once."""
+    exp, rows = cfg.experiment, []
+    for cell in experiment_cells(cfg):
+        ec = eval_cfg(cell, cfg, exp.suite)
+        run = RunDir(cfg.store, run_key(ec))
+        if not run.finished:
+            continue
+        for e in entries(ec):
+            f = run.eval / f"{eval_name(ec, e)}.json"
+            if f.exists():
+                r = json.loads(f.read_text())
+                rows.append({"dataset": cell.dataset, "model": cell.model, "method": cell.method, "run": run.key,
+                             "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
+                             "clean_accuracy": r["clean_accuracy"], "adv_accuracy": r["adv_accuracy"], "file": str(f)})
+    return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+
+
+def collect_table(cfg: DictConfig) -> pd.DataFrame:
+    """Our numbers for every paper cell of the table, from the store (nothing is run): clean accuracy is the
+    run's final test accuracy on the full test set, else the evaluations' (on the subset)."""
+    exp = cfg.experiment
+    rows = table_rows(exp.table, list(cfg.datasets) if cfg.get("datasets") else None, exp.get("attacks"))
+    ev = evaluations(cfg)
+    ours: dict[tuple[str, str, str, str], float] = {}
+    for cell in experiment_cells(cfg):
+        mine = ev[(ev.dataset == cell.dataset) & (ev.method == cell.method)]
+        clean = None
+        for r in rows[(rows.dataset == cell.dataset) & (rows.method == cell.method)].itertuples():
+            if r.attack == "clean":
+                continue
+            spec, eps = exp.rows[r.attack], _eps_of(r.param)
+            hit = mine[(mine.source == spec.get("source", "white")) & (mine.attack == spec.attack)
+                       & (mine.eps.isna() if eps is None else mine.eps == eps)]
+            if len(hit):
+                ours[(cell.dataset, cell.method, r.attack, r.param)] = float(hit.adv_accuracy.iloc[0])
+                clean = float(hit.clean_accuracy.iloc[0])
+        ec = eval_cfg(cell, cfg, exp.suite)
+        run = RunDir(cfg.store, run_key(ec))
+        if ec.eval.subset is None and run.finished:
+            clean = run.read_summary()["test_accuracy"]
+        if clean is not None:
+            ours[(cell.dataset, cell.method, "clean", "-")] = clean
+    return combine(rows, ours)
+
+
+def substitute_notes(cfg: DictConfig) -> list[str]:
+    """One line per black-box substitute the table's transfer attacks come from: its run and clean accuracy."""
+    subs: dict[str, str] = {}
+    for cell in experiment_cells(cfg):
+        ec = eval_cfg(cell, cfg, cfg.experiment.suite)
+        if not any(e.get("source") == "transfer" for e in ec.suite.entries):
+            continue
+        sc = substitute_cfg(train_cfg(cell, cfg), ec.eval.substitute)
+        run = RunDir(cfg.store, run_key(sc))
+        acc = f"clean test accuracy {run.read_summary()['test_accuracy']:.2f}%" if run.finished else "not trained"
+        subs[run.key] = f"substitute for `{cell.dataset}/{cell.model}`: `{cell.dataset}/{sc.model.name}/ce` → run " \
+                        f"`{run.key}` ({acc})"
+    return list(subs.values())
+
+
+def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md_name: str) -> str:
+    """The comment lines a results CSV opens with (read it with ``pandas.read_csv(..., comment="#")``)."""
+    lines = [title, f"protocol: {protocol}", *provenance_lines(prov),
+             "config: " + json.dumps(config, default=str) + f" (resolved config in {md_name})"]
+    return "".join(f"# {ln}\n" for ln in lines)
+
+
+def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tuple[pd.DataFrame, str | None]:
+    """``df`` with the cells of the results file it replaces that this command did not compute (other
+    datasets, attacks not run here): a restricted or partial run never drops numbers results/ holds. Those
+    cells keep their value with status ``kept``; returns the table and a note naming the file's provenance."""
+    if not csv.exists():
+        return df, None
+    old = pd.read_csv(csv, comment="#", dtype={"param": str})
+    head = {k: v for k, v in (ln[2:].split(": ", 1) for ln in csv.read_text().splitlines()
+                              if ln.startswith("# ") and ": " in ln)}
+    key = ["dataset", "model", "method", "attack", "param"]
+    had = {tuple(r[k] for k in key): r for r in old.to_dict("records") if r["status"] in ("run", KEPT)}
+    datasets = list(dict.fromkeys([*df.dataset, *old.dataset]))
+    rows = table_rows(table, None, attacks)
+    rows = rows[rows.dataset.isin(datasets)]
+    mine = {tuple(r[k] for k in key): r for r in df.to_dict("records")}
+    out, kept = [], 0
+    for r in rows.rename(columns={"accuracy": "paper"}).to_dict("records"):
+        k = tuple(r[c] for c in key)
+        new = mine.get(k)
+        if new is not None and new["status"] == "run":
+            out.append(new)
+        elif k in had:
+            kept += 1
+            out.append({**r, "ours": float(had[k]["ours"]), "diff": round(float(had[k]["ours"]) - r["paper"], 2),
+                        "status": KEPT})
+        else:
+            out.append(new if new is not None else {**r, "ours": None, "diff": None, "status": NOT_RUN})
+    if not kept:
+        return df, None
+    note = (f"† {kept} cells kept from the file this command rewrote (not computed by it): commit "
+            f"`{head.get('commit', '?')}`, {head.get('date', '?')}, `{head.get('command', '?')}`")
+    return pd.DataFrame(out, columns=list(df.columns)), note
+
+
+def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
+    """``<out_dir>/<experiment>.{md,csv}``: the paper's table with ours beside it, headed by provenance."""
+    exp = cfg.experiment
+    folder = out_dir(cfg)
+    md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
+    df, kept = keep_previous(collect_table(cfg), csv, exp.table, exp.get("attacks"))
+    prov = provenance(resolve_device(cfg.device))
+    title = f"{exp.title}" + ("" if cfg.profile == "full" else f" — {cfg.profile} profile, NOT the paper's protocol")
+    cells = experiment_cells(cfg)
+    runs = {c.label: run_key(train_cfg(c, cfg)) for c in cells}
+    head = header(title, prov, cfg.profile, config_yaml(cfg),
+                  notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
+                                                                               for k, v in runs.items()),
+                         *substitute_notes(cfg), *([kept] if kept else [])])
+    atomic_write_text(md, head + to_markdown(df))
+    config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile,
+              "datasets": cfg.get("datasets") and list(cfg.datasets), "runs": runs}
+    atomic_write_text(csv, csv_header(title, prov, cfg.profile, config, md.name) + df.to_csv(index=False))
+    if tracker is not None:
+        tracker.log_table(exp.name, df)
+    log.info("wrote %s and %s", md, csv)
+    return [md, csv]

@@ -1,0 +1,133 @@
+"""Regenerate a paper table or figure: train and evaluate the cells that are missing, then write results/.
+
+    python -m pclc.reproduce experiment=table1                      # everything, in this process
+    python -m pclc.reproduce experiment=table1 datasets=[fmnist]    # one column group
+    python -m pclc.reproduce experiment=table1 plan=true            # cells, what is done, predicted time
+    python -m pclc.reproduce experiment=table1 profile=quick        # short schedule, test subset (titled so)
+    python -m pclc.reproduce -m experiment=table1 stage=cell cell='range(0,10)' hydra/launcher=joblib
+    python -m pclc.reproduce experiment=table1 stage=tables         # assemble from the store
+
+Orchestration only: cells and their configs are :mod:`pclc.experiment`, the planner :mod:`pclc.plan`,
+tables :mod:`pclc.reports`, figures :mod:`pclc.figures`, the audit :mod:`pclc.audit`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pclc.config import CONFIG_DIR, group_config, resolve_device
+from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
+    sub_experiments, suites_of, train_cfg
+from pclc.plan import plan
+from pclc.reports import config_yaml, write_table
+from pclc.store import RunDir, run_key
+
+log = logging.getLogger(__name__)
+
+
+def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
+    """Train (if missing) and evaluate (what is missing) one cell."""
+    from pclc.evaluate import evaluate
+    from pclc.train import train
+
+    summary = train(train_cfg(cell, cfg))
+    evals = [evaluate(eval_cfg(cell, cfg, s, restrict=True)) for s in suites_of(cfg.experiment)]
+    return {"cell": cell.label, "key": summary["key"], "evaluations": evals}
+
+
+def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
+    """Audit every cell's run (pclc.audit), each against the plain CE run of its dataset and model, into one
+    report: ``<out_dir>/audit.md``, ``audit.csv``, ``audit_eps.png``."""
+    from pclc.audit import audit_run, audit_settings, paper_rows, write_audit_report
+
+    exp, device = cfg.experiment, resolve_device(cfg.device)
+    audits, cells = [], experiment_cells(cfg)
+    for cell in cells:
+        ac = audit_cfg(cell, cfg)
+        run = RunDir(cfg.store, run_key(ac))
+        if not run.finished:
+            raise ValueError(f"run {run.key} ({cell.label}) is not trained; run stage=all first")
+        ref = None
+        if exp.get("reference"):
+            ref_cell = make_cell(cfg, cell.dataset, cell.model, exp.reference)
+            ref = RunDir(cfg.store, run_key(train_cfg(ref_cell, cfg)))
+            if ref.key == run.key:
+                ref = None
+            elif not ref.finished:
+                from pclc.train import train
+
+                train(train_cfg(ref_cell, cfg))
+        audits.append(audit_run(run, device, reference_run=ref, **audit_settings(ac)))
+        log.info("%s: %s", cell.label, audits[-1].verdict_reason)
+    rows = [r for c in dict.fromkeys((c.dataset, c.model) for c in cells) for r in paper_rows(*c)]
+    title = exp.title if cfg.profile == "full" else f"{exp.title} — {cfg.profile} profile, NOT the full audit"
+    listed = group_config("experiment", exp.name).get("methods") if exp.name else None
+    if listed is not None and list(exp.methods) != list(listed):
+        title += f" — methods {', '.join(exp.methods)} only (the experiment lists {', '.join(listed)})"
+    paths = write_audit_report(audits, out_dir(cfg), rows, title=title,
+                               config_yaml=config_yaml(cfg))
+    if tracker is not None:
+        import pandas as pd
+
+        tracker.log_table("audit", pd.read_csv(paths[1], comment="#"))
+        tracker.log_image("audit_eps", paths[2])
+    return paths
+
+
+def write_outputs(cfg: DictConfig, tracker=None) -> list[Path]:
+    kind = cfg.experiment.kind
+    if kind == "table":
+        return write_table(cfg, tracker)
+    if kind == "audit":
+        return run_audit(cfg, tracker)
+    from pclc import figures
+
+    return figures.write(cfg, experiment_cells(cfg), tracker)
+
+
+def reproduce(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.profile not in cfg.profiles:
+        raise ValueError(f"unknown profile {cfg.profile!r}; known: {sorted(cfg.profiles)}")
+    if cfg.experiment.kind == "all":
+        if cfg.plan:
+            return plan(cfg)
+        return {sub.experiment.name: reproduce(sub) for sub in sub_experiments(cfg)}
+    cells = experiment_cells(cfg)  # validates the restrictions before any work
+    check_attacks(cfg)
+    if cfg.plan:
+        return plan(cfg)
+    if cfg.stage == "count":
+        print(len(cells))
+        return {"cells": len(cells)}
+    if cfg.stage == "cell":
+        if cfg.cell is None or not 0 <= int(cfg.cell) < len(cells):
+            raise ValueError(f"stage=cell needs cell in [0, {len(cells)}), got {cfg.cell}")
+        return run_cell(cells[int(cfg.cell)], cfg)
+    if cfg.stage not in ("all", "tables"):
+        raise ValueError(f"stage must be all, cell, tables or count; got {cfg.stage!r}")
+    results = [run_cell(c, cfg) for c in cells] if cfg.stage == "all" else []
+    from pclc.tracking import build_tracker
+
+    tracker = build_tracker(cfg.logger, name=f"{cfg.experiment.name}-{cfg.profile}", group=cfg.experiment.name,
+                            config=OmegaConf.to_container(cfg, resolve=True), job_type="reproduce")
+    try:
+        paths = write_outputs(cfg, tracker)
+    finally:
+        tracker.finish(0)
+    return {"cells": [c.label for c in cells], "ran": len(results), "outputs": [str(p) for p in paths]}
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="reproduce", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from pclc.callbacks import run_job
+
+    return run_job(reproduce, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The run store: a trained model is keyed by a hash of the config that determines its weights.
+
+``runs/<key>/`` holds ``config.yaml`` (resolved), ``checkpoint.pt`` (last epoch, atomic),
+``warmup.pt`` (the end of phase 1, reused by PC+LC), ``metrics.json`` (per epoch), ``model.pt``
+(final weights) and ``summary.json`` (written last: its presence means the run is finished).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# Dataset fields that say where the data is and how large its files are, not what it is: never part of a
+# run's identity.
+_DATASET_LOCATION = ("root", "download", "examples")
+
+
+def _without_hydra_keys(d: Any) -> Any:
+    """``d`` without Hydra's ``_target_``/``_partial_``/``_convert_`` keys: where a loss's code lives is not
+    what it computes (its ``name`` and parameters are), and keys stay those of runs trained before losses
+    became Hydra targets."""
+    if isinstance(d, dict):
+        return {k: _without_hydra_keys(v) for k, v in d.items() if not str(k).startswith("_")}
+    return d
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The parts of a training config that determine the trained weights (not logging or paths)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    dataset = {k: v for k, v in c["dataset"].items() if k not in _DATASET_LOCATION}
+    return {"dataset": dataset, "model": c["model"], "loss": _without_hydra_keys(c["loss"]), "trainer": c["trainer"],
+            "seed": c["seed"]}
+
+
+def digest(obj: Any, n: int = 12) -> str:
+    """The first ``n`` hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
+def run_key(cfg: DictConfig) -> str:
+    """``<dataset>-<model>-<loss>-s<seed>-<hash>``: readable, and unique per identity."""
+    return f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}-{digest(identity(cfg))}"
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A hash of a model's weights (names, shapes, dtypes and bytes): what a result is tied to."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class RunDir:
+    """Paths of one run in the store."""
+
+    def __init__(self, store: str | Path, key: str):
+        self.key = key
+        self.path = Path(store) / key
+        self.config = self.path / "config.yaml"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.warmup = self.path / "warmup.pt"
+        self.metrics = self.path / "metrics.json"
+        self.model = self.path / "model.pt"
+        self.summary = self.path / "summary.json"
+        self.eval = self.path / "eval"      # pclc.evaluate's per-attack results
+        self.adv = self.path / "adv"        # transfer examples crafted on this run (it is a substitute)
+        self.audit = self.path / "audit"    # pclc.audit's per-attack results (and audit/adv: transfer examples)
+
+    @classmethod
+    def at(cls, path: str | Path) -> "RunDir":
+        """The run at a directory path."""
+        path = Path(path)
+        return cls(path.parent, path.name)
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.exists()
+
+    def read_summary(self) -> dict[str, Any]:
+        from pclc.io import CorruptFileError, read_json
+
+        try:
+            return read_json(self.summary)
+        except CorruptFileError as e:
+            raise CorruptFileError(f"{e}. Rerun the training command: the run resumes from its checkpoint and "
+                                   "writes it again.") from None
+
+    def stored_identity(self) -> dict[str, Any]:
+        """The identity recorded in ``config.yaml`` (what determined the weights)."""
+        return OmegaConf.to_container(OmegaConf.load(self.config).identity)
+
+    def stored_config(self) -> DictConfig:
+        """The resolved training config the run was trained with (``config.yaml``'s ``resolved``)."""
+        return OmegaConf.create(OmegaConf.load(self.config).resolved)
+
+
+class RunIntegrityError(ValueError):
+    """A run directory does not hold what its key says (an edited config.yaml, weights that do not fit)."""
+
+
+def checked_config(run: RunDir) -> DictConfig:
+    """The run's stored training config, refused when its identity no longer hashes to the run's key (a
+    hand-edited config.yaml: the weights were not trained with what it now says)."""
+    cfg = run.stored_config()
+    key = run_key(cfg)
+    if key.rsplit("-", 1)[1] != run.key.rsplit("-", 1)[-1]:
+        raise RunIntegrityError(f"{run.config} was edited: its config hashes to {key}, not to the run's key "
+                                f"{run.key}. Restore it, or train the edited config as a run of its own.")
+    return cfg
+
+
+def build_model(model_cfg) -> torch.nn.Module:
+    """A registered model from a model config's fields (``name``, ``num_classes``, ``in_channels``,
+    ``input_size``); its ``_target_`` must be the model registry's, and is never instantiated."""
+    from pclc.models import create_model
+
+    target = model_cfg.get("_target_")
+    if target not in (None, "pclc.models.create_model"):
+        raise RunIntegrityError(f"model config `_target_: {target}`: models are built by pclc.models.create_model "
+                                "(the model registry) only")
+    return create_model(str(model_cfg.name), int(model_cfg.num_classes), int(model_cfg.in_channels),
+                        int(model_cfg.input_size))
+
+
+def model_state(run: RunDir) -> dict[str, torch.Tensor]:
+    """A finished run's final weights: ``model.pt``, or, when that is missing or unreadable, the final
+    checkpoint (the same weights), from which ``model.pt`` is written again."""
+    from pclc.io import CorruptFileError, atomic_torch_save, load_tensors
+
+    try:
+        return load_tensors(run.model)
+    except (CorruptFileError, FileNotFoundError) as e:
+        epochs = int(run.read_summary().get("epochs", -1))
+        try:
+            ckpt = load_tensors(run.checkpoint)
+        except (CorruptFileError, FileNotFoundError):
+            raise CorruptFileError(f"{run.model} cannot be read ({e}) and no final checkpoint holds its weights; "
+                                   f"retrain with force=true") from None
+        if int(ckpt.get("epoch", -1)) != epochs:
+            raise CorruptFileError(f"{run.model} cannot be read and the checkpoint is at epoch {ckpt.get('epoch')}"
+                                   f", not {epochs}; retrain with force=true") from None
+        import logging
+
+        logging.getLogger(__name__).warning("%s is missing or unreadable; restored from the final checkpoint", run.model)
+        atomic_torch_save(ckpt["model"], run.model)
+        return ckpt["model"]
+
+
+def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Module]:
+    """The resolved config and the trained model (eval mode, frozen weights) of a finished run.
+
+    The model is built through the model registry from the stored config's fields, never by instantiating
+    a stored ``_target_``: a run directory is data, and a hand-edited config.yaml must not run code (nor
+    silently change what is evaluated: :func:`checked_config`).
+    """
+    if not run.finished:
+        raise ValueError(f"run {run.key} is not finished (no {run.summary}); train it first with pclc.train")
+    cfg = checked_config(run)
+    m, d = cfg.model, cfg.dataset
+    if int(m.num_classes) != int(d.num_classes):
+        raise ValueError(f"{run.config}: model.num_classes={m.num_classes} but dataset has {d.num_classes} classes")
+    model = build_model(m)
+    model.load_state_dict(model_state(run))
+    model.eval()
+    for p in model.parameters():  # no weight gradients (attacks would otherwise compute them every step)
+        p.requires_grad_(False)
+    return cfg, model.to(device)
+
+
+def run_fingerprint(run: RunDir, model: torch.nn.Module) -> dict[str, str]:
+    """What a result of ``run`` is tied to: the run's key and its weights' hash."""
+    return {"run": run.key, "weights": weights_digest(model.state_dict())}
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the code that runs, with ``-dirty`` when the work tree has changes.
+
+    Read once, when pclc.store is imported: a commit made while a long run goes on does not relabel it.
+    """
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        code = ["pclc", "configs", "scripts", "pyproject.toml", "constraints.txt"]  # not results/ (outputs)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code],
+                               cwd=here.parent, capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def invocation() -> str:
+    """The command line, as ``python -m pclc.<module> ...`` for our entrypoints."""
+    import sys
+
+    from pclc.tracking import is_secret
+
+    prog = Path(sys.argv[0])
+    head = f"python -m pclc.{prog.stem}" if prog.parent.name == "pclc" and prog.suffix == ".py" else prog.name
+    args = [a.split("=", 1)[0] + "=***" if "=" in a and is_secret(a.split("=", 1)[0].split(".")[-1]) else a
+            for a in sys.argv[1:]]  # a credential given as an override is never written down
+    return " ".join([head, *args])
+
+
+def provenance(device: torch.device, command: str | None = None) -> dict[str, Any]:
+    """What produced a result: command, commit, device, software versions and date."""
+    return {
+        "command": command or invocation(),
+        "commit": git_commit(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+    }
+
+
+git_commit()  # record the commit of the code as imported
+
+
+def provenance_lines(prov: dict[str, Any], devices: list[str] | None = None) -> list[str]:
+    """The provenance every results file opens with (markdown, CSV comments, captions, figure text)."""
+    return [f"command: {prov['command']}", f"commit: {prov['commit']}",
+            f"device: {', '.join(devices) if devices else prov['device']}", f"date: {prov['date']}"]

@@ -1,0 +1,113 @@
+"""Experiment tracking: W&B (offline by default) or nothing. Secrets are never logged."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# A config entry named like a credential (api_key, wandb_key, token, secret, password; not a run's `key`).
+_SECRET = re.compile(r"(api_?key|_key$|^key_|token|secret|passw(or)?d|credential)", re.IGNORECASE)
+
+
+def is_secret(name: str) -> bool:
+    return bool(_SECRET.search(str(name)))
+
+
+def scrub(obj: Any) -> Any:
+    """Drop every entry whose name looks like a credential (nothing written or logged may hold one)."""
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items() if not is_secret(k)}
+    if isinstance(obj, list):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+class Tracker:
+    """Logs nothing: the ``logger=none`` choice (and the base of the W&B tracker)."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record per-step metrics (nothing to record without a backend)."""
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Record final values (nothing to record without a backend)."""
+
+    def log_table(self, key: str, df) -> None:
+        """Record a results table (nothing to record without a backend)."""
+
+    def log_image(self, key: str, path) -> None:
+        """Record a figure (nothing to record without a backend)."""
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (nothing to close without a backend)."""
+
+
+_HINTED: set[Path] = set()
+
+
+def _sync_hint(folder: Path) -> None:
+    """Once per process, when it exits: where the offline W&B runs are and how to upload them."""
+    if folder in _HINTED:
+        return
+    if not _HINTED:
+        import atexit
+        import sys
+
+        atexit.register(lambda: print("W&B runs were logged offline in " + ", ".join(map(str, sorted(_HINTED)))
+                                      + "; upload them with: wandb sync " + " ".join(
+                                          f"{f}/offline-run-*" for f in sorted(_HINTED)), file=sys.stderr))
+    _HINTED.add(folder)
+
+
+class WandbTracker(Tracker):
+    def __init__(self, project: str, name: str, group: str, config: dict, mode: str, dir: str,
+                 tags: list[str] | None = None, entity: str | None = None, job_type: str = "train"):
+        import wandb
+
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=project, entity=entity, name=name, group=group, job_type=job_type,
+                              config=scrub(config), mode=mode, dir=dir, tags=tags or [],
+                              settings=wandb.Settings(silent=True, console="off"),  # no banners in our console
+                              reinit="create_new")  # independent runs: an evaluation inside a reproduce run
+        if mode == "offline":
+            _sync_hint(Path(dir).resolve() / "wandb")
+        self.dir = Path(self.run.dir).parent if self.run is not None and mode != "disabled" else None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            if isinstance(v, (int, float, str, bool)):
+                self.run.summary[k] = v
+
+    def log_table(self, key: str, df) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Table(dataframe=df.astype(object).where(df.notna(), None))})
+
+    def log_image(self, key: str, path) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Image(str(path))})
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def build_tracker(cfg, name: str, group: str, config: dict, job_type: str = "train") -> Tracker:
+    """``cfg`` is the ``logger`` config group: ``{name: wandb|none, mode, project, dir, ...}``."""
+    if cfg is None or cfg.name == "none":
+        return Tracker()
+    if cfg.name != "wandb":
+        raise ValueError(f"unknown logger {cfg.name!r}; known: wandb, none")
+    mode = os.environ.get("WANDB_MODE") if cfg.get("mode") is None else cfg.mode
+    mode = mode or "offline"
+    if mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"logger.mode must be online, offline or disabled, got {mode!r}")
+    return WandbTracker(project=cfg.project, entity=cfg.get("entity"), name=name, group=group, config=config,
+                        mode=mode, dir=cfg.dir, tags=list(cfg.get("tags") or []), job_type=job_type)
