@@ -261,3 +261,42 @@ def test_nested_wandb_runs_stay_independent(tmp_path):
     outer.log({"y": 2.0}, step=1)  # raised wandb UsageError when inner finished the outer run
     outer.finish(0)
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+
+
+def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budgets(tmp_path, monkeypatch):
+    import wandb
+    from omegaconf import OmegaConf
+
+    from pclc.config import group_config
+    from pclc.evaluate import evaluate
+
+    over = [*FAKE[:2], "loss=ce", f"store={tmp_path / 'runs'}", "logger.mode=offline", f"logger.dir={tmp_path}",
+            "trainer.epochs_per_phase=1"]
+    calls, real = [], train_mod.train_epoch
+
+    def once_then_crash(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "train_epoch", once_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose("train", over))
+    monkeypatch.undo()
+    train(compose("train", over))  # resumes: the same W&B run id
+    cfg = compose("evaluate", [*over, "eval.subset=20"])
+    cfg.suite = OmegaConf.create({"entries": [{"attack": "fgsm", "eps": [0.1, 0.2]}],
+                                  "attacks": {"fgsm": group_config("attack", "fgsm")}})
+    evaluate(cfg)
+    wandb.teardown()
+    runs = sorted(Path(p).name for p in glob.glob(str(tmp_path / "wandb" / "offline-run-*")))
+    from pclc.store import digest
+
+    train_id = f"train-{digest(run_key(compose('train', over)), 16)}"
+    assert len(runs) == 3 and sum(train_id in r for r in runs) == 2, runs  # train twice (one W&B run), eval once
+    raw = b"".join(Path(f).read_bytes() for f in glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb")))
+    for word in (b"adv_accuracy", b"budget", b"lenet5", b"fake", run_key(compose("train", over)).encode()):
+        assert word in raw, word  # the evaluation's model, budgets and results table; the run key survives scrubbing
+    tables = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "results_*.table.json"))
+    assert tables and json.loads(Path(tables[0]).read_text())["columns"][:4] == ["attack", "kind", "source", "eps"]
