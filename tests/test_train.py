@@ -296,7 +296,9 @@ def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budge
     train_id = f"train-{digest(run_key(compose('train', over)), 16)}"
     assert len(runs) == 3 and sum(train_id in r for r in runs) == 2, runs  # train twice (one W&B run), eval once
     raw = b"".join(Path(f).read_bytes() for f in glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb")))
-    for word in (b"adv_accuracy", b"budget", b"lenet5", b"fake", run_key(compose("train", over)).encode()):
-        assert word in raw, word  # the evaluation's model, budgets and results table; the run key survives scrubbing
+    for word in (b"results", b"fgsm", b"lenet5", b"fake", run_key(compose("train", over)).encode()):
+        assert word in raw, word  # the evaluation's model and suite; the run key survives the secret filter
     tables = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "results_*.table.json"))
-    assert tables and json.loads(Path(tables[0]).read_text())["columns"][:4] == ["attack", "kind", "source", "eps"]
+    table = json.loads(Path(tables[0]).read_text())
+    assert table["columns"][:5] == ["attack", "kind", "source", "eps", "budget"] and "adv_accuracy" in table["columns"]
+    assert [row[3] for row in table["data"]] == [0.1, 0.2]
