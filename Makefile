@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .DEFAULT_GOAL := help
 .PHONY: help setup test clean demo plan bench audit audit-run table1 table2 table3 table4 table5 figure1 figure2 figure3 gaps all
 
-# Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or submitit_slurm)
+# Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 DATASETS ?=
 ATTACKS  ?=
 PROFILE  ?= full

@@ -47,7 +47,7 @@ def test_every_config_file_composes_and_resolves(group, name):
 
 def test_every_config_folder_is_covered():
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
-    assert groups == set(TRAIN_GROUPS) | {"attack", "experiment"}
+    assert groups == set(TRAIN_GROUPS) | {"attack", "experiment", "hydra"}
     assert ROOTS == ["audit", "evaluate", "reproduce", "train"]
 
 
@@ -143,3 +143,17 @@ def test_experiment_globals_override_the_reproduce_defaults():
     assert compose("reproduce", ["experiment=demo", "profile=tiny"]).profile == "tiny"  # the command line wins
     assert compose("reproduce", ["experiment=table1"]).datasets is None and \
         compose("reproduce", ["experiment=table1"]).profile == "full"
+
+
+def test_slurm_launcher_config_asks_for_a_gpu_and_requeues():
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose("reproduce", ["hydra/launcher=pclc_slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1 and launcher.max_num_timeout >= 1
+
+
+def test_the_extra_example_of_reproduce_yaml_parses():
+    cfg = compose("reproduce", ['extra=["dataset.root=/data"]'])
+    assert list(cfg.extra) == ["dataset.root=/data"]
