@@ -335,5 +335,7 @@ def main(cfg: DictConfig) -> dict:
     return run_job(evaluate, cfg)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the importable module's main, so that launchers pickle its task by reference
+    from pclc.evaluate import main as _main
+
+    _main()

@@ -22,7 +22,7 @@ FITS = {"mnist": "lenet5", "kmnist": "lenet5", "fmnist": "lenet5", "cifar10": "v
 
 def cli(module: str, argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
     """Run ``python -m <module> <argv>`` in this process; its exit status and what it printed on stderr."""
-    m = importlib.import_module(module if module != "pclc.audit" else "pclc.audit.__main__")
+    m = importlib.import_module(module if module != "pclc.audit" else "pclc.audit.cli")
     old, sys.argv = sys.argv, [m.__file__, *argv, f"hydra.run.dir={tmp_path / 'hydra'}"]
     try:
         m.main()

@@ -128,3 +128,19 @@ def test_two_identical_commands_at_once_train_the_run_once(tmp_path):
         assert [m["epoch"] for m in metrics] == list(range(1, len(metrics) + 1))
     pclc = next(r for r in runs if "-pclc-" in r.name)
     assert json.loads((pclc / "summary.json").read_text())["epochs"] == 6 == len(json.loads((pclc / "metrics.json").read_text()))
+
+
+def test_a_two_worker_joblib_sweep_leaves_consistent_runs(tmp_path):
+    """CE and PC+LC fanned out over 2 processes both need the CE run (PC+LC for its warm-up): the lock makes
+    one train it and the other reuse it; python -m pclc.train's task pickles (it is the importable module's)."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    run = subprocess.run([sys.executable, "-m", "pclc.train", "-m", "dataset=fake", "loss=ce,pclc", "logger=none",
+                          "trainer.epochs_per_phase=2", f"store={tmp_path / 'runs'}", "hydra/launcher=joblib",
+                          "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for r in (tmp_path / "runs").glob("fake-*"):
+        metrics = json.loads((r / "metrics.json").read_text())
+        summary = json.loads((r / "summary.json").read_text())
+        assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and summary["epochs"] == 4, r.name
+    assert len(list((tmp_path / "runs").glob("fake-*"))) == 2
