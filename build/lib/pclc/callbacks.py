@@ -32,12 +32,9 @@ class ReportFailures(Callback):
 def is_user_error(e: BaseException) -> bool:
     """An error the user can fix from its message (a bad setting, missing data, a damaged file): printed as
     one line with exit status 2. Anything else is a bug and keeps its traceback."""
-    from pclc.io import CorruptFileError
-    from pclc.resume import CheckpointMismatchError
-    from pclc.train import NonFiniteLossError
+    from pclc.errors import UserError
 
-    return isinstance(e, (ValueError, FileNotFoundError, CorruptFileError, CheckpointMismatchError,
-                          NonFiniteLossError))
+    return isinstance(e, (UserError, ValueError, FileNotFoundError))
 
 
 def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:

@@ -199,6 +199,8 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
                 "linf": done["linf"] + linf.cpu().tolist(), "weights": header["weights"],
                 "seconds": done["seconds"] + time.perf_counter() - t0}
         atomic_torch_save(done, partial)
+        if hi < n:  # progress over batch groups (the finished line is logged by evaluate)
+            log.info("%s: %d/%d examples attacked (%.1fs)", out.stem, hi, n, done["seconds"])
     adv_pred = torch.tensor(done["adv_pred"])
     result = {**header, "attack": entry.config, "kind": entry.kind, "eps": entry.eps, "source": entry.source,
               "params": entry.params, "n": n, "seconds": done["seconds"], "batch_size": batch_size,
@@ -309,8 +311,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     warnings = sanity_warnings(results)
     summary = {"run": run.key, "clean_accuracy": clean_acc, "n": len(y), "subset": subset,
                "results": results, "warnings": warnings}
+    d = run_cfg.dataset
     tracker = build_tracker(cfg.logger, name=f"eval-{run.key}", group=cfg.get("run_group") or run.key,
-                            config={"run": run.key, "suite": OmegaConf.to_container(cfg.suite)}, job_type="eval")
+                            config={"run": run.key, "dataset": d.name, "model": run_cfg.model.name,
+                                    "loss": run_cfg.loss.name, "adversarial": run_cfg.trainer.get("adversarial"),
+                                    "seed": run_cfg.seed, "n": len(y), "precision": precision,
+                                    "suite": OmegaConf.to_container(cfg.suite, resolve=True)}, job_type="eval")
+    import pandas as pd
+
+    tracker.log_table("results", pd.DataFrame([{  # one row per (attack, eps, source): plot accuracy against eps
+        "attack": r["attack"], "kind": r["kind"], "source": r["source"], "eps": r["eps"],
+        "budget": json.dumps(r["params"], sort_keys=True), "n": r["n"], "adv_accuracy": r["adv_accuracy"],
+        "clean_accuracy": r["clean_accuracy"], "run": run.key} for r in results]))
     tracker.summary({"clean_accuracy": clean_acc, **{Path(r["file"]).stem: r["adv_accuracy"] for r in results}})
     tracker.finish(0)
     return summary
@@ -323,5 +335,7 @@ def main(cfg: DictConfig) -> dict:
     return run_job(evaluate, cfg)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the importable module's main, so that launchers pickle its task by reference
+    from pclc.evaluate import main as _main
+
+    _main()

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
+from pclc.errors import UserError
 
-class CorruptFileError(RuntimeError):
+
+class CorruptFileError(UserError, RuntimeError):
     """A checkpoint or cache file exists but cannot be read."""
 
 

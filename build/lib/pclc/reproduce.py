@@ -129,5 +129,7 @@ def main(cfg: DictConfig) -> dict:
     return run_job(reproduce, cfg)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the importable module's main, so that launchers pickle its task by reference
+    from pclc.reproduce import main as _main
+
+    _main()

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pclc.errors import UserError
 from pclc.io import CorruptFileError, atomic_write_json, atomic_write_text, load_tensors, \
     read_json, remove_stale_temp
 from pclc.store import RunDir, identity, model_state, run_key
@@ -21,7 +22,7 @@ from pclc.store import RunDir, identity, model_state, run_key
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint does not belong to this run's model or config."""
 
 

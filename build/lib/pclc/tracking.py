@@ -65,13 +65,15 @@ def _sync_hint(folder: Path) -> None:
 
 class WandbTracker(Tracker):
     def __init__(self, project: str, name: str, group: str, config: dict, mode: str, dir: str,
-                 tags: list[str] | None = None, entity: str | None = None, job_type: str = "train"):
+                 tags: list[str] | None = None, entity: str | None = None, job_type: str = "train",
+                 run_id: str | None = None):
         import wandb
 
         Path(dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, entity=entity, name=name, group=group, job_type=job_type,
                               config=scrub(config), mode=mode, dir=dir, tags=tags or [],
                               settings=wandb.Settings(silent=True, console="off"),  # no banners in our console
+                              id=run_id, resume="allow" if run_id else None,  # one W&B run per model, resumes too
                               reinit="create_new")  # independent runs: an evaluation inside a reproduce run
         if mode == "offline":
             _sync_hint(Path(dir).resolve() / "wandb")
@@ -99,7 +101,8 @@ class WandbTracker(Tracker):
         self.run.finish(exit_code=exit_code)
 
 
-def build_tracker(cfg, name: str, group: str, config: dict, job_type: str = "train") -> Tracker:
+def build_tracker(cfg, name: str, group: str, config: dict, job_type: str = "train",
+                  run_id: str | None = None) -> Tracker:
     """``cfg`` is the ``logger`` config group: ``{name: wandb|none, mode, project, dir, ...}``."""
     if cfg is None or cfg.name == "none":
         return Tracker()
@@ -110,4 +113,4 @@ def build_tracker(cfg, name: str, group: str, config: dict, job_type: str = "tra
     if mode not in ("online", "offline", "disabled"):
         raise ValueError(f"logger.mode must be online, offline or disabled, got {mode!r}")
     return WandbTracker(project=cfg.project, entity=cfg.get("entity"), name=name, group=group, config=config,
-                        mode=mode, dir=cfg.dir, tags=list(cfg.get("tags") or []), job_type=job_type)
+                        mode=mode, dir=cfg.dir, tags=list(cfg.get("tags") or []), job_type=job_type, run_id=run_id)

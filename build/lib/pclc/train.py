@@ -26,18 +26,19 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.attacks.linf import HalfAdversarial
 from pclc.config import CONFIG_DIR, resolve_device, validate_data_model, variant
 from pclc.data import build_data
+from pclc.errors import UserError
 from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.locks import held, lock_path
 from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
 from pclc.resume import CheckpointMismatchError, open_run, record_config, start_state
-from pclc.store import RunDir, build_model, provenance, run_key, weights_digest
+from pclc.store import RunDir, build_model, digest, provenance, run_key, weights_digest
 from pclc.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -252,7 +253,8 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
 
     tracker = build_tracker(cfg.logger, name=f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}",
                             group=cfg.get("run_group") or f"{cfg.dataset.name}-{cfg.model.name}",
-                            config={"key": run.key, **OmegaConf.to_container(cfg, resolve=True)})
+                            config={"key": run.key, **OmegaConf.to_container(cfg, resolve=True)},
+                            run_id=f"train-{digest(run.key, 16)}")  # the same W&B run across resumes
     prov = provenance(device)
     t0 = time.perf_counter()
     try:
@@ -286,10 +288,10 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
             atomic_torch_save(ckpt, run.checkpoint)
             atomic_write_json(run.metrics, metrics)
             tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-            if bar is None:
-                log.info("%s epoch %d/%d phase %d loss %.4f train %.2f%% test %.2f%% gap %.3f (%.1fs)", run.key,
-                         epoch + 1, total, phase + 1, row["train_loss"], row["train_accuracy"],
-                         row["test_accuracy"], row["prob_gap"], row["seconds"])
+            # every epoch line goes to the log (train.log too), also when a bar showed the batches
+            log.info("%s epoch %d/%d phase %d loss %.4f train %.2f%% test %.2f%% gap %.3f (%.1fs)", run.key,
+                     epoch + 1, total, phase + 1, row["train_loss"], row["train_accuracy"],
+                     row["test_accuracy"], row["prob_gap"], row["seconds"])
         if stop < total:
             tracker.finish(0)
             return unfinished
@@ -327,5 +329,7 @@ def main(cfg: DictConfig) -> dict:
     return run_job(train, cfg)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the importable module's main, so that launchers pickle its task by reference
+    from pclc.train import main as _main
+
+    _main()

@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.audit.report import paper_rows, write_audit_report
 from pclc.audit.run import audit_run
-from pclc.config import resolve_device, variant
+from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.reports import config_yaml
 from pclc.store import RunDir, run_key
 
@@ -75,3 +76,10 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     for x in audits:
         log.info("%s: %s", x.run, x.verdict_reason)
     return {"audits": audits, "files": [str(f) for f in files]}
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="audit", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from pclc.callbacks import run_job
+
+    return run_job(audit, cfg)
