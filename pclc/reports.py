@@ -75,15 +75,15 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def header(title: str, prov: dict[str, Any], protocol: str, config_yaml: str, notes: list[str] = ()) -> str:
-    """The provenance block every results file opens with."""
+def header(title: str, prov: dict[str, Any], protocol: str, notes: list[str] = ()) -> str:
+    """The provenance block every results file opens with (its resolved config follows the table)."""
     lines = [f"# {title}", "",
              f"- protocol: **{protocol}**" + ("" if protocol == "full" else " (NOT the paper's protocol)"),
              f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
              f"- torch: {prov['torch']}", f"- date: {prov['date']}",
              "- cells: **ours** (paper, ours − paper); accuracy in % on the test set"]
     lines += [f"- {n}" for n in notes]
-    return "\n".join([*lines, "", *config_block(config_yaml)]) + "\n"
+    return "\n".join([*lines, ""]) + "\n"
 
 
 def config_yaml(cfg: DictConfig) -> str:
@@ -223,11 +223,11 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     title = f"{exp.title}" + ("" if cfg.profile == "full" else f" — {cfg.profile} profile, NOT the paper's protocol")
     cells = experiment_cells(cfg)
     runs = {c.label: run_key(train_cfg(c, cfg)) for c in cells}
-    head = header(title, prov, cfg.profile, config_yaml(cfg),
+    head = header(title, prov, cfg.profile,
                   notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
                                                                                for k, v in runs.items()),
                          *substitute_notes(cfg), *([kept] if kept else [])])
-    atomic_write_text(md, head + to_markdown(df))
+    atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile,
               "datasets": cfg.get("datasets") and list(cfg.datasets), "runs": runs}
     atomic_write_text(csv, csv_header(title, prov, cfg.profile, config, md.name) + df.to_csv(index=False))

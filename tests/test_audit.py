@@ -293,7 +293,7 @@ def test_entrypoint_config_and_report(runs, tmp_path):
     assert sorted(Path(f).name for f in out["files"]) == ["audit.csv", "audit.md", "audit_eps.png"]
     md = next(Path(f) for f in out["files"] if f.endswith("audit.md")).read_text()
     assert "<details><summary>resolved config</summary>" in md and f"store: {store}" in md
-    assert md.index("resolved config") < md.index("## Verdicts")
+    assert md.index("## Verdicts") < md.index("<details><summary>resolved config")  # the reader's part first
     csv = next(Path(f) for f in out["files"] if f.endswith("audit.csv")).read_text()
     assert "# attack budgets: {" in csv and "# resolved config: in audit.md" in csv
     with pytest.raises(ValueError, match="unknown parameter.*steps"):  # a misspelt budget is refused

@@ -181,3 +181,9 @@ def test_a_restricted_run_never_drops_numbers_results_holds(tmp_path):
     reproduce(repro_cfg(tmp_path, "table1", "kmnist", *fresh))  # another column: mnist's stays
     other = pd.read_csv(csv_path, comment="#", dtype={"param": str})
     assert set(other.dataset) == {"mnist", "kmnist"} and (other[other.dataset == "mnist"].status != "not run").all()
+
+
+def test_tables_put_the_reader_first_and_the_config_last(tmp_path):
+    out = reproduce(repro_cfg(tmp_path, "demo", "fmnist"))
+    md = Path(next(p for p in out["outputs"] if p.endswith(".md"))).read_text()
+    assert md.index("- commit:") < md.index("| attack |") < md.index("<details><summary>resolved config")

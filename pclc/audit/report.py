@@ -198,11 +198,12 @@ def write_audit_report(audits: list[AuditResult], out_dir: Path, rows: list[dict
     md = [f"# {title}", "", *[f"- {p}" for p in prov],
           "- accuracy: % of examples correct both clean and attacked; worst case: correct under every attack",
           f"- thresholds (accuracy points; shares 0-1): {json.dumps(th)}",
-          f"- attack budgets: {json.dumps(audits[0].profile) if audits else '-'}",
-          f"- verdict rules: {' '.join(verdict.__doc__.replace('``', '`').replace(':func:', '').split())}", "",
-          *(config_block(config_yaml) if config_yaml else []), *overview(audits, paper), ""]
+          f"- verdict rules: {' '.join(verdict.__doc__.replace('``', '`').replace(':func:', '').split())}",
+          "- attack budgets and the resolved config: at the end", "", *overview(audits, paper), ""]
     for a in audits:
         md += _model_section(a, paper)
+    md += ["## Attack budgets and config", "", f"- attack budgets: {json.dumps(audits[0].profile) if audits else '-'}",
+           "", *(config_block(config_yaml) if config_yaml else [])]
     paths = [out_dir / "audit.md", out_dir / "audit.csv", out_dir / "audit_eps.png"]
     atomic_write_text(paths[0], "\n".join(md))
     csv = pd.DataFrame([r for a in audits for r in _csv_rows(a)], columns=CSV_COLUMNS)
