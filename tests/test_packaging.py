@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_outside_the_repo_and_its_console_scripts_run(tmp_path):
-    wheel_dir, site = tmp_path / "dist", tmp_path / "site"
+    wheel_dir, site, src = tmp_path / "dist", tmp_path / "site", tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "data", "build", "wandb",
+                                                             "outputs", "multirun", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(wheel_dir), str(REPO)], check=True, capture_output=True)
+                    str(wheel_dir), str(src)], check=True, capture_output=True)  # a copy: no build/ in the checkout
     wheel = next(wheel_dir.glob("pclc-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
