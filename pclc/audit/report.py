@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from pclc.audit.checks import HEALTHY, paper_attack, verdict
+from pclc.audit.checks import HEALTHY, named, paper_attack, verdict
 from pclc.audit.result import AuditResult
-from pclc.io import atomic_savefig, atomic_write_text
+from pclc.io import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.store import provenance, provenance_lines
 from pclc.paper_data import paper_tables
 from pclc.reports import config_block
@@ -183,6 +183,24 @@ def overview(audits: list[AuditResult], paper: dict[tuple, float]) -> list[str]:
     return lines
 
 
+def robustbench_entries(audits: list[AuditResult], paper: dict[tuple, float], prov: list[str]) -> dict[str, dict]:
+    """RobustBench-style JSON per model audited with AutoAttack: clean accuracy, the paper's reported number
+    (its PGD, the attack it reports) and the AutoAttack accuracy, per eps (file name -> content)."""
+    out = {}
+    for a in audits:
+        aa = [n for n in named(a.groups, "standard") if n in a.accuracy]
+        if not aa:
+            continue
+        pgd = paper_attack(a.groups)
+        out[f"{a.run or 'model'}.json"] = {
+            "run": a.run, "name": a.method or a.loss, "dataset": a.dataset, "architecture": a.model,
+            "threat_model": "Linf", "n_examples": a.n, "clean_acc": a.clean_accuracy,
+            "entries": [{"eps": float(e), "autoattack_acc": a.accuracy[aa[0]][e], "reported": _reported(paper, a, pgd, e),
+                         "paper_attack_acc": a.accuracy[pgd].get(e)} for e in a.accuracy[aa[0]]],
+            "attack": a.profile.get("attacks", {}).get(aa[0]), "provenance": prov}
+    return out
+
+
 def write_audit_report(audits: list[AuditResult], out_dir: Path, rows: list[dict] | None = None,
                        title: str = "Robustness audit: adaptive attacks and gradient masking",
                        config_yaml: str | None = None) -> list[Path]:
@@ -212,6 +230,9 @@ def write_audit_report(audits: list[AuditResult], out_dir: Path, rows: list[dict
         config.append(f"resolved config: in {paths[0].name}")
     atomic_write_text(paths[1], "".join(f"# {p}\n" for p in [*prov, *config]) + csv.to_csv(index=False))
     _plot(audits, paths[2], prov, paper)
+    for name, entry in robustbench_entries(audits, paper, prov).items():
+        paths.append(out_dir / "autoattack" / name)
+        atomic_write_json(paths[-1], entry)
     return paths
 
 

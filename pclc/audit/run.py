@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CASCADE = "adaptive-cascade"  # the eps sweep of the cascade of adaptive attacks (profile.cascade)
 # The order attacks run and are reported in, by group (within a group: the order of audit.attacks).
-GROUPS = ("single-step", "paper", "steps", "adaptive", "black-box", "transfer")
+GROUPS = ("single-step", "paper", "steps", "adaptive", "black-box", "standard", "transfer")
 
 
 @dataclass(frozen=True)
