@@ -302,3 +302,16 @@ def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budge
     table = json.loads(Path(tables[0]).read_text())
     assert table["columns"][:5] == ["attack", "kind", "source", "eps", "budget"] and "adv_accuracy" in table["columns"]
     assert [row[3] for row in table["data"]] == [0.1, 0.2]
+
+
+def test_wandb_offline_is_quiet_with_one_sync_hint(tmp_path):
+    env = {**os.environ, "PCLC_RUNS": str(tmp_path / "runs")}
+    env.pop("WANDB_MODE", None)
+    env.pop("WANDB_SILENT", None)
+    run = subprocess.run([sys.executable, "-m", "pclc.train", "dataset=fake", "trainer.epochs_per_phase=1",
+                          "logger=wandb", "logger.mode=offline", f"logger.dir={tmp_path}",
+                          f"hydra.run.dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [ln for ln in (run.stdout + run.stderr).splitlines() if "wandb" in ln.lower()]
+    assert len(lines) == 1 and "wandb sync" in lines[0] and str(tmp_path / "wandb") in lines[0], lines
