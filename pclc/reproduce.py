@@ -117,8 +117,10 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
                             config=OmegaConf.to_container(cfg, resolve=True), job_type="reproduce")
     try:
         paths = write_outputs(cfg, tracker)
-    finally:
-        tracker.finish(0)
+    except BaseException:
+        tracker.finish(1)  # the W&B run says the reproduce failed
+        raise
+    tracker.finish(0)
     return {"cells": [c.label for c in cells], "ran": len(results), "outputs": [str(p) for p in paths]}
 
 
