@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test clean demo plan bench audit audit-run table1 table2 table3 table4 table5 figure1 figure2 figure3 gaps all
+.PHONY: help setup test clean demo plan bench summary audit audit-run table1 table2 table3 table4 table5 figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 DATASETS ?=
@@ -66,6 +66,9 @@ gaps: $(STAMP) ## Mean probability gaps, ResNet-56, CE vs PC+LC -> results/gaps.
 	$(call reproduce,gaps)
 all: $(STAMP) ## Every table and figure
 	$(call reproduce,all)
+summary: $(STAMP) ## Every paper cell in one file: results/SUMMARY.md and figures/summary-scatter.png
+	$(BIN)/python -m pclc.summary
+
 bench: $(STAMP) ## Benchmark our pipeline vs a reference-style one -> results/bench-<device>.{md,json}
 	$(BIN)/python scripts/bench.py
 audit: $(STAMP) ## Robustness audit of every Table 1/5 model (default DATASETS=fmnist) -> results/audit.{md,csv,png}

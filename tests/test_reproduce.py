@@ -187,3 +187,16 @@ def test_tables_put_the_reader_first_and_the_config_last(tmp_path):
     out = reproduce(repro_cfg(tmp_path, "demo", "fmnist"))
     md = Path(next(p for p in out["outputs"] if p.endswith(".md"))).read_text()
     assert md.index("- commit:") < md.index("| attack |") < md.index("<details><summary>resolved config")
+
+
+def test_summary_lists_every_paper_cell_with_its_source(tmp_path):
+    from pclc.summary import write
+
+    reproduce(repro_cfg(tmp_path, "table1", "mnist"))
+    md, png = write(tmp_path / "results" / "tiny")
+    text = md.read_text()
+    n = len(paper_tables())
+    assert f"of {n} run" in text and "`table1.csv`: commit `" in text and png.stat().st_size > 0
+    table1 = paper_tables()[paper_tables().table == "table1"]
+    ran = table1[table1.dataset == "mnist"]
+    assert f"## table1: {len(ran)} of {len(table1)} cells run" in text and "not run: cifar10/vgg13" in text
