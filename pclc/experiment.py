@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.config import compose, group_config, variant
+from pclc.config import compose, group_config
 from pclc.evaluate import expand_suite
 from pclc.store import RunDir, run_key
 from pclc.paper_data import table_rows
@@ -120,11 +120,6 @@ def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]
         run = RunDir(cfg.store, run_key(ec))
         out += [(ec, e) for e in entries(ec) if not (run.eval / f"{eval_name(ec, e)}.json").exists()]
     return out
-
-
-def warmup_cfg(tc: DictConfig) -> DictConfig | None:
-    """The run whose epoch-T checkpoint starts ``tc`` (its loss's warm-up loss), if it has one."""
-    return variant(tc, loss=tc.loss.warmup) if tc.loss.get("warmup") else None
 
 
 def out_dir(cfg: DictConfig) -> Path:

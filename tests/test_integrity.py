@@ -37,7 +37,11 @@ def same(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """CE and PC+LC trained without interruption."""
+    """CE and PC+LC trained without interruption, with the thread count every test here runs with (conftest):
+    a module fixture is set up before a test's own fixtures, and the thread count changes the weights."""
+    import os
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
     store = tmp_path_factory.mktemp("reference")
     return store, weights(train(cfg_for(store))), weights(train(cfg_for(store, loss="pclc")))
 

@@ -45,6 +45,7 @@ class Spec:
     group: str                                  # single-step | paper | steps | adaptive | black-box | transfer
     source_key: str | None = None
     batch_size: int | None = None
+    source_weights: str | None = None           # the transfer source's weights hash (what a cached result needs)
 
 
 def attack_specs(attacks: dict[str, dict], num_classes: int, source: tuple | None = None) -> list[Spec]:
@@ -58,14 +59,15 @@ def attack_specs(attacks: dict[str, dict], num_classes: int, source: tuple | Non
     for name, a in sorted(attacks.items(), key=lambda kv: GROUPS.index(kv[1]["group"])):
         if num_classes < int(a.get("min_classes") or 0):
             continue
-        runtime, key = {}, None
+        runtime, key, weights = {}, None, None
         if a["group"] == "transfer":
             if source is None:
                 continue
             key, runtime = source[0], {"source": source[1], "cache_dir": source[2] if len(source) > 2 else None}
+            weights = weights_digest(source[1].state_dict())
         atk = build_attack(a["attack"], **runtime)
         out.append(Spec(name, atk, atk.params, a["group"], key, None if a.get("batch_size") is None
-                        else int(a["batch_size"])))
+                        else int(a["batch_size"]), weights))
     paper_attack({s.name: s.group for s in out})  # exactly one paper attack
     return out
 
@@ -121,7 +123,7 @@ def cache_name(spec: Spec, eps: float, subset: int | None, batch_size: int, seed
     return f"{spec.name}-eps{eps:g}{sub}-{digest}.json"
 
 
-def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None, y, model) -> torch.Tensor | None:
+def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None, y, weights: str) -> torch.Tensor | None:
     """The paper's PGD at ``eps`` as pclc.evaluate already computed it for this run, if it did."""
     if eval_dir is None or spec.group != "paper":
         return None
@@ -134,7 +136,7 @@ def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None
         found = read_json(path)
     except CorruptFileError:
         return None
-    if found.get("weights") not in (None, weights_digest(model.state_dict())):
+    if found.get("weights") not in (None, weights):
         return None  # computed on other weights
     rec = found["records"]
     label = torch.tensor(rec["label"])
@@ -143,21 +145,16 @@ def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None
     return (torch.tensor(rec["clean_pred"]) == label) & (torch.tensor(rec["adv_pred"]) == label)
 
 
-def _tie(model, spec: Spec) -> str:
-    """The weights a cached result depends on: the model's, and the transfer source's."""
-    source = spec.attack.fn.keywords.get("source") if hasattr(spec.attack.fn, "keywords") else None
-    w = weights_digest(model.state_dict())
-    return w if source is None else f"{w}:{weights_digest(source.state_dict())}"
-
-
 def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset: int | None, batch_size: int,
-                   seed: int, eval_dir: Path | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
+                   seed: int, eval_dir: Path | None = None, only: torch.Tensor | None = None,
+                   weights: str | None = None) -> torch.Tensor:
     """Per-example correctness under ``spec`` at ``eps``: from the cache, from pclc.evaluate's file for the
     paper's PGD, or computed (and cached atomically). ``only`` (bool per example): attack just these; the
     others count as not robust (the cascade passes the examples that survived every attack so far)."""
     path = Path(cache_dir) / cache_name(spec, eps, subset, batch_size, seed, only)
     labels = _labels_digest(y)
-    tie = _tie(model, spec)
+    weights = weights or weights_digest(model.state_dict())  # what a cached result is tied to, and the source's
+    tie = weights if spec.source_weights is None else f"{weights}:{spec.source_weights}"
     if path.exists():
         try:
             d = read_json(path)
@@ -170,7 +167,7 @@ def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset:
             log.warning("%s was computed on other examples or weights; recomputing", path)
     t0 = time.perf_counter()
     bs = spec.batch_size or batch_size
-    correct = None if only is not None else _from_eval(eval_dir, spec, eps, subset, y, model)
+    correct = None if only is not None else _from_eval(eval_dir, spec, eps, subset, y, weights)
     source = "pclc.evaluate" if correct is not None else "audit"
     if correct is None:
         idx = torch.arange(len(y)) if only is None else only.cpu().nonzero().squeeze(1)
@@ -215,7 +212,8 @@ def reference_level(model, x, y, eps_list, attacks: dict, profile: dict, cache_d
     groups = {s.name: s.group for s in specs}
     keep = {paper_attack(groups), *named(groups, "adaptive")[:1]}
     run = partial(cached_correct, model=model, x=x, y=y, cache_dir=cache_dir, subset=subset,
-                  batch_size=int(profile["batch_size"]), seed=int(profile["seed"]), eval_dir=eval_dir)
+                  batch_size=int(profile["batch_size"]), seed=int(profile["seed"]), eval_dir=eval_dir,
+                  weights=weights_digest(model.state_dict()))
     return {float(e): pct(worst_case({s.name: run(s, eps=float(e)) for s in specs if s.name in keep}))
             for e in eps_list}
 
@@ -261,7 +259,7 @@ def audit_model(model, x, y, eps_list, attacks: dict, profile: dict, thresholds:
     bs = int(p["batch_size"])
     specs = attack_specs(attacks, _num_classes(model, x), source)
     run = partial(cached_correct, model=model, x=x, y=y, cache_dir=cache_dir, subset=subset, batch_size=bs,
-                  seed=int(p["seed"]), eval_dir=eval_dir)
+                  seed=int(p["seed"]), eval_dir=eval_dir, weights=weights_digest(model.state_dict()))
     with torch.no_grad():
         clean = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, len(x), bs)]).cpu()
     cascade = [s for s in specs if s.group == "adaptive"] if p["cascade"] else []
