@@ -324,6 +324,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "budget": json.dumps(r["params"], sort_keys=True), "n": r["n"], "adv_accuracy": r["adv_accuracy"],
         "clean_accuracy": r["clean_accuracy"], "run": run.key} for r in results]))
     tracker.summary({"clean_accuracy": clean_acc, **{Path(r["file"]).stem: r["adv_accuracy"] for r in results}})
+    tracker.log_artifact(f"eval-{run.key}", "evaluation", [r["file"] for r in results], {"run": run.key, **tie})
     tracker.finish(0)
     return summary
 

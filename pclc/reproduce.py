@@ -117,6 +117,8 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
                             config=OmegaConf.to_container(cfg, resolve=True), job_type="reproduce")
     try:
         paths = write_outputs(cfg, tracker)
+        tracker.log_artifact(f"results-{cfg.experiment.name}-{cfg.profile}", "results", paths,
+                             {"experiment": cfg.experiment.name, "profile": cfg.profile})
     except BaseException:
         tracker.finish(1)  # the W&B run says the reproduce failed
         raise

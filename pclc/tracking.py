@@ -42,6 +42,9 @@ class Tracker:
     def log_image(self, key: str, path) -> None:
         """Record a figure (nothing to record without a backend)."""
 
+    def log_artifact(self, name: str, kind: str, paths, metadata: dict | None = None) -> None:
+        """Record files as a versioned artifact (nothing to record without a backend)."""
+
     def finish(self, exit_code: int = 0) -> None:
         """Close the run (nothing to close without a backend)."""
 
@@ -96,6 +99,16 @@ class WandbTracker(Tracker):
         import wandb
 
         self.run.log({key: wandb.Image(str(path))})
+
+    def log_artifact(self, name: str, kind: str, paths, metadata: dict | None = None) -> None:
+        """Files as a W&B Artifact (``kind``: model, evaluation, results), e.g. a run's weights and summary."""
+        import wandb
+
+        art = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]", "_", name)[:128], type=kind, metadata=scrub(metadata or {}))
+        for p in paths:
+            if Path(p).exists():
+                art.add_file(str(p), name=Path(p).name)
+        self.run.log_artifact(art)
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)

@@ -301,6 +301,8 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                        diverged=_diverged(summary, int(cfg.dataset.num_classes)))
         atomic_write_json(run.summary, summary)
         tracker.summary(summary)
+        tracker.log_artifact(f"model-{run.key}", "model", [run.model, run.summary, run.config],
+                             {"key": run.key, "weights": summary["weights"], "test_accuracy": summary["test_accuracy"]})
         tracker.finish(0)
         return summary
     except BaseException:

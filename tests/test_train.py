@@ -298,6 +298,8 @@ def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budge
     raw = b"".join(Path(f).read_bytes() for f in glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb")))
     for word in (b"results", b"fgsm", b"lenet5", b"fake", run_key(compose("train", over)).encode()):
         assert word in raw, word  # the evaluation's model and suite; the run key survives the secret filter
+    key = run_key(compose("train", over))
+    assert f"model-{key}".encode() in raw and f"eval-{key}".encode() in raw  # the weights and results as Artifacts
     tables = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "results_*.table.json"))
     table = json.loads(Path(tables[0]).read_text())
     assert table["columns"][:5] == ["attack", "kind", "source", "eps", "budget"] and "adv_accuracy" in table["columns"]
