@@ -157,3 +157,13 @@ def test_slurm_launcher_config_asks_for_a_gpu_and_requeues():
 def test_the_extra_example_of_reproduce_yaml_parses():
     cfg = compose("reproduce", ['extra=["dataset.root=/data"]'])
     assert list(cfg.extra) == ["dataset.root=/data"]
+
+
+@pytest.mark.parametrize("app", ["train", "evaluate", "reproduce", "audit"])
+def test_each_command_has_its_own_help(app):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", f"pclc.{app}", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith(f"pclc-{app} (python -m pclc.{app})"), out.stderr[-500:]
+    assert f"Groups {app} uses:" in out.stdout and "Usage:" in out.stdout
