@@ -124,7 +124,7 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
         adv = exp.get("adversarial")
         title = (f"t-SNE of penultimate features ({exp.paper_figure} redone on {dataset} / {group[0].model})"
                  + (f"; '+' = successful {adv.attack.upper()} eps={adv.eps}" if adv else ""))
-        plot_tsne(panels, path, title)
+        plot_tsne(panels, path, title, list(train_cfg(group[0], cfg).dataset.get("classes") or []))  # the config's names
         out += [path, _caption(path, title, runs, cfg, [f"points: first {exp.n_points} test images, class-balanced"])]
         tracker.log_image(name, path)
     return out

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Dataset fields that say where the data is and how large its files are, not what it is: never part of a
 # run's identity.
-_DATASET_LOCATION = ("root", "download", "examples")
+_DATASET_LOCATION = ("root", "download", "examples", "classes")
 
 
 def _without_hydra_keys(d: Any) -> Any:

@@ -215,3 +215,17 @@ def test_figures_are_written_atomically(tmp_path):
         atomic_savefig(fig, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["f.png"]
     plt.close(fig)
+
+
+def test_tsne_legend_names_the_classes(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from pclc.config import compose
+
+    seen, real = [], matplotlib.axes.Axes.legend
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend",
+                        lambda self, *a, **k: seen.extend(h.get_label() for h in k.get("handles", [])) or real(self, *a, **k))
+    names = list(compose("train", ["dataset=fmnist"]).dataset.classes)
+    g = np.random.default_rng(0)
+    plot_tsne([{"title": "t", "xy": g.normal(size=(50, 2)), "labels": np.arange(50) % 10}], tmp_path / "t.png", "t", names)
+    assert seen[:10] == names and names[0] == "T-shirt/top" and names[9] == "Ankle boot"

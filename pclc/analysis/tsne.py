@@ -77,8 +77,9 @@ def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
     return torch.cat([model(as_input(x[i:i + batch_size]).to(dev)).cpu() for i in range(0, len(x), batch_size)])
 
 
-def plot_tsne(panels: list[dict], path, title: str) -> Path:
-    """Clean points as dots, adversarial ones as '+', both coloured by true class; one subplot per panel."""
+def plot_tsne(panels: list[dict], path, title: str, class_names: list[str] | None = None) -> Path:
+    """Clean points as dots, adversarial ones as '+', both coloured by true class (named by ``class_names``
+    when given); one subplot per panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +98,9 @@ def plot_tsne(panels: list[dict], path, title: str) -> Path:
             ax.scatter(*xy[adv].T, c=labels[adv], cmap=cmap, norm=norm, s=25, marker="+", linewidths=0.8)
         ax.set(title=p["title"], xticks=[], yticks=[])
     if k <= 10:
-        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(c), label=str(c)) for c in range(k)]
+        names = list(class_names or [])
+        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(c), label=names[c] if c < len(names) else str(c))
+                   for c in range(k)]
         if any(np.any(p.get("adv_mask", False)) for p in panels):
             handles.append(Line2D([], [], marker="+", linestyle="", color="k", label="adversarial"))
         axes[0, -1].legend(handles=handles, title="class", loc="center left", bbox_to_anchor=(1.0, 0.5),

@@ -16,6 +16,7 @@ from pclc.paper_data import paper_tables
 from pclc.reports import config_block
 
 CSV_COLUMNS = ["model", "attack", "eps", "accuracy"]
+LEGEND = {"pgd-paper": "the paper's PGD-40, ours", "adaptive-cascade": "worst case of the adaptive attacks"}
 
 
 PAPER_GROUPS = {"clean": "clean", "fgsm": "single-step", "pgd": "paper"}  # paper table attack -> audit group
@@ -138,9 +139,9 @@ def _plot(audits: list[AuditResult], path: Path, prov: list[str], paper: dict[tu
         for n, s in a.sweeps.items():
             solid = n == paper_attack(a.groups)
             ax.plot(s["eps"], s["accuracy"], marker="o" if solid else "x", linestyle="-" if solid else "--",
-                    color="C0" if solid else "C3", label=n)
+                    color="C0" if solid else "C3", label=LEGEND.get(n, n))
         if r:
-            ax.plot(*zip(*r), marker="*", markersize=9, linestyle="none", color="k", label="the paper's PGD")
+            ax.plot(*zip(*r), marker="*", markersize=9, linestyle="none", color="k", label="the paper's PGD, its numbers")
         ax.set_title(f"{a.method or a.loss or a.run}: {a.verdict}", fontsize=8)
         ax.set_ylim(-1, min(100.0, top + 5))
         ax.grid(alpha=0.3)
