@@ -179,6 +179,12 @@ def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md
     return "".join(f"# {ln}\n" for ln in lines)
 
 
+def csv_provenance(path: Path) -> dict[str, str]:
+    """The ``# key: value`` lines a results CSV opens with (:func:`csv_header`): command, commit, date, ..."""
+    return {k: v for k, v in (ln[2:].split(": ", 1) for ln in path.read_text().splitlines()
+                              if ln.startswith("# ") and ": " in ln)}
+
+
 def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tuple[pd.DataFrame, str | None]:
     """``df`` with the cells of the results file it replaces that this command did not compute (other
     datasets, attacks not run here): a restricted or partial run never drops numbers results/ holds. Those
@@ -186,8 +192,7 @@ def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tupl
     if not csv.exists():
         return df, None
     old = pd.read_csv(csv, comment="#", dtype={"param": str})
-    head = {k: v for k, v in (ln[2:].split(": ", 1) for ln in csv.read_text().splitlines()
-                              if ln.startswith("# ") and ": " in ln)}
+    head = csv_provenance(csv)
     key = ["dataset", "model", "method", "attack", "param"]
     had = {tuple(r[k] for k in key): r for r in old.to_dict("records") if r["status"] in ("run", KEPT)}
     datasets = list(dict.fromkeys([*df.dataset, *old.dataset]))

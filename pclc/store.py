@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
+import logging
 import json
 import os
 import platform
@@ -22,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # Dataset fields that say where the data is and how large its files are, not what it is: never part of a
 # run's identity.
+log = logging.getLogger(__name__)
+
 _DATASET_LOCATION = ("root", "download", "examples", "classes")
 
 
@@ -151,9 +154,7 @@ def model_state(run: RunDir) -> dict[str, torch.Tensor]:
         if int(ckpt.get("epoch", -1)) != epochs:
             raise CorruptFileError(f"{run.model} cannot be read and the checkpoint is at epoch {ckpt.get('epoch')}"
                                    f", not {epochs}; retrain with force=true") from None
-        import logging
-
-        logging.getLogger(__name__).warning("%s is missing or unreadable; restored from the final checkpoint", run.model)
+        log.warning("%s is missing or unreadable; restored from the final checkpoint", run.model)
         atomic_torch_save(ckpt["model"], run.model)
         return ckpt["model"]
 

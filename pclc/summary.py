@@ -12,14 +12,10 @@ import torch
 
 from pclc.io import atomic_savefig, atomic_write_text
 from pclc.paper_data import paper_tables
+from pclc.reports import csv_provenance
 from pclc.store import provenance, provenance_lines
 
 COLUMNS = ["table", "dataset", "model", "method", "attack", "param", "paper", "ours", "diff", "status", "source"]
-
-
-def _header(path: Path) -> dict[str, str]:
-    return {k: v for k, v in (ln[2:].split(": ", 1) for ln in path.read_text().splitlines()
-                              if ln.startswith("# ") and ": " in ln)}
 
 
 def collect(results: Path) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
@@ -27,7 +23,7 @@ def collect(results: Path) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
     paper = paper_tables().rename(columns={"accuracy": "paper"})
     ours, sources = [], {}
     for csv in sorted(results.glob("table*.csv")):
-        sources[csv.name] = _header(csv)
+        sources[csv.name] = csv_provenance(csv)
         df = pd.read_csv(csv, comment="#", dtype={"param": str})
         ours.append(df[df.status != "not run"].assign(source=csv.name))
     key = ["table", "dataset", "model", "method", "attack", "param"]

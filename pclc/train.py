@@ -194,15 +194,18 @@ def _diverged(summary: dict, num_classes: int) -> bool:
 
 
 def _summary(cfg: DictConfig, run: RunDir, metrics: list[dict], warmup_from, accel: Accel, prov: dict,
-             t0: float) -> dict[str, Any]:
+             t0: float, threads: int, model: torch.nn.Module) -> dict[str, Any]:
     final = metrics[-1]
-    return {"key": run.key, "finished": True, "path": str(run.path), "epochs": 2 * int(cfg.trainer.epochs_per_phase),
+    summary = {"key": run.key, "finished": True, "path": str(run.path), "epochs": 2 * int(cfg.trainer.epochs_per_phase),
             "dataset": cfg.dataset.name, "model": cfg.model.name, "loss": cfg.loss.name, "seed": int(cfg.seed),
             "test_accuracy": final["test_accuracy"], "prob_gap": final["prob_gap"],
             "train_accuracy": final["train_accuracy"], "train_loss": final["train_loss"],
             "warmup_from": warmup_from, "accel": accel.describe(),
             "train_seconds": sum(m["seconds"] for m in metrics if "source" not in m),
-            "wall_seconds_this_invocation": time.perf_counter() - t0, "provenance": prov}
+            "wall_seconds_this_invocation": time.perf_counter() - t0, "provenance": prov,
+            "threads": threads, "weights": weights_digest(model.state_dict())}
+    summary["diverged"] = _diverged(summary, int(cfg.dataset.num_classes))
+    return summary
 
 
 def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
@@ -296,9 +299,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
             tracker.finish(0)
             return unfinished
         atomic_torch_save(model.state_dict(), run.model)
-        summary = _summary(cfg, run, metrics, warmup_from, accel, prov, t0)
-        summary.update(threads=threads, weights=weights_digest(model.state_dict()),
-                       diverged=_diverged(summary, int(cfg.dataset.num_classes)))
+        summary = _summary(cfg, run, metrics, warmup_from, accel, prov, t0, threads, model)
         atomic_write_json(run.summary, summary)
         tracker.summary(summary)
         tracker.log_artifact(f"model-{run.key}", "model", [run.model, run.summary, run.config],
