@@ -273,3 +273,14 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
               "attacks are cached in runs/<key>/audit/")
     return {"cells": rows, "predicted_seconds": total, "unmeasured": unknown, "sources": sorted(cost.sources),
             "audits_not_predicted": audited}
+
+
+def cell_timeout_minutes(cfg: DictConfig, margin: float = 1.5, floor: int = 10) -> int | None:
+    """A per-cell job time limit for a launcher (SLURM's ``timeout_min``): ``margin`` times the slowest
+    cell's predicted time still to do, at least ``floor`` minutes; None when a cell has no prediction.
+    Training resumes from its last checkpoint, so a limit too short costs a requeue, not the work."""
+    rows, _ = plan_items(cfg, CostModel(Path(cfg.store), load_bench(bench_path(cfg))))
+    seconds = [r["predicted_seconds"] for r in rows if r["cell"] != "-"]
+    if not seconds or any(s is None for s in seconds):
+        return None
+    return max(floor, int(-(-margin * max(seconds) // 60)))

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.config import CONFIG_DIR, group_config, resolve_device
 from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
     sub_experiments, suites_of, train_cfg
-from pclc.plan import plan
+from pclc.plan import cell_timeout_minutes, plan
 from pclc.reports import config_yaml, write_table
 from pclc.store import RunDir, run_key
 
@@ -104,12 +104,19 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage == "count":
         print(len(cells))
         return {"cells": len(cells)}
+    if cfg.stage == "timeout":  # the launcher's per-cell limit in minutes (hydra/launcher=pclc_slurm)
+        minutes = cell_timeout_minutes(cfg)
+        if minutes is None:
+            log.warning("some cells have no predicted time on this device (run `make bench`, or pass "
+                        "bench=<bench-cuda.json from a GPU node>); keeping the launcher's timeout_min")
+        print(minutes if minutes is not None else "")
+        return {"timeout_min": minutes}
     if cfg.stage == "cell":
         if cfg.cell is None or not 0 <= int(cfg.cell) < len(cells):
             raise ValueError(f"stage=cell needs cell in [0, {len(cells)}), got {cfg.cell}")
         return run_cell(cells[int(cfg.cell)], cfg)
     if cfg.stage not in ("all", "tables"):
-        raise ValueError(f"stage must be all, cell, tables or count; got {cfg.stage!r}")
+        raise ValueError(f"stage must be all, cell, tables, count or timeout; got {cfg.stage!r}")
     results = [run_cell(c, cfg) for c in cells] if cfg.stage == "all" else []
     from pclc.tracking import build_tracker
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import json
 import subprocess
 import sys
@@ -112,3 +113,18 @@ def test_planner_predicts_unmeasured_work_from_the_benchmark(tmp_path, capsys):
     lenet = 2 * 100 * 3.0  # CE and PC+LC: 100 epochs each at the benchmark's 3 s (PC+LC's warm-up is CE's)
     assert p["predicted_seconds"] > lenet + sub["predicted_seconds"]
     assert "from " + str(tmp_path / "bench.json") in capsys.readouterr().out
+
+
+def test_launcher_timeout_is_the_planners_slowest_cell_with_margin(tmp_path, capsys):
+    from pclc.reproduce import reproduce
+
+    (tmp_path / "bench.json").write_text(json.dumps(BENCH))
+    over = ["experiment=table1", "datasets=[fmnist]", "logger=none", f"store={tmp_path / 'runs'}",
+            f"bench={tmp_path / 'bench.json'}"]
+    slowest = max(r["predicted_seconds"] for r in reproduce(compose("reproduce", [*over, "plan=true"]))["cells"])
+    assert slowest > 100 * 3.0  # a cell trains 100 epochs at the benchmark's 3 s, then attacks
+    capsys.readouterr()
+    got = reproduce(compose("reproduce", [*over, "stage=timeout"]))["timeout_min"]
+    assert got == math.ceil(1.5 * slowest / 60) and capsys.readouterr().out.strip().splitlines()[-1] == str(got)
+    blind = reproduce(compose("reproduce", [*over[:-1], f"bench={tmp_path / 'none.json'}", "stage=timeout"]))
+    assert blind["timeout_min"] is None  # unpredicted: the launcher keeps its configured limit
