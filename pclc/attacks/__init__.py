@@ -84,10 +84,13 @@ def attack_entry(cfg: Mapping | DictConfig):
     return ATTACKS.entry(cfg)
 
 
-def build_attack(cfg: Mapping | DictConfig, **runtime) -> Attack:
-    """An :class:`Attack` from its config; ``runtime``: arguments no config sets (a transfer source)."""
+def build_attack(cfg: Mapping | DictConfig, engine: Mapping | None = None, **runtime) -> Attack:
+    """An :class:`Attack` from its config; ``runtime``: arguments no config sets (a transfer source);
+    ``engine``: ``{backend, chunk}`` (configs/evaluate.yaml ``attack:``) for the attacks that take them."""
     e = ATTACKS.entry(cfg)
     params = params_of(cfg)
+    takes = set(e.meta.get("runtime", ()))
+    runtime.update({k: v for k, v in (engine or {}).items() if k in takes})
     return Attack(e.name, ATTACKS.build(cfg, _convert_="all", **runtime), params, bool(e.meta["bounded"]),
                   float(e.meta["passes"](params)))
 
