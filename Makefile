@@ -87,8 +87,9 @@ all: $(STAMP) ## Every table and figure
 summary: $(STAMP) ## Every paper cell in one file: results/SUMMARY.md and figures/summary-scatter.png
 	$(BIN)/python -m pclc.summary
 
-bench: $(STAMP) ## Benchmark our pipeline vs a reference-style one -> results/bench-<device>.{md,json}
+bench: $(STAMP) ## Benchmark ours vs reference: results/bench-<device>.*, and the FMNIST Table 1 column (needs its runs)
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench_column.py
 audit: $(STAMP) ## Robustness audit of every Table 1/5 model (default DATASETS=fmnist) -> results/audit.{md,csv,png}
 	$(call reproduce,audit)
 audit-run: $(STAMP) ## Audit one run: make audit-run ARGS="audit.run=<key>" (or dataset=.. model=.. loss=..)

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.attacks import attack_entry, build_attack, check_eps
+from pclc.attacks.paper import check_engine
 from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.data import eval_tensors
 from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, cached_tensor, load_tensors, read_json, \
@@ -158,11 +159,14 @@ def craft(attack, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, lo
 
 
 def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-              group_batches: int, out: Path, header: dict[str, Any], cache: Path | None = None) -> dict[str, Any]:
+              group_batches: int, out: Path, header: dict[str, Any], cache: Path | None = None,
+              engine: dict | None = None) -> dict[str, Any]:
     """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``.
 
     An attack's own ``batch_size`` parameter (SPSA's: it forwards ``nb_sample`` copies of each example)
     replaces ``batch_size``. ``cache``: a directory for :func:`craft`, suffixed here with the batch size.
+    ``engine``: ``{backend, chunk}`` for the paper's attacks; both backends give the same examples, so it is
+    recorded in the result, not in its name.
     """
     if out.exists():
         try:
@@ -186,7 +190,7 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
     if done.get("weights", header["weights"]) != header["weights"]:  # a partial result of other weights
         done = {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
     done["weights"] = header["weights"]
-    attack = build_attack(entry.attack)
+    attack = build_attack(entry.attack, engine=engine)
     n = len(y)
     step = batch_size * group_batches
     while done["n"] < n:
@@ -204,6 +208,7 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
     adv_pred = torch.tensor(done["adv_pred"])
     result = {**header, "attack": entry.config, "kind": entry.kind, "eps": entry.eps, "source": entry.source,
               "params": entry.params, "n": n, "seconds": done["seconds"], "batch_size": batch_size,
+              "engine": dict(engine or {}),
               "adv_accuracy": percent(adv_pred == y.cpu()),
               "max_linf": max(done["linf"]) if done["linf"] else 0.0,
               "records": {**header["records"], "adv_pred": done["adv_pred"]}}
@@ -272,6 +277,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         v = cfg.eval.get(k)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"eval.{k} must be an integer >= 1, got {v!r}")
+    engine = check_engine(cfg.get("attack") or {})
     run_cfg, target = load_run(run, device)
     tie = run_fingerprint(run, target)
     remove_stale_temp(run.eval)
@@ -304,7 +310,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         with held(lock_path(run.path.parent, f"{run.key}.eval.{out.stem}"), f"evaluation {out.name}"):
             r = run_entry(e, target, crafter if transfer else target, x, y, bs, int(cfg.eval.group_batches), out,
-                          header, sub_run.adv / out.stem if transfer else None)
+                          header, sub_run.adv / out.stem if transfer else None, engine)
         log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],
                  clean_acc, time.perf_counter() - t0)
         results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})

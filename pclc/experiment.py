@@ -75,7 +75,9 @@ def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
 
 def eval_cfg(cell: Cell, cfg: DictConfig, suite: str, restrict: bool = False) -> DictConfig:
     """The cell's evaluation config; ``restrict`` keeps only the suite entries of ``cfg.attacks`` (when set)."""
-    ec = compose("evaluate", [*cell_overrides(cell, cfg), f"attack/suite={suite}", *cfg.profiles[cfg.profile].eval])
+    engine = [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
+    ec = compose("evaluate", [*cell_overrides(cell, cfg), f"attack/suite={suite}", *engine,
+                              *cfg.profiles[cfg.profile].eval])
     if restrict and cfg.get("attacks"):
         ec.suite.entries = [e for e in ec.suite.entries if e.attack in cfg.attacks]
     return ec

@@ -128,3 +128,27 @@ def test_launcher_timeout_is_the_planners_slowest_cell_with_margin(tmp_path, cap
     assert got == math.ceil(1.5 * slowest / 60) and capsys.readouterr().out.strip().splitlines()[-1] == str(got)
     blind = reproduce(compose("reproduce", [*over[:-1], f"bench={tmp_path / 'none.json'}", "stage=timeout"]))
     assert blind["timeout_min"] is None  # unpredicted: the launcher keeps its configured limit
+
+
+def test_column_bench_times_both_backends_and_finds_them_identical(tmp_path):
+    from pclc.reproduce import reproduce
+
+    fake = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "
+            "cifar100: fake_large, tinyimagenet: fake_large}")
+    over = ["profile=tiny", fake, "attacks=[fgsm,pgd]"]
+    store, out = tmp_path / "runs", tmp_path / "results"
+    args = [sys.executable, str(ROOT / "scripts" / "bench_column.py"), "--store", str(store), "--n", "64",
+            "--out", str(out), "--extra", *over]
+    early = subprocess.run(args, capture_output=True, text=True)
+    assert early.returncode != 0 and "not trained" in early.stderr  # refused before any work
+    reproduce(compose("reproduce", ["experiment=table1", "datasets=[fmnist]", "logger=none", f"store={store}",
+                                    f"out_dir={out}", *over]))
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "bench-column-cpu.json").read_text())
+    cells = {(row["model"], row["attack"], row["eps"]) for row in res["rows"]}
+    assert len(cells) == 2 * 2 * 3  # CE and PC+LC x FGSM, PGD x three eps
+    assert res["all_same"] and all(row["advertorch_s"] > 0 and row["pclc_s"] > 0 for row in res["rows"])
+    col = res["column"]
+    assert col["pclc_s"] == pytest.approx(col["training_s"] + sum(row["pclc_s"] for row in res["rows"]), abs=0.5)
+    assert "Identical adversarial predictions in every cell: yes" in (out / "bench-column-cpu.md").read_text()

@@ -153,6 +153,7 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
     onehot = x.new_zeros((n, num_classes), dtype=torch.long).scatter_(1, y.view(-1, 1), 1).float()
     target = torch.tanh(x_atanh) * 0.5 * 1.0 + 0.5
     rows = torch.arange(n, device=x.device)
+    blocks = _blocks(n, chunk if rows_independent(model, x, y, chunk) else None)
     check_every = max_iterations // 10 or 1
     for outer in range(binary_search_steps):
         delta = torch.nn.Parameter(torch.zeros_like(x))
@@ -165,19 +166,29 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
         for it in range(max_iterations):
             opt.zero_grad()
             adv = torch.tanh(delta + x_atanh) * 0.5 * 1.0 + 0.5
-            out = forward(model, adv, chunk)
+            # The classification term is a sum of per-example terms, so each block runs forward and backward
+            # at once (its activations stay in cache); its value is summed over the whole batch as advertorch's.
+            outs, terms, grads = [], [], []
+            for a, b in blocks:
+                ab = adv[a:b].detach().requires_grad_()
+                out = model(ab)
+                real = (onehot[a:b] * out).sum(dim=1)
+                other = ((1.0 - onehot[a:b]) * out - (onehot[a:b] * _TARGET_MULT)).max(1)[0]
+                term = torch.clamp(real - other + confidence, min=0.0)
+                grads.append(torch.autograd.grad(torch.sum(const[a:b] * term), ab)[0])
+                outs.append(out.detach())
+                terms.append(term.detach())
+            out, term = torch.cat(outs), torch.cat(terms)
             l2 = ((adv - target) ** 2).view(n, -1).sum(dim=1)
-            real = (onehot * out).sum(dim=1)
-            other = ((1.0 - onehot) * out - (onehot * _TARGET_MULT)).max(1)[0]
-            loss = torch.sum(const * torch.clamp(real - other + confidence, min=0.0)) + l2.sum()
-            loss.backward()
+            loss2 = l2.sum()
+            torch.autograd.backward([loss2, adv], [None, torch.cat(grads)])  # adv: model path + L2 path
+            loss_value = (torch.sum(const * term) + loss2).item()
             opt.step()
-            loss_value = loss.item()
             if abort_early and it % check_every == 0:
                 if loss_value > prev * _ONE_MINUS_EPS:
                     break
                 prev = loss_value
-            out, l2, adv = out.detach(), l2.detach(), adv.detach()
+            l2, adv = l2.detach(), adv.detach()
             label = torch.max(out, 1)[1]
             shifted = out.clone()
             shifted[rows, y] += confidence

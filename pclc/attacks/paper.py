@@ -18,22 +18,32 @@ import functools
 import torch
 import torch.nn as nn
 
-from pclc.attacks import engine, register_attack
+from pclc.attacks import engine as engine_mod, register_attack
 from pclc.attacks.linf import seeded
 
 BACKENDS = ("pclc", "advertorch")
 _ENGINE = ("backend", "chunk")  # runtime arguments (never in an attack's config or a result's hash)
 
 
+def check_engine(attack) -> dict:
+    """``attack.{backend,chunk}`` (configs/evaluate.yaml), checked before any work."""
+    engine = {"backend": attack.get("backend", "pclc"), "chunk": attack.get("chunk", "auto")}
+    unknown = sorted(set(attack) - set(engine))
+    if unknown:
+        raise ValueError(f"attack.{unknown[0]}: unknown; attack takes backend and chunk")
+    if engine["backend"] not in BACKENDS:
+        raise ValueError(f"attack.backend={engine['backend']!r}; known: {list(BACKENDS)}")
+    c = engine["chunk"]
+    if c not in ("auto", None) and (isinstance(c, bool) or not isinstance(c, int) or c < engine_mod.MIN_ROWS):
+        raise ValueError(f"attack.chunk={c!r} must be 'auto' or an integer >= {engine_mod.MIN_ROWS}")
+    return engine
+
+
 def _ours(backend: str, chunk, x: torch.Tensor) -> tuple[bool, int | None]:
     """Whether to use our engine, and its block size."""
-    if backend not in BACKENDS:
-        raise ValueError(f"attack.backend={backend!r}; known: {list(BACKENDS)}")
-    if chunk in (None, "auto"):
-        return backend == "pclc", engine.default_chunk(x.device)
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < engine.MIN_ROWS:
-        raise ValueError(f"attack.chunk={chunk!r} must be 'auto' or an integer >= {engine.MIN_ROWS}")
-    return backend == "pclc", int(chunk)
+    e = check_engine({"backend": backend, "chunk": chunk})
+    auto = e["chunk"] in ("auto", None)
+    return e["backend"] == "pclc", engine_mod.default_chunk(x.device) if auto else int(e["chunk"])
 
 
 def _zero_gradients(x) -> None:
@@ -84,7 +94,7 @@ def fgsm(model, x, y, eps, seed, backend: str = "pclc", chunk="auto"):
     """FGSM (Goodfellow et al. 2014): one step of eps along the sign of the CE gradient."""
     ours, chunk = _ours(backend, chunk, x)
     if ours:
-        return engine.fgsm(model, x, y, eps, chunk)
+        return engine_mod.fgsm(model, x, y, eps, chunk)
     return _run(advertorch_attacks().GradientSignAttack(model, loss_fn=_ce_sum(), eps=eps, clip_min=0.0,
                                                         clip_max=1.0, targeted=False), x, y, seed)
 
@@ -96,8 +106,8 @@ def _iterative(cls: str, model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter
     ours, chunk = _ours(backend, chunk, x)
     if ours:
         with seeded(seed, x.device):
-            start = engine.pgd_start(x, eps) if extra.get("rand_init") else None
-        return engine.sign_iterations(model, x, y, eps, int(nb_iter), step, chunk, start, extra.get("decay_factor"))
+            start = engine_mod.pgd_start(x, eps) if extra.get("rand_init") else None
+        return engine_mod.sign_iterations(model, x, y, eps, int(nb_iter), step, chunk, start, extra.get("decay_factor"))
     attack = getattr(advertorch_attacks(), cls)(model, loss_fn=_ce_sum(), eps=eps, nb_iter=int(nb_iter),
                                                 eps_iter=step, clip_min=0.0, clip_max=1.0, targeted=False, **extra)
     return _run(attack, x, y, seed)
@@ -137,7 +147,7 @@ def cw(model, x, y, eps, seed, max_iterations: int, learning_rate: float, confid
                     abort_early=bool(abort_early), initial_const=float(initial_const))
     ours, chunk = _ours(backend, chunk, x)
     if ours:
-        return engine.cw_l2(model, x, y, _num_classes(model, x), chunk, **settings)
+        return engine_mod.cw_l2(model, x, y, _num_classes(model, x), chunk, **settings)
     return _run(advertorch_attacks().CarliniWagnerL2Attack(
         model, _num_classes(model, x), targeted=False, clip_min=0.0, clip_max=1.0, **settings), x, y, seed)
 
