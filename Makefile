@@ -15,7 +15,8 @@ ATTACKS  ?=
 PROFILE  ?= full
 LAUNCHER ?=
 BENCH    ?=
-EXP_ARGS = profile=$(PROFILE) $(if $(DATASETS),datasets=[$(DATASETS)]) $(if $(ATTACKS),attacks=[$(ATTACKS)]) $(if $(BENCH),bench=$(BENCH))
+SEEDS    ?=
+EXP_ARGS = profile=$(PROFILE) $(if $(DATASETS),datasets=[$(DATASETS)]) $(if $(SEEDS),seeds=[$(SEEDS)]) $(if $(ATTACKS),attacks=[$(ATTACKS)]) $(if $(BENCH),bench=$(BENCH))
 # One experiment: in this process, or fanned out over its cells with a Hydra launcher, then assembled.
 define reproduce
 $(if $(LAUNCHER),\

@@ -25,10 +25,11 @@ class Cell:
     method: str
     loss: str
     trainer: str
+    seed: int = 0
 
     @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.model}/{self.method}"
+        return f"{self.dataset}/{self.model}/{self.method}" + (f"/s{self.seed}" if self.seed else "")
 
 
 def dataset_config(cfg: DictConfig, dataset: str) -> str:
@@ -41,12 +42,23 @@ def family_of(cfg: DictConfig, dataset: str) -> str:
     return str(group_config("dataset", dataset_config(cfg, dataset)).family)
 
 
-def make_cell(cfg: DictConfig, dataset: str, model: str, method: str) -> Cell:
+def make_cell(cfg: DictConfig, dataset: str, model: str, method: str, seed: int = 0) -> Cell:
     if method not in cfg.methods:
         raise ValueError(f"unknown method {method!r}; known: {sorted(cfg.methods)}")
     m = cfg.methods[method]
     trainer = m.trainer if isinstance(m.trainer, str) else m.trainer[family_of(cfg, dataset)]
-    return Cell(dataset, model, method, m.loss, trainer)
+    return Cell(dataset, model, method, m.loss, trainer, seed)
+
+
+def experiment_seeds(cfg: DictConfig) -> list[int]:
+    """``cfg.seeds`` (default [0]): every table cell is trained and evaluated once per seed."""
+    seeds = list(cfg.get("seeds") or [0])
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
+    if len(seeds) > 1 and cfg.experiment.kind != "table":
+        raise ValueError(f"seeds={seeds}: several seeds apply to tables (mean ± sd per cell); "
+                         f"{cfg.experiment.name} is a {cfg.experiment.kind}: pass one seed")
+    return seeds
 
 
 def experiment_cells(cfg: DictConfig) -> list[Cell]:
@@ -59,13 +71,13 @@ def experiment_cells(cfg: DictConfig) -> list[Cell]:
     else:
         chosen = datasets or list(exp.datasets)
         triples = [(d, exp.model_for[family_of(cfg, d)], meth) for d in chosen for meth in exp.methods]
-    return [make_cell(cfg, *t) for t in triples]
+    return [make_cell(cfg, *t, seed=s) for t in triples for s in experiment_seeds(cfg)]
 
 
 def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
     prof = cfg.profiles[cfg.profile]
     return [f"dataset={dataset_config(cfg, cell.dataset)}", f"model={cell.model}", f"loss={cell.loss}",
-            f"trainer={cell.trainer}", f"store={cfg.store}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
+            f"trainer={cell.trainer}", f"seed={cell.seed}", f"store={cfg.store}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
             f"logger={cfg.logger.name}", *prof.train, *cfg.extra]
 
 
@@ -137,9 +149,12 @@ def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
     keep += [f"bench={cfg.bench}"] if cfg.get("bench") else []
     keep += [f"dataset_map={json.dumps(OmegaConf.to_container(cfg.dataset_map))}"] if cfg.get("dataset_map") else []
     keep += ["extra=" + json.dumps(list(cfg.extra))] if cfg.get("extra") else []
+    keep += [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
     out = []
     for name in cfg.experiment.experiments:
         sub = compose("reproduce", [f"experiment={name}", *keep])
+        if sub.experiment.kind == "table":  # several seeds: tables only
+            sub.seeds = list(cfg.get("seeds") or [0])
         if cfg.get("datasets"):  # tables keep the datasets they have a column for (skipped if none);
             exp = sub.experiment  # figures are drawn for any dataset
             chosen = [d for d in cfg.datasets if exp.kind != "table" or d in set(table_rows(exp.table).dataset)]

@@ -2,17 +2,20 @@
 paper's layout (ours beside the paper's), and the provenance header every results file opens with.
 
 Rows are (attack, param) in the paper's order; columns are (dataset, method) in the paper's order.
-A cell shows ``ours (paper, diff)``; a cell we have not run says so, it is never blank or filled.
+A cell shows ``ours (paper, diff)``, over several seeds ``mean ± sd n=N (paper, diff ✓|✗)`` (✓: the paper's
+number is inside the 95% t interval of our mean); a cell we have not run says so, it is never blank or filled.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats as scipy_stats
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import resolve_device
@@ -28,16 +31,24 @@ NOT_RUN = "not run"
 KEPT = "kept"  # a cell this command did not compute, kept from the results file it rewrites
 
 
-def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float]) -> pd.DataFrame:
-    """Add ``ours`` (keyed by dataset, method, attack, param) and the difference to the paper's rows."""
+def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float | list[float]]) -> pd.DataFrame:
+    """Add ``ours`` (keyed by dataset, method, attack, param: a number, or one per seed) and the difference to
+    the paper's rows. Over several seeds a cell is their mean, with ``sd``, ``n_seeds`` and ``ci95`` (the
+    half-width of the t interval of the mean); ``in_ci95`` says whether the paper's number lies in it."""
     out = paper.rename(columns={"accuracy": "paper"}).copy()
     vals = [ours.get((r.dataset, r.method, r.attack, r.param)) for r in out.itertuples()]
+    vals = [None if v is None else [float(x) for x in (v if isinstance(v, list) else [v])] for v in vals]
     # a float column (cells not run are NaN, so test status from vals, not the column), in points of accuracy
     # to 2 decimals: 0.01 is one example in 10,000, the finest a test set here resolves
-    vals = [None if o is None else round(float(o), 2) for o in vals]
-    out["ours"] = vals
-    out["diff"] = [None if o is None else round(o - p, 2) for o, p in zip(vals, out.paper)]
-    out["status"] = ["run" if o is not None else NOT_RUN for o in vals]
+    means = [None if v is None else round(statistics.fmean(v), 2) for v in vals]
+    out["ours"] = means
+    out["diff"] = [None if o is None else round(o - p, 2) for o, p in zip(means, out.paper)]
+    out["status"] = ["run" if o is not None else NOT_RUN for o in means]
+    out["n_seeds"] = [0 if v is None else len(v) for v in vals]
+    out["sd"] = [round(statistics.stdev(v), 2) if v is not None and len(v) > 1 else None for v in vals]
+    out["ci95"] = [round(scipy_stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / len(v) ** 0.5, 2)
+                   if v is not None and len(v) > 1 else None for v in vals]
+    out["in_ci95"] = [None if c is None else bool(abs(d) <= c) for c, d in zip(out.ci95, out["diff"])]
     return out
 
 
@@ -70,7 +81,12 @@ def to_markdown(df: pd.DataFrame) -> str:
                 vals.append(f"{NOT_RUN} (paper {r.paper:.1f})")
             else:
                 mark = "†" if getattr(r, "status", "run") == KEPT else ""
-                vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
+                n = getattr(r, "n_seeds", 1)
+                if n is not None and not pd.isna(n) and int(n) > 1:  # mean ± sd over seeds, judged by the 95% CI
+                    inside = "✓" if r.in_ci95 else "✗"
+                    vals.append(f"**{r.ours:.1f}** ± {r.sd:.1f} n={int(n)}{mark} ({r.paper:.1f}, {r.diff:+.1f} {inside})")
+                else:
+                    vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
         lines.append(f"| {_row_label(a, p)} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -135,9 +151,11 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
     exp = cfg.experiment
     rows = table_rows(exp.table, list(cfg.datasets) if cfg.get("datasets") else None, exp.get("attacks"))
     ev = evaluations(cfg)
-    ours: dict[tuple[str, str, str, str], float] = {}
+    ours: dict[tuple[str, str, str, str], list[float]] = {}
     for cell in experiment_cells(cfg):
-        mine = ev[(ev.dataset == cell.dataset) & (ev.method == cell.method)]
+        ec = eval_cfg(cell, cfg, exp.suite)
+        run = RunDir(cfg.store, run_key(ec))
+        mine = ev[(ev.dataset == cell.dataset) & (ev.method == cell.method) & (ev.run == run.key)]
         clean = None
         for r in rows[(rows.dataset == cell.dataset) & (rows.method == cell.method)].itertuples():
             if r.attack == "clean":
@@ -146,14 +164,13 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
             hit = mine[(mine.source == spec.get("source", "white")) & (mine.attack == spec.attack)
                        & (mine.eps.isna() if eps is None else mine.eps == eps)]
             if len(hit):
-                ours[(cell.dataset, cell.method, r.attack, r.param)] = float(hit.adv_accuracy.iloc[0])
+                ours.setdefault((cell.dataset, cell.method, r.attack, r.param), []).append(
+                    float(hit.adv_accuracy.iloc[0]))
                 clean = float(hit.clean_accuracy.iloc[0])
-        ec = eval_cfg(cell, cfg, exp.suite)
-        run = RunDir(cfg.store, run_key(ec))
         if ec.eval.subset is None and run.finished:
             clean = run.read_summary()["test_accuracy"]
         if clean is not None:
-            ours[(cell.dataset, cell.method, "clean", "-")] = clean
+            ours.setdefault((cell.dataset, cell.method, "clean", "-"), []).append(clean)
     return combine(rows, ours)
 
 
@@ -231,7 +248,9 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     head = header(title, prov, cfg.profile,
                   notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
                                                                                for k, v in runs.items()),
-                         *substitute_notes(cfg), *([kept] if kept else [])])
+                         *substitute_notes(cfg), *([kept] if kept else []),
+                         *([f"seeds {list(cfg.seeds)}: mean ± sd over the seeds run; ✓ / ✗: the paper's number "
+                            "is inside / outside the 95% t interval of our mean"] if (df.n_seeds > 1).any() else [])])
     atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile,
               "datasets": cfg.get("datasets") and list(cfg.datasets), "runs": runs}

@@ -27,7 +27,8 @@ from pclc.data import eval_tensors
 from pclc.evaluate import expand_suite, predict
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
 from pclc.io import atomic_write_json, atomic_write_text, read_json
-from pclc.plan import CostModel, bench_path, device_slug, load_bench, plan_items
+from bench import peak_flops  # scripts/bench.py, beside this file
+from pclc.plan import CostModel, bench_path, device_slug, forward_flops, load_bench, plan_items
 from pclc.store import RunDir, load_run, provenance, provenance_lines, run_key
 
 GOAL_S = 20 * 60  # the performance issue's target for the whole column on a 2-core CPU
@@ -38,10 +39,11 @@ def _training_seconds(run: RunDir, phase: int | None) -> float:
     return sum(e["seconds"] for e in epochs if phase is None or e["phase"] == phase)
 
 
-def bench_run(run: RunDir, ec, n: int, device: torch.device) -> list[dict]:
+def bench_run(run: RunDir, ec, n: int, device: torch.device, peak: float) -> list[dict]:
     cfg, model = load_run(run, device)
     x, y = eval_tensors(cfg.dataset, None, device)
     scale = len(y) / min(n, len(y))
+    per_pass = 2 * forward_flops(model, x[:1]) * len(y) / peak  # forward + input gradient, whole test set
     x, y = x[:n], y[:n]
     bs = min(int(ec.eval.batch_size), n)
     rows = []
@@ -55,6 +57,7 @@ def bench_run(run: RunDir, ec, n: int, device: torch.device) -> list[dict]:
         (ref_s, ref_pred, ref_adv), (our_s, our_pred, our_adv) = out["advertorch"], out["pclc"]
         rows.append({"model": f"{cfg.model.name}/{cfg.loss.name}", "attack": e.config, "eps": e.eps,
                      "advertorch_s": round(ref_s, 2), "pclc_s": round(our_s, 2), "speedup": round(ref_s / our_s, 2),
+                     "floor_s": round(build_attack(e.attack).passes * per_pass, 2),
                      "same_predictions": bool(torch.equal(ref_pred, our_pred)),
                      "same_examples": bool(torch.equal(ref_adv, our_adv)),
                      "accuracy": round(100.0 * (our_pred == y).float().mean().item(), 2)})
@@ -68,7 +71,9 @@ def markdown(res: dict) -> str:
              *provenance_lines(res["provenance"]),
              f"- {res['n']} test examples per attack and model, scaled to {res['test_examples']}; one run, "
              f"seed 0 models; torch {torch.__version__}, {torch.get_num_threads()} threads",
-             f"- training: measured epoch seconds of the runs ({col['training_note']})", "",
+             f"- training: measured epoch seconds of the runs ({col['training_note']})",
+             f"- floor: passes x (forward + input gradient FLOPs) / measured peak {res['peak_flops'] / 1e12:.3f} "
+             f"TFLOP/s ({res['peak_how']}); attacks' floor {sum(r['floor_s'] for r in res['rows']) / 60:.1f} min", "",
              "| | advertorch (reference) | pclc engine | speed-up |", "|---|---|---|---|",
              f"| attacks | {col['attacks_advertorch_s'] / 60:.1f} min | {col['attacks_pclc_s'] / 60:.1f} min | "
              f"{col['attacks_advertorch_s'] / col['attacks_pclc_s']:.2f}x |",
@@ -80,9 +85,10 @@ def markdown(res: dict) -> str:
              f"{'yes' if res['all_same'] else 'NO'}. The planner predicted "
              + (f"{res['planner_s'] / 60:.1f} min for the column on an empty store (ratio to this measurement "
                 f"{res['planner_s'] / col['pclc_s']:.2f})." if res.get("planner_s") else "nothing (no benchmark)."),
-             "", "| model | attack | eps | advertorch s | pclc s | speed-up | same predictions | accuracy % |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| model | attack | eps | advertorch s | pclc s | speed-up | floor s | pclc / floor | same predictions "
+             "| accuracy % |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['attack']} | {r['eps']} | {r['advertorch_s']} | {r['pclc_s']} | {r['speedup']}x | "
+              f"{r['floor_s']} | {r['pclc_s'] / max(r['floor_s'], 1e-9):.0f}x | "
               f"{'yes' if r['same_predictions'] else 'NO'} | {r['accuracy']} |" for r in res["rows"]]
     return "\n".join(lines) + "\n"
 
@@ -104,9 +110,10 @@ def main() -> None:
     if missing:
         sys.exit(f"error: the column's runs are not trained in {args.store}: {missing}; train them first: "
                  f"make table1 DATASETS={args.dataset}")
+    peak, peak_how = peak_flops(device, tiny=False)
     rows = []
     for cell, run in zip(cells, runs):
-        rows += bench_run(run, eval_cfg(cell, rcfg, "table1", restrict=True), args.n, device)
+        rows += bench_run(run, eval_cfg(cell, rcfg, "table1", restrict=True), args.n, device, peak)
     ce, pclc = runs[0], runs[1]
     training = _training_seconds(ce, None) + _training_seconds(pclc, 2)
     ref = sum(r["advertorch_s"] for r in rows)
@@ -118,6 +125,7 @@ def main() -> None:
     res = {"device": f"{device_slug(device)} ({platform.machine()}, {torch.get_num_threads()} threads)",
            "provenance": provenance(device), "n": None, "test_examples": None, "rows": rows,
            "all_same": all(r["same_predictions"] and r["same_examples"] for r in rows), "planner_s": planner,
+           "peak_flops": peak, "peak_how": peak_how,
            "column": {"training_s": round(training, 1), "attacks_advertorch_s": round(ref, 1),
                       "attacks_pclc_s": round(ours, 1), "advertorch_s": round(training + ref, 1),
                       "pclc_s": round(training + ours, 1),

@@ -200,3 +200,23 @@ def test_summary_lists_every_paper_cell_with_its_source(tmp_path):
     table1 = paper_tables()[paper_tables().table == "table1"]
     ran = table1[table1.dataset == "mnist"]
     assert f"## table1: {len(ran)} of {len(table1)} cells run" in text and "not run: cifar10/vgg13" in text
+
+
+def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
+    out = reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,1]", "attacks=[fgsm]"))
+    assert out["cells"] == ["mnist/lenet5/ce", "mnist/lenet5/ce/s1", "mnist/lenet5/pclc", "mnist/lenet5/pclc/s1"]
+    csv = pd.read_csv(tmp_path / "results" / "tiny" / "table1.csv", comment="#", dtype={"param": str})
+    cell = csv[(csv.method == "ce") & (csv.attack == "fgsm") & (csv.param == "0.1")].iloc[0]
+    per_seed = [json.loads(f.read_text())["adv_accuracy"]
+                for f in sorted((tmp_path / "runs").glob("fake-lenet5-ce-s[01]-*/eval/white-fgsm-eps0.1-*.json"))]
+    assert len(per_seed) == 2 and cell.n_seeds == 2
+    assert cell.ours == pytest.approx(sum(per_seed) / 2, abs=0.01)
+    assert cell.sd == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5, abs=0.01)
+    assert cell.ci95 == pytest.approx(12.706 * cell.sd / 2 ** 0.5, abs=0.02)  # t(0.975, 1 df)
+    assert bool(cell.in_ci95) == (abs(cell["diff"]) <= cell.ci95)
+    md = (tmp_path / "results" / "tiny" / "table1.md").read_text()
+    assert f"**{cell.ours:.1f}** ± {cell.sd:.1f} n=2" in md and "95% t interval" in md
+    with pytest.raises(ValueError, match="distinct integers"):
+        reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,0]", "plan=true"))
+    with pytest.raises(ValueError, match="apply to tables"):
+        reproduce(repro_cfg(tmp_path, "figure2", "mnist", "seeds=[0,1]", "plan=true"))
