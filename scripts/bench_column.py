@@ -68,7 +68,7 @@ def bench_run(run: RunDir, ec, n: int, device: torch.device, peak: float) -> lis
 def markdown(res: dict) -> str:
     col = res["column"]
     lines = [f"# The Fashion-MNIST Table 1 column, timed ({res['device']})", "",
-             *provenance_lines(res["provenance"]),
+             *(f"- {ln}" for ln in provenance_lines(res["provenance"])),
              f"- {res['n']} test examples per attack and model, scaled to {res['test_examples']}; one run, "
              f"seed 0 models; torch {torch.__version__}, {torch.get_num_threads()} threads",
              f"- training: measured epoch seconds of the runs ({col['training_note']})",

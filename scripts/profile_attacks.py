@@ -83,7 +83,7 @@ def main() -> None:
             opt.step()
     tasks["training: 20 steps of batch 256"] = steps
     lines = [f"# Profile of attacks and training ({device_slug(device)}, {torch.get_num_threads()} threads)", "",
-             *provenance_lines(provenance(device)),
+             *(f"- {ln}" for ln in provenance_lines(provenance(device))),
              f"- {what}; {len(y)} real Fashion-MNIST test images per attack call; one run of each, after a warm-up",
              "- share of operator self-time (torch.profiler); wall time measured with the profiler on", "",
              "| task | wall s | " + " | ".join(GROUPS) + " | everything else | top operators |",
