@@ -78,7 +78,8 @@ def rows_independent(model, x: torch.Tensor, y: torch.Tensor, chunk: int | None)
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per row: every element of ``a`` has the bits of ``b`` (so 0.0 and -0.0 differ)."""
-    return (a.view(torch.int32) == b.view(torch.int32)).flatten(1).all(1)
+    bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
+    return (a.view(bits) == b.view(bits)).flatten(1).all(1)
 
 
 def fgsm(model, x, y, eps: float, chunk: int | None) -> torch.Tensor:
