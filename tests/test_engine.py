@@ -137,3 +137,18 @@ def test_engine_settings_are_checked_before_any_work():
 
     ec = eval_cfg(experiment_cells(repro)[0], repro, "table1")
     assert ec.attack.backend == "advertorch"  # reproduce hands it to every cell's evaluation
+
+
+def test_cw_rows_with_zero_gradient_and_moments_skip_the_model_and_stay_exact():
+    model = _lenet(30.0)
+    x, y = _data(model, n=64)
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) != y).sum().item()
+    assert wrong >= 16  # misclassified at the start: zero gradient, zero Adam moments, a fixed point
+    cfg = {**group_config("attack", "cw"), "max_iterations": 6, "binary_search_steps": 2, "abort_early": False}
+    counted = Counted(model)
+    ref = build_attack(cfg, engine={"backend": "advertorch"})(model, x, y, None, 0)
+    ours = build_attack(cfg, engine={"backend": "pclc", "chunk": 16})(counted, x, y, None, 0)
+    assert torch.equal(ref, ours)
+    probe = 4 * len(x) + engine.MIN_ROWS + 1  # rows_independent's passes, and one row for the class count
+    assert counted.rows - probe <= 2 * (6 * len(x) - 5 * wrong)  # skipped after the first iteration of each step

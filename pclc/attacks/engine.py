@@ -154,7 +154,8 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
     onehot = x.new_zeros((n, num_classes), dtype=torch.long).scatter_(1, y.view(-1, 1), 1).float()
     target = torch.tanh(x_atanh) * 0.5 * 1.0 + 0.5
     rows = torch.arange(n, device=x.device)
-    blocks = _blocks(n, chunk if rows_independent(model, x, y, chunk) else None)
+    free = rows_independent(model, x, y, chunk)
+    blocks = _blocks(n, chunk if free else None)
     check_every = max_iterations // 10 or 1
     for outer in range(binary_search_steps):
         delta = torch.nn.Parameter(torch.zeros_like(x))
@@ -164,26 +165,43 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
         prev = 1e6
         if binary_search_steps >= 10 and outer == binary_search_steps - 1:
             const = upper
+        # A row whose gradient and Adam moments are all exactly zero gets a zero update: it is a fixed point
+        # for the rest of this search step (a row misclassified at the start, say), so its logits, term and
+        # gradient are kept from the step it froze and the model skips it.
+        frozen = torch.zeros(n, dtype=torch.bool, device=x.device)
+        out_all = term_all = grad_all = None
         for it in range(max_iterations):
             opt.zero_grad()
             adv = torch.tanh(delta + x_atanh) * 0.5 * 1.0 + 0.5
+            active = (~frozen).nonzero().squeeze(1)
+            part = free and len(active) < n and len(active) >= MIN_ROWS
+            src, oh, cst = (adv.detach()[active], onehot[active], const[active]) if part else (adv.detach(), onehot, const)
             # The classification term is a sum of per-example terms, so each block runs forward and backward
             # at once (its activations stay in cache); its value is summed over the whole batch as advertorch's.
             outs, terms, grads = [], [], []
-            for a, b in blocks:
-                ab = adv[a:b].detach().requires_grad_()
+            for a, b in (_blocks(len(src), chunk) if part else blocks):
+                ab = src[a:b].detach().requires_grad_()
                 out = model(ab)
-                real = (onehot[a:b] * out).sum(dim=1)
-                other = ((1.0 - onehot[a:b]) * out - (onehot[a:b] * _TARGET_MULT)).max(1)[0]
+                real = (oh[a:b] * out).sum(dim=1)
+                other = ((1.0 - oh[a:b]) * out - (oh[a:b] * _TARGET_MULT)).max(1)[0]
                 term = torch.clamp(real - other + confidence, min=0.0)
-                grads.append(torch.autograd.grad(torch.sum(const[a:b] * term), ab)[0])
+                grads.append(torch.autograd.grad(torch.sum(cst[a:b] * term), ab)[0])
                 outs.append(out.detach())
                 terms.append(term.detach())
-            out, term = torch.cat(outs), torch.cat(terms)
+            if part:
+                out_all[active], term_all[active], grad_all[active] = torch.cat(outs), torch.cat(terms), torch.cat(grads)
+            else:
+                out_all, term_all, grad_all = torch.cat(outs), torch.cat(terms), torch.cat(grads)
+            out, term = out_all, term_all
             l2 = ((adv - target) ** 2).view(n, -1).sum(dim=1)
             loss2 = l2.sum()
-            torch.autograd.backward([loss2, adv], [None, torch.cat(grads)])  # adv: model path + L2 path
+            torch.autograd.backward([loss2, adv], [None, grad_all])  # adv: model path + L2 path
             loss_value = (torch.sum(const * term) + loss2).item()
+            if free:
+                frozen = (delta.grad.flatten(1) == 0).all(1)
+                state = opt.state.get(delta)
+                if state:
+                    frozen &= (state["exp_avg"].flatten(1) == 0).all(1) & (state["exp_avg_sq"].flatten(1) == 0).all(1)
             opt.step()
             if abort_early and it % check_every == 0:
                 if loss_value > prev * _ONE_MINUS_EPS:
