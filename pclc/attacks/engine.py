@@ -8,7 +8,8 @@ selectable with ``attack.backend=advertorch``), from three levers that change no
 - **frozen rows**: an example of BIM/PGD/MIM whose whole state (perturbation, and MIM's momentum) comes
   back bit-for-bit unchanged from a step is at a fixed point of a deterministic per-example map, so every
   later step returns it again: it leaves the batch (saturated CE examples, whose input gradient is exactly
-  zero, leave after one step);
+  zero, leave after one step); in C&W, a row whose gradient and Adam moments are exactly zero gets a zero
+  update for the rest of its search step (rows misclassified at the start), and skips the model;
 - **no Python per example** (C&W's binary search is vectorised) and constants computed once.
 
 Both levers rest on one property: a row's logits and input gradient do not depend on the other rows of
