@@ -39,10 +39,12 @@ def _training_seconds(run: RunDir, phase: int | None) -> float:
     return sum(e["seconds"] for e in epochs if phase is None or e["phase"] == phase)
 
 
-def bench_run(run: RunDir, ec, n: int, device: torch.device, peak: float) -> list[dict]:
+def bench_run(run: RunDir, ec, n: int, device: torch.device, peak: float) -> tuple[list[dict], int]:
+    """The column's cells of one run, both backends; and the size of the test set they are scaled to."""
     cfg, model = load_run(run, device)
     x, y = eval_tensors(cfg.dataset, None, device)
-    scale = len(y) / min(n, len(y))
+    total = len(y)
+    scale = total / min(n, total)
     per_pass = 2 * forward_flops(model, x[:1]) * len(y) / peak  # forward + input gradient, whole test set
     x, y = x[:n], y[:n]
     bs = min(int(ec.eval.batch_size), n)
@@ -62,7 +64,7 @@ def bench_run(run: RunDir, ec, n: int, device: torch.device, peak: float) -> lis
                      "same_examples": bool(torch.equal(ref_adv, our_adv)),
                      "accuracy": round(100.0 * (our_pred == y).float().mean().item(), 2)})
         print(rows[-1], flush=True)
-    return rows
+    return rows, total
 
 
 def markdown(res: dict) -> str:
@@ -113,7 +115,8 @@ def main() -> None:
     peak, peak_how = peak_flops(device, tiny=False)
     rows = []
     for cell, run in zip(cells, runs):
-        rows += bench_run(run, eval_cfg(cell, rcfg, "table1", restrict=True), args.n, device, peak)
+        got, test_examples = bench_run(run, eval_cfg(cell, rcfg, "table1", restrict=True), args.n, device, peak)
+        rows += got
     ce, pclc = runs[0], runs[1]
     training = _training_seconds(ce, None) + _training_seconds(pclc, 2)
     ref = sum(r["advertorch_s"] for r in rows)
@@ -123,15 +126,14 @@ def main() -> None:
     items = plan_items(empty, CostModel(Path(empty.store), load_bench(bench_path(empty))))[1]
     planner = None if any(v is None for v in items.values()) else sum(items.values())
     res = {"device": f"{device_slug(device)} ({platform.machine()}, {torch.get_num_threads()} threads)",
-           "provenance": provenance(device), "n": None, "test_examples": None, "rows": rows,
+           "provenance": provenance(device), "n": min(args.n, test_examples), "test_examples": test_examples,
+           "rows": rows,
            "all_same": all(r["same_predictions"] and r["same_examples"] for r in rows), "planner_s": planner,
            "peak_flops": peak, "peak_how": peak_how,
            "column": {"training_s": round(training, 1), "attacks_advertorch_s": round(ref, 1),
                       "attacks_pclc_s": round(ours, 1), "advertorch_s": round(training + ref, 1),
                       "pclc_s": round(training + ours, 1),
                       "training_note": f"{ce.key} all epochs, {pclc.key} phase 2"}}
-    res["test_examples"] = len(eval_tensors(load_run(ce, device)[0].dataset, None, "cpu")[1])
-    res["n"] = min(args.n, res["test_examples"])
     out = Path(args.out) / f"bench-column-{device_slug(device)}"
     atomic_write_json(out.with_suffix(".json"), res)
     atomic_write_text(out.with_suffix(".md"), markdown(res))
