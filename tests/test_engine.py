@@ -110,7 +110,7 @@ def test_a_model_whose_rows_interact_runs_in_whole_batches_and_stays_exact():
     x, y = _data(model)
     assert not engine.rows_independent(model, x, y, 16)
     assert engine.rows_independent(_lenet(30.0), x, y, 16)
-    for name in ("pgd", "cw"):
+    for name in ("fgsm", "pgd", "cw"):
         ref, ours = _both(name, model, x, y, None if name == "cw" else 0.2)
         assert torch.equal(ref, ours), name
 

@@ -85,7 +85,8 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def fgsm(model, x, y, eps: float, chunk: int | None) -> torch.Tensor:
     """advertorch ``GradientSignAttack``: ``clamp(x + eps * sign(grad), 0, 1)``."""
-    step = ce_grad(model, x, y, chunk).sign()
+    free = rows_independent(model, x, y, chunk)
+    step = ce_grad(model, x, y, chunk if free else None).sign()
     step *= eps
     return torch.clamp(torch.clamp(x + step, min=0.0), max=1.0)
 
