@@ -15,15 +15,63 @@ def probability_gap(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return p_y - p_false
 
 
+MIN_ROWS = 16        # the smallest row block a model sees (row independence was seen to fail below 6 rows)
+PROBE_ROWS = 256     # examples of a batch used to check row independence
+
+
+def default_chunk(device: torch.device) -> int | None:
+    """Rows per model call: 100 on CPU (LeNet-5 on 2 cores: 0.074 s per 1,000 examples and attack step at 100
+    rows against 0.15 s at 1,000; ``results/profile-cpu.md``), whole batches on accelerators."""
+    return 100 if device.type == "cpu" else None
+
+
+def row_blocks(n: int, chunk: int | None) -> list[tuple[int, int]]:
+    """``[start, stop)`` blocks of ``chunk`` rows covering ``n``; none smaller than ``MIN_ROWS``."""
+    if chunk is None or n <= chunk:
+        return [(0, n)]
+    cuts = list(range(0, n, chunk)) + [n]
+    if n - cuts[-2] < MIN_ROWS:  # never a block smaller than MIN_ROWS: merge the tail into the block before
+        cuts.pop(-2)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 @torch.no_grad()
-def clean_metrics(model: torch.nn.Module, data: DeviceData, batch_size: int = 2048) -> dict[str, float]:
-    """Accuracy (%) and mean probability gap of ``model`` (in eval mode) on ``data``."""
+def logits_in_blocks(model: torch.nn.Module, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """``model(x)`` computed on row blocks of ``chunk`` rows (no autograd)."""
+    blocks = row_blocks(len(x), chunk)
+    return model(x) if len(blocks) == 1 else torch.cat([model(x[a:b]) for a, b in blocks])
+
+
+@torch.no_grad()
+def forward_rows_independent(model: torch.nn.Module, x: torch.Tensor, chunk: int | None) -> bool:
+    """Whether the logits of up to ``PROBE_ROWS`` examples of ``x`` are bit-for-bit the same in one call and in
+    ``chunk``-row blocks (so blocks cannot change a number; false for too few rows to tell)."""
+    n = min(len(x), PROBE_ROWS)
+    if chunk is None or n < 2 * MIN_ROWS:
+        return False
+    return torch.equal(model(x[:n]), logits_in_blocks(model, x[:n], min(chunk, n // 2)))
+
+
+def _chunk_for(model: torch.nn.Module, x: torch.Tensor, chunk) -> int | None:
+    """The row blocks to use on this batch: ``chunk`` ("auto": :func:`default_chunk`) where the probe shows
+    they change no bit, else whole batches."""
+    c = default_chunk(x.device) if chunk == "auto" else chunk
+    return c if c is not None and len(x) > c and forward_rows_independent(model, x, c) else None
+
+
+@torch.no_grad()
+def clean_metrics(model: torch.nn.Module, data: DeviceData, batch_size: int = 2048,
+                  chunk: int | str | None = "auto") -> dict[str, float]:
+    """Accuracy (%) and mean probability gap of ``model`` (in eval mode) on ``data``; each batch's logits are
+    computed in row blocks of ``chunk`` rows where that changes no bit (checked on the first batch)."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=data.device)
     gap = torch.zeros((), device=data.device, dtype=torch.float64)
-    for x, y in data.batches(batch_size):
-        logits = model(x)
+    for i, (x, y) in enumerate(data.batches(batch_size)):
+        if i == 0:
+            chunk = _chunk_for(model, x, chunk)
+        logits = logits_in_blocks(model, x, chunk)
         correct += (logits.argmax(1) == y).sum()
         gap += probability_gap(logits, y).double().sum()
     model.train(was_training)
@@ -32,6 +80,9 @@ def clean_metrics(model: torch.nn.Module, data: DeviceData, batch_size: int = 20
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in batches (on ``x``'s device)."""
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, chunk: int | str | None = "auto") -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in batches (on ``x``'s device), each in row blocks as :func:`clean_metrics`."""
+    if len(x) == 0:
+        return model(x)
+    chunk = _chunk_for(model, x[:batch_size], chunk)
+    return torch.cat([logits_in_blocks(model, x[i:i + batch_size], chunk) for i in range(0, len(x), batch_size)])

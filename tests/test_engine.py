@@ -8,6 +8,7 @@ import torch
 from pclc.attacks import ATTACKS, build_attack
 from pclc.attacks import engine
 from pclc.attacks.paper import check_engine
+from pclc.metrics import row_blocks
 from pclc.config import compose, group_config
 from pclc.models import create_model
 
@@ -116,10 +117,10 @@ def test_a_model_whose_rows_interact_runs_in_whole_batches_and_stays_exact():
 
 
 def test_blocks_never_leave_a_block_smaller_than_min_rows():
-    assert engine._blocks(1000, 100) == [(i, i + 100) for i in range(0, 1000, 100)]
-    blocks = engine._blocks(205, 100)
+    assert row_blocks(1000, 100) == [(i, i + 100) for i in range(0, 1000, 100)]
+    blocks = row_blocks(205, 100)
     assert blocks == [(0, 100), (100, 205)] and all(b - a >= engine.MIN_ROWS for a, b in blocks)
-    assert engine._blocks(50, None) == [(0, 50)]
+    assert row_blocks(50, None) == [(0, 50)]
 
 
 def test_engine_settings_are_checked_before_any_work():
@@ -152,3 +153,21 @@ def test_cw_rows_with_zero_gradient_and_moments_skip_the_model_and_stay_exact():
     assert torch.equal(ref, ours)
     probe = 4 * len(x) + engine.MIN_ROWS + 1  # rows_independent's passes, and one row for the class count
     assert counted.rows - probe <= 2 * (6 * len(x) - 5 * wrong)  # skipped after the first iteration of each step
+
+
+def test_clean_metrics_and_predictions_in_row_blocks_are_the_whole_batches_bits():
+    from pclc.data import DeviceData, Split
+    from pclc.metrics import clean_metrics, forward_rows_independent, predict
+
+    model = _lenet(30.0)
+    x, y = _data(model, n=600)
+    data = DeviceData(Split((x * 255).round().to(torch.uint8), y), "cpu")
+    xs = data.x.float() / 255
+    assert forward_rows_independent(model, xs, 100)  # so the blocks below are really used
+    assert torch.equal(predict(model, xs, 512, chunk=100), predict(model, xs, 512, chunk=None))
+    assert clean_metrics(model, data, 512, chunk=100) == clean_metrics(model, data, 512, chunk=None)
+    coupled = BatchCoupled(model)  # blocks would change its logits: the probe says so and whole batches run
+    with torch.no_grad():
+        assert not torch.equal(coupled(xs[:300]), torch.cat([coupled(xs[:150]), coupled(xs[150:300])]))
+    assert torch.equal(predict(coupled, xs, 300, chunk=100), torch.cat([coupled(xs[:300]), coupled(xs[300:])]))
+    assert clean_metrics(coupled, data, 300, chunk=100) == clean_metrics(coupled, data, 300, chunk=None)

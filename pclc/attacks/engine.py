@@ -23,40 +23,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MIN_ROWS = 16        # the smallest block the model sees (row independence was seen to fail below 6)
-PROBE_ROWS = 256     # examples of the batch used to check row independence
+from pclc.metrics import MIN_ROWS, PROBE_ROWS, default_chunk, logits_in_blocks, row_blocks  # noqa: F401
+
 _ONE_MINUS_EPS = 0.999999  # advertorch's C&W constants
 _TARGET_MULT = 10000.0
 _L2_UPPER = 1e10
 _UPPER_CHECK = 1e9
 
 
-def default_chunk(device: torch.device) -> int | None:
-    """Rows per model call: 100 on CPU (cache-sized for LeNet-5-sized nets), whole batches on accelerators."""
-    return 100 if device.type == "cpu" else None
-
-
-def _blocks(n: int, chunk: int | None) -> list[tuple[int, int]]:
-    if chunk is None or n <= chunk:
-        return [(0, n)]
-    cuts = list(range(0, n, chunk)) + [n]
-    if n - cuts[-2] < MIN_ROWS:  # never a block smaller than MIN_ROWS: merge the tail into the block before
-        cuts.pop(-2)
-    return list(zip(cuts[:-1], cuts[1:]))
-
-
-def forward(model, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
-    """``model(x)`` in row blocks (autograd flows through the concatenation)."""
-    blocks = _blocks(len(x), chunk)
-    if len(blocks) == 1:
-        return model(x)
-    return torch.cat([model(x[a:b]) for a, b in blocks])
-
-
 def ce_grad(model, x: torch.Tensor, y: torch.Tensor, chunk: int | None) -> torch.Tensor:
     """The input gradient of the summed cross-entropy (advertorch's ``CrossEntropyLoss(reduction="sum")``)."""
     out = []
-    for a, b in _blocks(len(x), chunk):
+    for a, b in row_blocks(len(x), chunk):
         xa = x[a:b].detach().requires_grad_()
         loss = F.cross_entropy(model(xa), y[a:b], reduction="sum")
         out.append(torch.autograd.grad(loss, xa)[0])
@@ -70,11 +48,16 @@ def rows_independent(model, x: torch.Tensor, y: torch.Tensor, chunk: int | None)
     if n < 2 * MIN_ROWS:
         return False
     xs, ys = x[:n], y[:n]
-    whole, g = forward(model, xs, None).detach(), ce_grad(model, xs, ys, None)
-    parts = forward(model, xs, chunk or n // 2).detach()
+    whole, g = model(xs).detach(), ce_grad(model, xs, ys, None)
+    parts = logits_in_blocks(model, xs, chunk or n // 2)
     mid = slice(n // 2, n // 2 + MIN_ROWS)
     return (torch.equal(whole, parts) and torch.equal(g, ce_grad(model, xs, ys, chunk or n // 2))
             and torch.equal(g[mid], ce_grad(model, xs[mid], ys[mid], None)))
+
+
+def _all_zero(t: torch.Tensor) -> torch.Tensor:
+    """Per row: every element is 0.0 or -0.0 (NaN is not): one pass, no boolean copy of ``t``."""
+    return t.flatten(1).abs().amax(1) == 0
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -154,10 +137,11 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
     r = r * _ONE_MINUS_EPS
     x_atanh = torch.log((1 + r) / (1 - r)) * 0.5
     onehot = x.new_zeros((n, num_classes), dtype=torch.long).scatter_(1, y.view(-1, 1), 1).float()
+    others, big = 1.0 - onehot, onehot * _TARGET_MULT  # advertorch's terms that do not change
     target = torch.tanh(x_atanh) * 0.5 * 1.0 + 0.5
     rows = torch.arange(n, device=x.device)
     free = rows_independent(model, x, y, chunk)
-    blocks = _blocks(n, chunk if free else None)
+    blocks = row_blocks(n, chunk if free else None)
     check_every = max_iterations // 10 or 1
     for outer in range(binary_search_steps):
         delta = torch.nn.Parameter(torch.zeros_like(x))
@@ -177,15 +161,16 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
             adv = torch.tanh(delta + x_atanh) * 0.5 * 1.0 + 0.5
             active = (~frozen).nonzero().squeeze(1)
             part = free and len(active) < n and len(active) >= MIN_ROWS
-            src, oh, cst = (adv.detach()[active], onehot[active], const[active]) if part else (adv.detach(), onehot, const)
+            src, oh, ot, bg, cst = (adv.detach()[active], onehot[active], others[active], big[active], const[active]) \
+                if part else (adv.detach(), onehot, others, big, const)
             # The classification term is a sum of per-example terms, so each block runs forward and backward
             # at once (its activations stay in cache); its value is summed over the whole batch as advertorch's.
             outs, terms, grads = [], [], []
-            for a, b in (_blocks(len(src), chunk) if part else blocks):
+            for a, b in (row_blocks(len(src), chunk) if part else blocks):
                 ab = src[a:b].detach().requires_grad_()
                 out = model(ab)
                 real = (oh[a:b] * out).sum(dim=1)
-                other = ((1.0 - oh[a:b]) * out - (oh[a:b] * _TARGET_MULT)).max(1)[0]
+                other = (ot[a:b] * out - bg[a:b]).max(1)[0]
                 term = torch.clamp(real - other + confidence, min=0.0)
                 grads.append(torch.autograd.grad(torch.sum(cst[a:b] * term), ab)[0])
                 outs.append(out.detach())
@@ -200,10 +185,11 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
             torch.autograd.backward([loss2, adv], [None, grad_all])  # adv: model path + L2 path
             loss_value = (torch.sum(const * term) + loss2).item()
             if free:
-                frozen = (delta.grad.flatten(1) == 0).all(1)
+                frozen = _all_zero(delta.grad)
                 state = opt.state.get(delta)
-                if state:
-                    frozen &= (state["exp_avg"].flatten(1) == 0).all(1) & (state["exp_avg_sq"].flatten(1) == 0).all(1)
+                if state and bool(frozen.any()):  # the moments of the rows whose gradient is zero
+                    idx = frozen.nonzero().squeeze(1)
+                    frozen[idx] = _all_zero(state["exp_avg"][idx]) & _all_zero(state["exp_avg_sq"][idx])
             opt.step()
             if abort_early and it % check_every == 0:
                 if loss_value > prev * _ONE_MINUS_EPS:
