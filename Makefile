@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints test clean demo plan bench summary audit audit-run table1 table2 table3 table4 table5 figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints test clean demo plan bench summary audit audit-run table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # With LAUNCHER=pclc_slurm each cell's time limit is the planner's (stage=timeout; BENCH=<bench json of the GPU nodes>).
@@ -75,6 +75,8 @@ table4: $(STAMP) ## Table 4: CIFAR-100 and Tiny ImageNet -> results/table4.*
 	$(call reproduce,table4)
 table5: $(STAMP) ## Table 5: with adversarial training -> results/table5.*
 	$(call reproduce,table5)
+deviations: $(STAMP) ## Each Fashion-MNIST deviation from the paper tested by an experiment -> results/deviations.* (STUDIES=a,b)
+	$(BIN)/python -m pclc.reproduce experiment=deviations $(EXP_ARGS) $(if $(STUDIES),studies=[$(STUDIES)])
 figure1: $(STAMP) ## Figure 1: t-SNE, ResNet-56 on CIFAR-10, CE vs PC+LC -> results/figures/
 	$(call reproduce,figure1)
 figure2: $(STAMP) ## Figure 2: where newly successful FGSM/MIM attacks land -> results/figures/

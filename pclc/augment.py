@@ -35,8 +35,10 @@ def crop_flip(x: torch.Tensor, generator=None, pad: int = 4, flip: bool = True) 
 
 def random_apply_flip_rotate_resized_crop(x: torch.Tensor, generator=None, p: float = 0.8, degrees: float = 10.0,
                                           scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """The official Tiny ImageNet notebook's ``RandomApply([flip, rotation(10), RandomResizedCrop(64)], p=0.8)``
-    as one affine warp per image (bilinear, zero fill), applied to a random share ``p`` of the batch."""
+    """Ours, approximating the official ``TinyImageNet.py``'s ``RandomApply([flip, rotation(10),
+    RandomResizedCrop(64)], p=0.8)``: one affine warp per image (bilinear, zero fill) instead of torchvision's
+    three resamplings, and a crop that does not fit is clamped where torchvision draws again; applied to a
+    random share ``p`` of the batch."""
     b = x.shape[0]
     d = x.device
     u = torch.rand(b, 7, generator=generator).to(d, non_blocking=True)

@@ -4,7 +4,7 @@ audit them. Nothing here runs anything."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ from pclc.paper_data import table_rows
 
 @dataclass(frozen=True)
 class Cell:
-    """One trained model an experiment needs: dataset, model and method (loss + trainer)."""
+    """One trained model an experiment needs: dataset, model and method (loss + trainer); a study arm of
+    ``experiment=deviations`` adds its training overrides and its evaluation (JSON: suite entries, attack
+    parameters, test subset)."""
 
     dataset: str
     model: str
@@ -26,10 +28,14 @@ class Cell:
     loss: str
     trainer: str
     seed: int = 0
+    arm: str = ""                       # "<study>.<arm>" (deviations only)
+    train_extra: tuple[str, ...] = ()   # Hydra overrides of the training config
+    evaluation: str = ""                # JSON {entries, params, subset} applied to the evaluation config
 
     @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.model}/{self.method}" + (f"/s{self.seed}" if self.seed else "")
+        return (f"{self.dataset}/{self.model}/{self.method}" + (f"/s{self.seed}" if self.seed else "")
+                + (f"/{self.arm}" if self.arm else ""))
 
 
 def dataset_config(cfg: DictConfig, dataset: str) -> str:
@@ -61,10 +67,37 @@ def experiment_seeds(cfg: DictConfig) -> list[int]:
     return seeds
 
 
+def chosen_studies(cfg: DictConfig) -> list[str]:
+    """The studies of ``experiment=deviations`` to run: ``cfg.studies`` (checked), else all of them."""
+    known = list(cfg.experiment.studies)
+    chosen = list(cfg.get("studies") or known)
+    unknown = [s for s in chosen if s not in known]
+    if unknown:
+        raise ValueError(f"studies={chosen}: unknown {unknown}; known: {known}")
+    return chosen
+
+
+def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Cell]:
+    """The cells of the chosen studies' arms: each method and seed of an arm, with its overrides."""
+    out = []
+    for name in chosen_studies(cfg):
+        for arm in cfg.experiment.studies[name].get("arms") or []:
+            spec = {k: OmegaConf.to_container(arm[k]) if OmegaConf.is_config(arm[k]) else arm[k]
+                    for k in ("entries", "params", "subset") if arm.get(k) is not None}
+            for meth in arm.methods:
+                for s in list(arm.get("seeds") or [0]):
+                    out.append(replace(make_cell(cfg, dataset, model, meth, seed=int(s)), arm=f"{name}.{arm.name}",
+                                       train_extra=tuple(arm.get("train") or ()),
+                                       evaluation=json.dumps(spec, sort_keys=True) if spec else ""))
+    return out
+
+
 def experiment_cells(cfg: DictConfig) -> list[Cell]:
     """Cells of the experiment, restricted to ``cfg.datasets`` when given."""
     exp = cfg.experiment
     datasets = list(cfg.datasets) if cfg.get("datasets") else None
+    if exp.kind == "deviations":
+        return [c for d in (datasets or list(exp.datasets)) for c in _arm_cells(cfg, d, exp.model_for[family_of(cfg, d)])]
     if exp.kind == "table":
         rows = table_rows(exp.table, datasets, exp.get("attacks"))
         triples = list(dict.fromkeys(zip(rows.dataset, rows.model, rows.method)))
@@ -78,7 +111,7 @@ def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
     prof = cfg.profiles[cfg.profile]
     return [f"dataset={dataset_config(cfg, cell.dataset)}", f"model={cell.model}", f"loss={cell.loss}",
             f"trainer={cell.trainer}", f"seed={cell.seed}", f"store={cfg.store}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
-            f"logger={cfg.logger.name}", *prof.train, *cfg.extra]
+            f"logger={cfg.logger.name}", *cell.train_extra, *prof.train, *cfg.extra]
 
 
 def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
@@ -90,9 +123,25 @@ def eval_cfg(cell: Cell, cfg: DictConfig, suite: str, restrict: bool = False) ->
     engine = [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
     ec = compose("evaluate", [*cell_overrides(cell, cfg), f"attack/suite={suite}", *engine,
                               *cfg.profiles[cfg.profile].eval])
+    if cell.evaluation:
+        _apply_arm(ec, json.loads(cell.evaluation))
     if restrict and cfg.get("attacks"):
         ec.suite.entries = [e for e in ec.suite.entries if e.attack in cfg.attacks]
     return ec
+
+
+def _apply_arm(ec: DictConfig, spec: dict) -> None:
+    """A study arm's evaluation: its suite entries, its attack parameters (the profile's smaller budgets win,
+    so smoke profiles stay small) and its test subset (the smaller of the arm's and the profile's)."""
+    if "entries" in spec:
+        ec.suite.entries = spec["entries"]
+    if spec.get("params"):
+        prof = OmegaConf.to_container(ec.eval.param_overrides) if ec.eval.get("param_overrides") else {}
+        ec.eval.param_overrides = {a: {**spec["params"].get(a, {}), **prof.get(a, {})}
+                                   for a in {*spec["params"], *prof}}
+    if spec.get("subset") is not None:
+        sub = ec.eval.subset
+        ec.eval.subset = int(spec["subset"]) if sub is None else min(int(sub), int(spec["subset"]))
 
 
 def audit_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
@@ -102,6 +151,13 @@ def audit_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
 
 def suites_of(exp: DictConfig) -> list[str]:
     return [exp.suite] if exp.get("suite") else []
+
+
+def cell_suites(cell: Cell, cfg: DictConfig) -> list[str]:
+    """The suites a cell is evaluated under: the experiment's; a deviations arm without entries has none."""
+    if cfg.experiment.kind == "deviations":
+        return suites_of(cfg.experiment) if cell.evaluation and "entries" in json.loads(cell.evaluation) else []
+    return suites_of(cfg.experiment)
 
 
 def check_attacks(cfg: DictConfig) -> None:
@@ -129,7 +185,7 @@ def entries(ec: DictConfig) -> list:
 def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
     """(evaluation config, suite entry) of each evaluation this cell still needs."""
     out = []
-    for suite in suites_of(cfg.experiment):
+    for suite in cell_suites(cell, cfg):
         ec = eval_cfg(cell, cfg, suite, restrict=True)
         run = RunDir(cfg.store, run_key(ec))
         out += [(ec, e) for e in entries(ec) if not (run.eval / f"{eval_name(ec, e)}.json").exists()]

@@ -6,9 +6,11 @@
     python -m pclc.reproduce experiment=table1 profile=quick        # short schedule, test subset (titled so)
     python -m pclc.reproduce -m experiment=table1 stage=cell cell='range(0,10)' hydra/launcher=joblib
     python -m pclc.reproduce experiment=table1 stage=tables         # assemble from the store
+    python -m pclc.reproduce experiment=deviations studies=[bim_step]   # some studies of the deviations
 
 Orchestration only: cells and their configs are :mod:`pclc.experiment`, the planner :mod:`pclc.plan`,
-tables :mod:`pclc.reports`, figures :mod:`pclc.figures`, the audit :mod:`pclc.audit`.
+tables :mod:`pclc.reports`, figures :mod:`pclc.figures`, the audit :mod:`pclc.audit`, the deviations
+study :mod:`pclc.deviations`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import CONFIG_DIR, group_config, resolve_device
 from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
-    sub_experiments, suites_of, train_cfg
+    sub_experiments, cell_suites, train_cfg
 from pclc.plan import cell_timeout_minutes, plan
 from pclc.reports import config_yaml, write_table
 from pclc.store import RunDir, run_key
@@ -36,7 +38,7 @@ def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
     from pclc.train import train
 
     summary = train(train_cfg(cell, cfg))
-    evals = [evaluate(eval_cfg(cell, cfg, s, restrict=True)) for s in suites_of(cfg.experiment)]
+    evals = [evaluate(eval_cfg(cell, cfg, s, restrict=True)) for s in cell_suites(cell, cfg)]
     return {"cell": cell.label, "key": summary["key"], "evaluations": evals}
 
 
@@ -85,6 +87,10 @@ def write_outputs(cfg: DictConfig, tracker=None) -> list[Path]:
         return write_table(cfg, tracker)
     if kind == "audit":
         return run_audit(cfg, tracker)
+    if kind == "deviations":
+        from pclc import deviations
+
+        return deviations.write(cfg, tracker)
     from pclc import figures
 
     return figures.write(cfg, experiment_cells(cfg), tracker)

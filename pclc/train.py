@@ -110,7 +110,8 @@ class Accel:
 def phase_optimizer(model: torch.nn.Module, trainer: DictConfig, in_phase: int = 0, state: dict | None = None):
     """A phase's fresh Adam and MultiStepLR (gamma at ``milestones``, stepped after each epoch), positioned at
     epoch ``in_phase`` of the phase; ``state``: a mid-phase checkpoint's Adam moments."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(trainer.lr))
+    betas = tuple(float(b) for b in trainer.get("betas") or (0.9, 0.999))  # absent: torch's (and the paper's) default
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(trainer.lr), betas=betas)
     if state is not None:
         optimizer.load_state_dict(state)
     for g in optimizer.param_groups:  # a checkpoint's lr is replaced by the schedule's below

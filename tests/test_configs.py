@@ -90,7 +90,8 @@ def test_attack_suites_compose_and_expand(name):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_configs_compose(name):
     cfg = compose("reproduce", [f"experiment={name}"])
-    assert cfg.experiment.name == name and cfg.experiment.kind in ("table", "all", "tsne", "behaviour", "gaps", "audit")
+    assert cfg.experiment.name == name and cfg.experiment.kind in ("table", "all", "tsne", "behaviour", "gaps", "audit",
+                                                                 "deviations")
 
 
 @pytest.mark.parametrize("model,dataset", [("vgg13", "cifar10"), ("resnet56", "tinyimagenet"), ("lenet5", "kmnist")])

@@ -25,7 +25,7 @@ FAKE_MAP = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake
 # one paper dataset per experiment (mapped to synthetic data): keeps the smoke test to a few minutes
 SMOKE = {"table1": "mnist", "table2": "mnist", "table3": "mnist", "table4": "cifar100", "table5": "mnist",
          "demo": "fmnist", "figure1": "cifar10", "figure2": "mnist", "figure3": "mnist", "gaps": "cifar100",
-         "audit": "fmnist"}
+         "audit": "fmnist", "deviations": "fmnist"}
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 

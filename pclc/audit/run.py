@@ -92,6 +92,8 @@ def saturation_probe(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 
     return {"n": len(m), "share_p_y_one": float(p1.float().mean()), "share_zero_grad": float(zero.float().mean()),
             "margin_mean": float(finite.mean()) if len(finite) else math.nan,
             "margin_median": float(np.median(finite)) if len(finite) else math.nan,
+            "margin_q10": float(np.quantile(finite, 0.1)) if len(finite) else math.nan,
+            "margin_q90": float(np.quantile(finite, 0.9)) if len(finite) else math.nan,
             "margin_hist": {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]}}
 
 

@@ -1,6 +1,6 @@
 """3-conv-layer CNN, a substitute small model for 1x28x28 inputs.
 
-Architecture fixed by this reproduction (no counterpart in the paper's official code):
+The official repository's ``models/cnn3.py`` (the paper's black-box substitute), layer for layer:
 conv16@5x5, conv32@5x5, pool, conv64@5x5, pool, FC100, FC K.
 """
 

@@ -1,7 +1,7 @@
 """LeNet-5 for 1x28x28 inputs (MNIST / Fashion-MNIST).
 
-Paper "Experiments" section: LeNet-5 on MNIST-style data; layer sizes follow the
-official code (conv 6@5x5 pad 2 so 28x28 behaves like the classic 32x32 input).
+Paper "Experiments" section: LeNet-5 on MNIST-style data; layer sizes follow the official
+repository's ``models/lenet5.py`` (conv 6@5x5 pad 2 so 28x28 behaves like the classic 32x32 input).
 """
 
 from __future__ import annotations

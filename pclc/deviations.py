@@ -1,0 +1,313 @@
+"""The deviations study (configs/experiment/deviations.yaml): every committed cell of the chosen datasets in
+Tables 1, 3 and 5 outside tolerance of the paper, the studies that claim it, their arms' numbers (from the run
+store: nothing here trains or attacks) and a verdict computed from the numbers.
+
+Writes ``<out_dir>/deviations.md`` and ``.csv`` (one row per cell, study and arm), the saturation of every
+trained arm over seeds, and ``figures/deviations_cw_lr.png`` (C&W accuracy against its learning rate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pclc.config import compose, resolve_device
+from pclc.experiment import chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
+from pclc.io import atomic_write_json, atomic_write_text
+from pclc.paper_data import paper_tables
+from pclc.reports import config_block, config_yaml, csv_header, csv_provenance, header
+from pclc.store import RunDir, load_run, provenance, run_key
+
+log = logging.getLogger(__name__)
+
+RANK = {"explained": 3, "partly": 2, "not explained": 1, "not run": 0}
+
+
+def committed_cells(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
+    """Our committed cells of the experiment's tables (``<out_dir>/<table>.csv``) for its datasets, with the
+    tolerance and whether each is outside it; and one provenance line per table file."""
+    exp, frames, notes = cfg.experiment, [], []
+    datasets = list(cfg.datasets) if cfg.get("datasets") else list(exp.datasets)
+    for table in exp.tables:
+        path = Path(cfg.out_dir) / f"{table}.csv"
+        if not path.exists():
+            notes.append(f"{table}: no committed {path} (make {table}); its cells are not listed")
+            continue
+        df = pd.read_csv(path, comment="#", dtype={"param": str})
+        frames.append(df[df.dataset.isin(datasets) & df.status.isin(["run", "kept"])].assign(table=table))
+        p = csv_provenance(path)
+        notes.append(f"{table}: `{path}` (commit `{p.get('commit', '?')}`, {p.get('date', '?')})")
+    if not frames:
+        return pd.DataFrame(columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours",
+                                     "diff", "tolerance", "outside"]), notes
+    df = pd.concat(frames, ignore_index=True)
+    tol = exp.tolerance
+    df["tolerance"] = [float(tol.clean if a == "clean" else tol.attacked) for a in df.attack]
+    df["outside"] = df["diff"].abs() > df.tolerance
+    return df, notes
+
+
+def _matches(claim, row) -> bool:
+    for key in ("table", "method", "attack"):
+        want = claim.get(key)
+        if want is not None and getattr(row, key) not in ([want] if isinstance(want, str) else list(want)):
+            return False
+    return True
+
+
+def _rows_of(table: str) -> dict:
+    return OmegaConf.to_container(compose("reproduce", [f"experiment={table}"]).experiment.rows)
+
+
+def arm_results(cfg: DictConfig) -> pd.DataFrame:
+    """One row per finished evaluation (and per trained run: its clean accuracy) of the chosen arms."""
+    rows = []
+    for cell in experiment_cells(cfg):
+        study, arm = cell.arm.split(".", 1)
+        run = RunDir(cfg.store, run_key(train_cfg(cell, cfg)))
+        if not run.finished:
+            continue
+        base = {"study": study, "arm": arm, "dataset": cell.dataset, "method": cell.method, "seed": cell.seed,
+                "run": run.key}
+        rows.append({**base, "attack": "clean", "source": "white", "eps": None, "n": None,
+                     "accuracy": run.read_summary()["test_accuracy"], "max_linf": None})
+        if not cell.evaluation or "entries" not in json.loads(cell.evaluation):
+            continue
+        ec = eval_cfg(cell, cfg, cfg.experiment.suite)
+        for e in entries(ec):
+            f = run.eval / f"{eval_name(ec, e)}.json"
+            if f.exists():
+                r = json.loads(f.read_text())
+                rows.append({**base, "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
+                             "accuracy": r["adv_accuracy"], "max_linf": r.get("max_linf")})
+    return pd.DataFrame(rows, columns=["study", "arm", "dataset", "method", "seed", "run", "attack", "source", "eps",
+                                       "n", "accuracy", "max_linf"])
+
+
+def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
+    """The arm's numbers (one per seed) at a paper cell: its attack standing for the cell's row."""
+    if cell.attack == "clean":
+        hit = res[(res.method == cell.method) & (res.attack == "clean")]
+        return [float(v) for v in hit.accuracy]
+    spec = table_rows.get(cell.attack) or {}
+    attack = (arm.get("rows") or {}).get(cell.attack) or spec.get("attack")
+    eps = None if cell.param in ("-", "0.0") else float(cell.param)
+    hit = res[(res.method == cell.method) & (res.attack == attack) & (res.source == spec.get("source", "white"))
+              & (res.eps.isna() if eps is None else res.eps == eps)]
+    return [float(v) for v in hit.accuracy]
+
+
+def verdict(paper: float, ours: float, values: list[float], tolerance: float, seeds: bool = False) -> str:
+    """explained / partly / not explained / not run (the rules in configs/experiment/deviations.yaml)."""
+    if seeds:
+        if len(values) < 2:
+            return "not run"
+        return "explained" if abs(statistics.fmean(values) - paper) <= 2 * statistics.stdev(values) else "not explained"
+    if not values:
+        return "not run"
+    v = statistics.fmean(values)
+    if abs(v - paper) <= tolerance:
+        return "explained"
+    return "partly" if abs(v - paper) <= abs(ours - paper) / 2 else "not explained"
+
+
+def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell outside tolerance, study claiming it, arm): the arm's numbers and verdict. A cell no
+    chosen study claims gets one row with study "—" and verdict "not run": no cell is left unlisted."""
+    exp, paper, out = cfg.experiment, paper_tables(), []
+    rows_of = {t: _rows_of(t) for t in exp.tables}
+    for c in cells[cells.outside].itertuples():
+        key = {"table": c.table, "dataset": c.dataset, "model": c.model, "attack": c.attack, "param": c.param,
+               "method": c.method, "paper": c.paper, "ours": c.ours, "diff": c.diff, "tolerance": c.tolerance}
+        claimed = False
+        for name in chosen_studies(cfg):
+            st = exp.studies[name]
+            if not any(_matches(cl, c) for cl in st.get("claims") or []):
+                continue
+            claimed = True
+            if st.get("reference"):
+                ref = paper[(paper.table == st.reference.table) & (paper.dataset == c.dataset)
+                            & (paper.attack == c.attack) & (paper.param == c.param) & (paper.method == st.reference.method)]
+                val = [float(ref.accuracy.iloc[0])] if len(ref) else []
+                v = ("explained" if val and abs(c.ours - val[0]) <= c.tolerance else "not explained") if val else "not run"
+                out.append({**key, "study": name, "arm": f"paper {st.reference.table}", "n_seeds": len(val),
+                            "value": val[0] if val else None, "sd": None, "verdict": v})
+                continue
+            for arm in st.get("arms") or []:
+                mine = res[(res.study == name) & (res.arm == arm.name) & (res.dataset == c.dataset)]
+                vals = _arm_value(mine, arm, c, rows_of[c.table])
+                seeds = name == "seeds"
+                out.append({**key, "study": name, "arm": arm.name, "n_seeds": len(vals),
+                            "value": round(statistics.fmean(vals), 2) if vals else None,
+                            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
+                            "verdict": verdict(c.paper, c.ours, vals, c.tolerance, seeds)})
+        if not claimed:
+            out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "verdict": "not run"})
+    return pd.DataFrame(out, columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours", "diff",
+                                      "tolerance", "study", "arm", "n_seeds", "value", "sd", "verdict"])
+
+
+def saturation(cfg: DictConfig) -> pd.DataFrame:
+    """Float32 saturation of every trained arm run on its full test set (pclc.audit's probe), cached in the run
+    directory as ``eval/saturation.json``."""
+    from pclc.audit.run import saturation_probe
+    from pclc.data import eval_tensors
+
+    device, rows, seen = resolve_device(cfg.device), [], set()
+    for cell in experiment_cells(cfg):
+        tc = train_cfg(cell, cfg)
+        run = RunDir(cfg.store, run_key(tc))
+        if not run.finished or run.key in seen:
+            continue
+        seen.add(run.key)
+        path = run.eval / "saturation.json"
+        if path.exists():
+            sat = json.loads(path.read_text())
+        else:
+            run_cfg, model = load_run(run, device)
+            run_cfg.dataset.root = tc.dataset.root
+            x, y = eval_tensors(run_cfg.dataset, None, device)
+            sat = {k: v for k, v in saturation_probe(model, x, y).items() if k != "margin_hist"}
+            atomic_write_json(path, {**sat, "weights": run.read_summary().get("weights")})
+        rows.append({"training": cell.arm if cell.train_extra else "the paper's protocol", "method": cell.method, "seed": cell.seed, "run": run.key,
+                     "share_p_y_one": 100 * sat["share_p_y_one"], "share_zero_grad": 100 * sat["share_zero_grad"],
+                     "margin_q10": sat["margin_q10"], "margin_median": sat["margin_median"], "margin_q90": sat["margin_q90"]})
+    return pd.DataFrame(rows, columns=["training", "method", "seed", "run", "share_p_y_one", "share_zero_grad",
+                                       "margin_q10", "margin_median", "margin_q90"])
+
+
+def _cell_name(attack: str, param: str) -> str:
+    return attack if param in ("-", "0.0") else f"{attack} ε={param}"
+
+
+def _ms(values) -> str:
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return "—"
+    return f"{statistics.fmean(v):.1f}" + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else "") + f" (n={len(v)})"
+
+
+def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat: pd.DataFrame,
+                res: pd.DataFrame) -> str:
+    exp, lines = cfg.experiment, []
+    best = judged.assign(rank=judged.verdict.map(RANK)).sort_values("rank", ascending=False) \
+        .drop_duplicates(["table", "attack", "param", "method"])
+    lines += [f"## Every cell outside tolerance ({int(cells.outside.sum())} of {len(cells)} committed cells)", "",
+              "| table | method | cell | paper | ours | ours − paper | verdict | by |", "|---|---|---|---|---|---|---|---|"]
+    claims = judged.groupby(["table", "attack", "param", "method"]).study.agg(lambda s: ", ".join(dict.fromkeys(s)))
+    for r in best.sort_values(["table", "method", "attack", "param"]).itertuples():
+        cell = _cell_name(r.attack, r.param)
+        studies = claims[(r.table, r.attack, r.param, r.method)]
+        by = f"{r.study}: {r.arm}" if r.verdict in ("explained", "partly") else \
+            ("no study claims it" if studies == "—" else f"studies: {studies}")
+        lines.append(f"| {r.table} | {r.method} | {cell} | {r.paper:.1f} | {r.ours:.1f} | {r.diff:+.1f} | "
+                     f"**{r.verdict}** | {by} |")
+    for name in chosen_studies(cfg):
+        st, mine = exp.studies[name], judged[judged.study == name]
+        lines += ["", f"## {st.finding}", "", f"Hypothesis: {st.hypothesis}.", ""]
+        for arm in st.get("arms") or []:
+            bits = [f"methods {list(arm.methods)}", f"seeds {list(arm.get('seeds') or [0])}"]
+            bits += [f"training `{' '.join(arm.train)}`"] if arm.get("train") else []
+            bits += [f"attacks {[e['attack'] for e in OmegaConf.to_container(arm.entries)]}"] if arm.get("entries") else []
+            bits += [f"parameters `{json.dumps(OmegaConf.to_container(arm.params))}`"] if arm.get("params") else []
+            bits += [f"first {arm.subset} test images"] if arm.get("subset") else ["full test set"]
+            linf = res[(res.study == name) & (res.arm == arm.name) & res.max_linf.notna()]
+            bits += [f"measured max L∞ of the outputs {linf.max_linf.max():.3f}"] if name == "spsa_reach" and len(linf) else []
+            lines.append(f"- arm `{arm.name}`: " + "; ".join(bits))
+        lines += [f"- {n}" for n in st.get("notes") or []]
+        if not st.get("claims"):  # a study of our own claims: its arms' numbers
+            got = res[(res.study == name) & (res.attack != "clean")]
+            if len(got):
+                lines += ["", "| arm | method | attack | eps | n | accuracy (%) |", "|---|---|---|---|---|---|"]
+                lines += [f"| {r.arm} | {r.method} | {r.attack} | {r.eps} | {r.n} | {r.accuracy:.2f} |" for r in got.itertuples()]
+            continue
+        if mine.empty:
+            lines += ["", "No committed cell outside tolerance is claimed by this study."]
+            continue
+        lines += ["", "| cell | paper | ours | arm | n | arm's number | verdict |", "|---|---|---|---|---|---|---|"]
+        for r in mine.itertuples():
+            cell = f"{r.table} {r.method} {_cell_name(r.attack, r.param)}"
+            val = "—" if r.value is None or pd.isna(r.value) else f"{r.value:.1f}" + (
+                "" if r.sd is None or pd.isna(r.sd) else f" ± {r.sd:.1f}")
+            lines.append(f"| {cell} | {r.paper:.1f} | {r.ours:.1f} | {r.arm} | {r.n_seeds} | {val} | {r.verdict} |")
+    if len(sat):
+        lines += ["", "## Saturation of the trained runs (float32, full test set; mean ± sd over seeds)", "",
+                  "| training | method | p_y == 1.0 (%) | all-zero CE gradient (%) | logit margin: 10% | median | 90% |",
+                  "|---|---|---|---|---|---|---|"]
+        for (arm, meth), g in sat.groupby(["training", "method"], sort=False):
+            lines.append(f"| {arm} | {meth} | {_ms(g.share_p_y_one)} | {_ms(g.share_zero_grad)} | {_ms(g.margin_q10)} | "
+                         f"{_ms(g.margin_median)} | {_ms(g.margin_q90)} |")
+    return "\n".join(lines) + "\n"
+
+
+def cw_lr_figure(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame, path: Path) -> Path | None:
+    """C&W accuracy against its learning rate, per method (the committed lr 0.001 cell and the cw_lr arms)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = {a.name: a for a in cfg.experiment.studies.cw_lr.arms} if "cw_lr" in chosen_studies(cfg) else {}
+    pts = res[(res.study == "cw_lr") & (res.attack == "cw")]
+    if pts.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for meth, g in pts.groupby("method"):
+        lr = [float(arms[a].params.cw.learning_rate) for a in g.arm]
+        base = cells[(cells.table == "table1") & (cells.attack == "cw") & (cells.method == meth)]
+        xs, ys = lr + [0.001] * len(base), list(g.accuracy) + list(base.ours)
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        ax.plot([xs[i] for i in order], [ys[i] for i in order], "o-", label=f"{meth} (ours)")
+        if len(base):
+            ax.axhline(float(base.paper.iloc[0]), ls="--", lw=0.8, color=ax.lines[-1].get_color(), label=f"{meth} (paper)")
+    ax.set_xscale("log")
+    ax.set_xlabel("C&W learning rate (100 iterations)")
+    ax.set_ylabel("accuracy under C&W (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("C&W vs learning rate (lr 0.001, 0.01: 10k images; others: 1k)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write(cfg: DictConfig, tracker=None) -> list[Path]:
+    """``<out_dir>/deviations.{md,csv}`` and the C&W figure."""
+    exp, folder = cfg.experiment, out_dir(cfg)
+    ran = chosen_studies(cfg)
+    cfg = cfg.copy()
+    cfg.studies = None  # the report covers every study: what the store holds of each (``studies`` restricts runs)
+    cells, notes = committed_cells(cfg)
+    res = arm_results(cfg)
+    judged = judge(cfg, cells, res)
+    sat = saturation(cfg)
+    prov = provenance(resolve_device(cfg.device))
+    title = exp.title if cfg.profile == "full" else f"{exp.title} — {cfg.profile} profile, NOT the paper's protocol"
+    tol = exp.tolerance
+    head = header(title, prov, cfg.profile, notes=[
+        f"tolerance: {tol.clean:g} points (clean), {tol.attacked:g} points (attacked); this command ran the studies "
+        f"{ran}; the others' numbers are what the run store holds (an arm not trained or evaluated says not run)",
+        "ours: the committed tables, " + "; ".join(notes),
+        "verdict of an arm: explained if its number is within the tolerance of the paper's; partly if it closes at "
+        "least half the gap; seeds: explained if the paper's number is within 2 sd of the seeds' mean; a cell's "
+        "verdict is the best of its studies'"])
+    paths = [folder / "deviations.md", folder / "deviations.csv"]
+    fig = cw_lr_figure(cfg, cells, res, folder / "figures" / "deviations_cw_lr.png")
+    body = to_markdown(cfg, cells, judged, sat, res) + (f"\n![C&W vs lr](figures/{fig.name})\n" if fig else "")
+    atomic_write_text(paths[0], head + body + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
+    config = {"experiment": exp.name, "profile": cfg.profile, "studies_run": ran}
+    atomic_write_text(paths[1], csv_header(title, prov, cfg.profile, config, paths[0].name) + judged.to_csv(index=False))
+    if tracker is not None:
+        tracker.log_table("deviations", judged)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return paths + ([fig] if fig else [])

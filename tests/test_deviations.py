@@ -1,0 +1,96 @@
+"""The deviations study: every committed cell outside tolerance is listed, judged from the arms' numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pclc.config import compose
+from pclc.deviations import verdict
+from pclc.experiment import eval_cfg, experiment_cells, train_cfg
+from pclc.reproduce import reproduce
+from pclc.store import RunDir, run_key
+from pclc.train import phase_optimizer
+
+
+def test_verdict_rules_are_the_configs():
+    assert verdict(0.0, 40.0, [8.0], 10.0) == "explained"          # within tolerance of the paper
+    assert verdict(0.0, 40.0, [18.0], 10.0) == "partly"            # closes more than half the gap
+    assert verdict(0.0, 40.0, [25.0], 10.0) == "not explained"
+    assert verdict(0.0, 40.0, [], 10.0) == "not run"
+    assert verdict(20.0, 40.0, [25.0, 40.0, 35.0], 10.0, seeds=True) == "explained"   # |33.3 - 20| <= 2 x 7.6
+    assert verdict(20.0, 40.0, [39.0, 40.0, 41.0], 10.0, seeds=True) == "not explained"
+    assert verdict(20.0, 40.0, [40.0], 10.0, seeds=True) == "not run"                   # one seed: no spread
+
+
+def _committed(folder):
+    """A committed Table 1 and Table 5 of Fashion-MNIST with cells inside and outside tolerance."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [("table1", "clean", "-", "ce", 90.1, 89.0), ("table1", "bim", "0.1", "ce", 0.0, 37.8),
+            ("table1", "bim", "0.2", "pclc", 8.4, 15.0), ("table1", "cw", "0.0", "pclc", 21.8, 68.0),
+            ("table5", "mim", "0.3", "pclc", 2.2, 14.2), ("table5", "bim", "0.3", "pclc", 4.9, 18.9)]
+    for t in ("table1", "table5"):
+        df = pd.DataFrame([{"table": r[0], "dataset": "fmnist", "model": "lenet5", "attack": r[1], "param": r[2],
+                            "method": r[3], "paper": r[4], "ours": r[5], "diff": round(r[5] - r[4], 2), "status": "run"}
+                           for r in rows if r[0] == t])
+        (folder / f"{t}.csv").write_text(f"# {t}\n# commit: abc\n# date: today\n" + df.to_csv(index=False))
+
+
+def test_deviations_list_every_cell_outside_tolerance_with_the_arms_numbers(tmp_path):
+    _committed(tmp_path / "results")
+    cfg = compose("reproduce", ["experiment=deviations", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
+                                f"out_dir={tmp_path / 'results'}", "dataset_map={fmnist: fake}",
+                                "studies=[bim_step,paper_self]"])
+    cfg.experiment.tables = ["table1", "table5"]
+    out = reproduce(cfg)
+    csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
+    cells = set(zip(csv.table, csv.attack, csv.param, csv.method))
+    # outside tolerance: bim 0.1 ce (+37.8), cw pclc (+46.2), table5 mim (+12.0), bim (+14.0); inside: clean, bim 0.2 pclc
+    assert cells == {("table1", "bim", "0.1", "ce"), ("table1", "cw", "0.0", "pclc"), ("table5", "mim", "0.3", "pclc"),
+                     ("table5", "bim", "0.3", "pclc")}
+    cw = csv[csv.attack == "cw"]
+    assert set(cw.study) == {"cw_lr"} and set(cw.verdict) == {"not run"}  # its study was not run: listed, not run
+    assert set(csv[(csv.table == "table1") & (csv.attack == "bim")].study) == {"seeds", "ce_baseline", "bim_step"}
+    # the BIM arms' numbers are the store's evaluation files of those arms
+    arm_cell = next(c for c in experiment_cells(cfg) if c.arm == "bim_step.step0.05" and c.method == "ce")
+    ec = eval_cfg(arm_cell, cfg, "deviations")
+    assert ec.eval.param_overrides.bim.eps_iter == 0.05 and ec.eval.param_overrides.bim.nb_iter == 2  # tiny wins
+    run = RunDir(cfg.store, run_key(train_cfg(arm_cell, cfg)))
+    files = {json.loads(f.read_text())["eps"]: json.loads(f.read_text()) for f in run.eval.glob("white-bim-*.json")
+             if json.loads(f.read_text())["params"]["eps_iter"] == 0.05}
+    row = csv[(csv.attack == "bim") & (csv.table == "table1") & (csv.arm == "step0.05")].iloc[0]
+    assert row.value == round(files[0.1]["adv_accuracy"], 2)
+    assert row.verdict == ("explained" if abs(row.value - 0.0) <= 10 else
+                           "partly" if abs(row.value) <= 37.8 / 2 else "not explained")
+    ref = csv[(csv.study == "paper_self")].set_index("attack")
+    assert ref.loc["mim", "value"] == 4.5 and ref.loc["mim", "verdict"] == "explained"       # |14.2 - 4.5| <= 10
+    assert ref.loc["bim", "value"] == 6.4 and ref.loc["bim", "verdict"] == "not explained"   # |18.9 - 6.4| > 10
+    md = next(p for p in out["outputs"] if p.endswith(".md"))
+    text = open(md).read()
+    assert "## Every cell outside tolerance (4 of 6 committed cells)" in text and "Saturation of the trained runs" in text
+
+
+def test_unknown_study_is_refused_before_any_work(tmp_path):
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", f"store={tmp_path / 'runs'}",
+                                "studies=[bim_step,nope]"])
+    with pytest.raises(ValueError, match=r"unknown \['nope'\]"):
+        reproduce(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_arms_training_overrides_reach_adam_and_the_paper_protocols_key_is_unchanged():
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[ce_baseline]"])
+    cells = {(c.arm, c.method): c for c in experiment_cells(cfg)}
+    tc = train_cfg(cells["ce_baseline.gce_recipe", "ce"], cfg)
+    assert (tc.trainer.lr, tc.trainer.batch_size, list(tc.trainer.betas)) == (0.001, 64, [0.9, 0.99])
+    import torch
+
+    opt, _ = phase_optimizer(torch.nn.Linear(2, 2), tc.trainer)
+    assert opt.defaults["betas"] == (0.9, 0.99) and opt.defaults["lr"] == 0.001
+    paper = train_cfg(cells["ce_baseline.margin_pgd", "ce"], cfg)  # no training overrides: the committed runs
+    assert run_key(paper) == "fmnist-lenet5-ce-s0-21422a8e5865"
+    assert run_key(train_cfg(cells["ce_baseline.margin_pgd", "pclc"], cfg)) == "fmnist-lenet5-pclc-s0-eb5bbf275afe"
+    assert phase_optimizer(torch.nn.Linear(2, 2), paper.trainer)[0].defaults["betas"] == (0.9, 0.999)
+    assert list(train_cfg(cells["ce_baseline.lr_decay", "ce"], cfg).trainer.milestones) == [25]
