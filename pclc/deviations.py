@@ -140,14 +140,17 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                 out.append({**key, "study": name, "arm": f"paper {st.reference.table}", "n_seeds": len(val),
                             "value": val[0] if val else None, "sd": None, "verdict": v})
                 continue
+            got = {}
             for arm in st.get("arms") or []:
                 mine = res[(res.study == name) & (res.arm == arm.name) & (res.dataset == c.dataset)]
-                vals = _arm_value(mine, arm, c, rows_of[c.table])
-                seeds = name == "seeds"
+                got[arm.name] = _arm_value(mine, arm, c, rows_of[c.table])
+            base = statistics.fmean(got["paper"]) if got.get("paper") else c.ours  # the same runs' paper settings
+            for arm in st.get("arms") or []:
+                vals = got[arm.name]
                 out.append({**key, "study": name, "arm": arm.name, "n_seeds": len(vals),
                             "value": round(statistics.fmean(vals), 2) if vals else None,
                             "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
-                            "verdict": verdict(c.paper, c.ours, vals, c.tolerance, seeds)})
+                            "verdict": verdict(c.paper, base, vals, c.tolerance, seeds=name == "seeds")})
         if not claimed:
             out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "verdict": "not run"})
     return pd.DataFrame(out, columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours", "diff",
@@ -259,12 +262,12 @@ def cw_lr_figure(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame, path: 
     if pts.empty:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    default = float(compose("evaluate", []).suite.attacks.cw.learning_rate)  # the paper's 0.001
     for meth, g in pts.groupby("method"):
-        lr = [float(arms[a].params.cw.learning_rate) for a in g.arm]
+        lr = [float(((arms[a].get("params") or {}).get("cw") or {}).get("learning_rate", default)) for a in g.arm]
+        order = sorted(range(len(lr)), key=lr.__getitem__)
+        ax.plot([lr[i] for i in order], [list(g.accuracy)[i] for i in order], "o-", label=f"{meth} (ours)")
         base = cells[(cells.table == "table1") & (cells.attack == "cw") & (cells.method == meth)]
-        xs, ys = lr + [0.001] * len(base), list(g.accuracy) + list(base.ours)
-        order = sorted(range(len(xs)), key=xs.__getitem__)
-        ax.plot([xs[i] for i in order], [ys[i] for i in order], "o-", label=f"{meth} (ours)")
         if len(base):
             ax.axhline(float(base.paper.iloc[0]), ls="--", lw=0.8, color=ax.lines[-1].get_color(), label=f"{meth} (paper)")
     ax.set_xscale("log")
