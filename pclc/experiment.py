@@ -84,8 +84,8 @@ def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Cell]:
         for arm in cfg.experiment.studies[name].get("arms") or []:
             spec = {k: OmegaConf.to_container(arm[k]) if OmegaConf.is_config(arm[k]) else arm[k]
                     for k in ("entries", "params", "subset") if arm.get(k) is not None}
-            for meth in arm.methods:
-                for s in list(arm.get("seeds") or [0]):
+            for s in list(arm.get("seeds") or [0]):  # seed by seed: an interrupted study has whole seeds
+                for meth in arm.methods:
                     out.append(replace(make_cell(cfg, dataset, model, meth, seed=int(s)), arm=f"{name}.{arm.name}",
                                        train_extra=tuple(arm.get("train") or ()),
                                        evaluation=json.dumps(spec, sort_keys=True) if spec else ""))
