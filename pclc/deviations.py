@@ -27,7 +27,7 @@ from pclc.store import RunDir, load_run, provenance, run_key
 
 log = logging.getLogger(__name__)
 
-RANK = {"explained": 3, "partly": 2, "not explained": 1, "not run": 0}
+RANK = {"explained": 3, "partly": 2, "not explained": 1, "not run": 0, "baseline": -1}
 
 
 def committed_cells(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -147,10 +147,12 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
             base = statistics.fmean(got["paper"]) if got.get("paper") else c.ours  # the same runs' paper settings
             for arm in st.get("arms") or []:
                 vals = got[arm.name]
+                v = verdict(c.paper, base, vals, c.tolerance, seeds=name == "seeds")
+                if arm.name == "paper" and v != "explained":  # the baseline explains nothing by itself
+                    v = "baseline" if vals else "not run"
                 out.append({**key, "study": name, "arm": arm.name, "n_seeds": len(vals),
                             "value": round(statistics.fmean(vals), 2) if vals else None,
-                            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
-                            "verdict": verdict(c.paper, base, vals, c.tolerance, seeds=name == "seeds")})
+                            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None, "verdict": v})
         if not claimed:
             out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "verdict": "not run"})
     return pd.DataFrame(out, columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours", "diff",
@@ -200,8 +202,9 @@ def _ms(values) -> str:
 def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat: pd.DataFrame,
                 res: pd.DataFrame) -> str:
     exp, lines = cfg.experiment, []
-    best = judged.assign(rank=judged.verdict.map(RANK)).sort_values("rank", ascending=False) \
+    best = judged.assign(rank=judged.verdict.map(RANK)).sort_values("rank", ascending=False, kind="stable") \
         .drop_duplicates(["table", "attack", "param", "method"])
+    best.loc[best.verdict == "baseline", "verdict"] = "not run"  # only the paper arm ran: no test yet
     lines += [f"## Every cell outside tolerance ({int(cells.outside.sum())} of {len(cells)} committed cells)", "",
               "| table | method | cell | paper | ours | ours − paper | verdict | by |", "|---|---|---|---|---|---|---|---|"]
     claims = judged.groupby(["table", "attack", "param", "method"]).study.agg(lambda s: ", ".join(dict.fromkeys(s)))
@@ -302,8 +305,9 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         f"{ran}; the others' numbers are what the run store holds (an arm not trained or evaluated says not run)",
         "ours: the committed tables, " + "; ".join(notes),
         "verdict of an arm: explained if its number is within the tolerance of the paper's; partly if it closes at "
-        "least half the gap; seeds: explained if the paper's number is within 2 sd of the seeds' mean; a cell's "
-        "verdict is the best of its studies'"])
+        "least half the gap left by its study's `paper` arm (the same runs under the paper's settings, on this "
+        "machine: a baseline, explained only if itself within tolerance); seeds: explained if the paper's number "
+        "is within 2 sd of the seeds' mean; a cell's verdict is the best of its arms'"])
     paths = [folder / "deviations.md", folder / "deviations.csv"]
     fig = cw_lr_figure(cfg, cells, res, folder / "figures" / "deviations_cw_lr.png")
     body = to_markdown(cfg, cells, judged, sat, res) + (f"\n![C&W vs lr](figures/{fig.name})\n" if fig else "")
