@@ -232,7 +232,8 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
             got = res[(res.study == name) & (res.attack != "clean")]
             if len(got):
                 lines += ["", "| arm | method | attack | eps | n | accuracy (%) |", "|---|---|---|---|---|---|"]
-                lines += [f"| {r.arm} | {r.method} | {r.attack} | {r.eps} | {r.n} | {r.accuracy:.2f} |" for r in got.itertuples()]
+                lines += [f"| {r.arm} | {r.method} | {r.attack} | {r.eps} | {int(r.n)} | {r.accuracy:.2f} |"
+                          for r in got.itertuples()]
             continue
         if mine.empty:
             lines += ["", "No committed cell outside tolerance is claimed by this study."]
