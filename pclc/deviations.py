@@ -293,7 +293,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
     exp, folder = cfg.experiment, out_dir(cfg)
     ran = chosen_studies(cfg)
     cfg = cfg.copy()
-    cfg.studies = None  # the report covers every study: what the store holds of each (``studies`` restricts runs)
+    cfg.studies = cfg.arms = None  # the report covers every study: what the store holds (``studies``, ``arms``: runs)
     cells, notes = committed_cells(cfg)
     res = arm_results(cfg)
     judged = judge(cfg, cells, res)

@@ -78,10 +78,17 @@ def chosen_studies(cfg: DictConfig) -> list[str]:
 
 
 def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Cell]:
-    """The cells of the chosen studies' arms: each method and seed of an arm, with its overrides."""
-    out = []
-    for name in chosen_studies(cfg):
+    """The cells of the chosen studies' arms (``cfg.arms``: only those ``<study>.<arm>``): each method and seed
+    of an arm, with its overrides."""
+    out, studies = [], chosen_studies(cfg)
+    only = list(cfg.get("arms") or [])
+    known = [f"{n}.{a.name}" for n in studies for a in cfg.experiment.studies[n].get("arms") or []]
+    if [a for a in only if a not in known]:
+        raise ValueError(f"arms={only}: unknown {[a for a in only if a not in known]}; known: {known}")
+    for name in studies:
         for arm in cfg.experiment.studies[name].get("arms") or []:
+            if only and f"{name}.{arm.name}" not in only:
+                continue
             spec = {k: OmegaConf.to_container(arm[k]) if OmegaConf.is_config(arm[k]) else arm[k]
                     for k in ("entries", "params", "subset") if arm.get(k) is not None}
             for s in list(arm.get("seeds") or [0]):  # seed by seed: an interrupted study has whole seeds

@@ -73,12 +73,19 @@ def test_deviations_list_every_cell_outside_tolerance_with_the_arms_numbers(tmp_
     assert "## Every cell outside tolerance (4 of 6 committed cells)" in text and "Saturation of the trained runs" in text
 
 
-def test_unknown_study_is_refused_before_any_work(tmp_path):
+def test_unknown_study_or_arm_is_refused_before_any_work(tmp_path):
     cfg = compose("reproduce", ["experiment=deviations", "logger=none", f"store={tmp_path / 'runs'}",
                                 "studies=[bim_step,nope]"])
     with pytest.raises(ValueError, match=r"unknown \['nope'\]"):
         reproduce(cfg)
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", f"store={tmp_path / 'runs'}",
+                                "arms=[ce_baseline.margin_pgd,ce_baseline.nope]"])
+    with pytest.raises(ValueError, match=r"unknown \['ce_baseline.nope'\]"):
+        reproduce(cfg)
     assert not (tmp_path / "runs").exists()
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "arms=[ce_baseline.margin_pgd]"])
+    assert {(c.arm, c.method) for c in experiment_cells(cfg)} == {("ce_baseline.margin_pgd", "ce"),
+                                                                  ("ce_baseline.margin_pgd", "pclc")}
 
 
 def test_an_arms_training_overrides_reach_adam_and_the_paper_protocols_key_is_unchanged():
