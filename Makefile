@@ -76,7 +76,7 @@ table4: $(STAMP) ## Table 4: CIFAR-100 and Tiny ImageNet -> results/table4.*
 table5: $(STAMP) ## Table 5: with adversarial training -> results/table5.*
 	$(call reproduce,table5)
 deviations: $(STAMP) ## Each Fashion-MNIST deviation from the paper tested by an experiment -> results/deviations.* (STUDIES=a,b ARMS=s.a)
-	$(BIN)/python -m pclc.reproduce experiment=deviations $(EXP_ARGS) $(if $(STUDIES),studies=[$(STUDIES)])
+	$(BIN)/python -m pclc.reproduce experiment=deviations $(EXP_ARGS) $(if $(STUDIES),studies=[$(STUDIES)]) $(if $(ARMS),arms=[$(ARMS)])
 figure1: $(STAMP) ## Figure 1: t-SNE, ResNet-56 on CIFAR-10, CE vs PC+LC -> results/figures/
 	$(call reproduce,figure1)
 figure2: $(STAMP) ## Figure 2: where newly successful FGSM/MIM attacks land -> results/figures/
