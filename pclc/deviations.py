@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.config import compose, resolve_device
 from pclc.experiment import chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
@@ -293,7 +293,8 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
     exp, folder = cfg.experiment, out_dir(cfg)
     ran = chosen_studies(cfg)
     cfg = cfg.copy()
-    cfg.studies = cfg.arms = None  # the report covers every study: what the store holds (``studies``, ``arms``: runs)
+    with open_dict(cfg):  # the report covers every study: what the store holds (``studies``, ``arms``: what runs)
+        cfg.studies = cfg.arms = None
     cells, notes = committed_cells(cfg)
     res = arm_results(cfg)
     judged = judge(cfg, cells, res)
