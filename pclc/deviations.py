@@ -228,15 +228,14 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
             bits += [f"measured max L∞ of the outputs {linf.max_linf.max():.3f}"] if name == "spsa_reach" and len(linf) else []
             lines.append(f"- arm `{arm.name}`: " + "; ".join(bits))
         lines += [f"- {n}" for n in st.get("notes") or []]
-        if not st.get("claims"):  # a study of our own claims: its arms' numbers
+        if not st.get("claims") or mine.empty:  # our own claims, or no cell outside tolerance: the arms' numbers
+            if st.get("claims"):
+                lines += ["", "No committed cell outside tolerance is claimed by this study; its arms' numbers:"]
             got = res[(res.study == name) & (res.attack != "clean")]
             if len(got):
                 lines += ["", "| arm | method | attack | eps | n | accuracy (%) |", "|---|---|---|---|---|---|"]
                 lines += [f"| {r.arm} | {r.method} | {r.attack} | {r.eps} | {int(r.n)} | {r.accuracy:.2f} |"
                           for r in got.itertuples()]
-            continue
-        if mine.empty:
-            lines += ["", "No committed cell outside tolerance is claimed by this study."]
             continue
         lines += ["", "| cell | paper | ours | arm | n | arm's number | verdict |", "|---|---|---|---|---|---|---|"]
         for r in mine.itertuples():
