@@ -104,6 +104,15 @@ def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
     return [float(v) for v in hit.accuracy]
 
 
+def _applies(arm, cell, table_rows: dict) -> bool:
+    """Whether an arm has a number for the cell's row: an attack of its entries standing for that row (the
+    clean row: any arm that trains)."""
+    if cell.attack == "clean":
+        return True
+    attack = (arm.get("rows") or {}).get(cell.attack) or (table_rows.get(cell.attack) or {}).get("attack")
+    return not arm.get("entries") or attack in {e["attack"] for e in OmegaConf.to_container(arm.entries)}
+
+
 def verdict(paper: float, ours: float, values: list[float], tolerance: float, seeds: bool = False) -> str:
     """explained / partly / not explained / not run (the rules in configs/experiment/deviations.yaml)."""
     if seeds:
@@ -140,12 +149,13 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                 out.append({**key, "study": name, "arm": f"paper {st.reference.table}", "n_seeds": len(val),
                             "value": val[0] if val else None, "sd": None, "verdict": v})
                 continue
+            arms = [a for a in st.get("arms") or [] if _applies(a, c, rows_of[c.table])]
             got = {}
-            for arm in st.get("arms") or []:
+            for arm in arms:
                 mine = res[(res.study == name) & (res.arm == arm.name) & (res.dataset == c.dataset)]
                 got[arm.name] = _arm_value(mine, arm, c, rows_of[c.table])
             base = statistics.fmean(got["paper"]) if got.get("paper") else c.ours  # the same runs' paper settings
-            for arm in st.get("arms") or []:
+            for arm in arms:
                 vals = got[arm.name]
                 v = verdict(c.paper, base, vals, c.tolerance, seeds=name == "seeds")
                 if arm.name == "paper" and v != "explained":  # the baseline explains nothing by itself
