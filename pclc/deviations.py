@@ -171,7 +171,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
 
 def saturation(cfg: DictConfig) -> pd.DataFrame:
     """Float32 saturation of every trained arm run on its full test set (pclc.audit's probe), cached in the run
-    directory as ``eval/saturation.json``."""
+    directory as ``saturation.json``."""
     from pclc.audit.run import saturation_probe
     from pclc.data import eval_tensors
 
@@ -182,7 +182,7 @@ def saturation(cfg: DictConfig) -> pd.DataFrame:
         if not run.finished or run.key in seen:
             continue
         seen.add(run.key)
-        path = run.eval / "saturation.json"
+        path = run.path / "saturation.json"  # beside eval/, whose files are attack results only
         if path.exists():
             sat = json.loads(path.read_text())
         else:
