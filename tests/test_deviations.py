@@ -68,6 +68,10 @@ def test_deviations_list_every_cell_outside_tolerance_with_the_arms_numbers(tmp_
     ref = csv[(csv.study == "paper_self")].set_index("attack")
     assert ref.loc["mim", "value"] == 4.5 and ref.loc["mim", "verdict"] == "explained"       # |14.2 - 4.5| <= 10
     assert ref.loc["bim", "value"] == 6.4 and ref.loc["bim", "verdict"] == "not explained"   # |18.9 - 6.4| > 10
+    cfg.plan, cfg.studies = True, ["bim_step", "cw_lr"]  # the planner costs cw_lr from the store's files
+    planned = {c["label"]: c for c in reproduce(cfg)["cells"]}  # (the report's saturation cache among them)
+    assert planned["fmnist/lenet5/ce/bim_step.step0.05"]["evals_missing"] == 0
+    assert planned["fmnist/lenet5/ce/cw_lr.lr0.01"]["evals_missing"] == 1
     md = next(p for p in out["outputs"] if p.endswith(".md"))
     text = open(md).read()
     assert "## Every cell outside tolerance (4 of 6 committed cells)" in text and "Saturation of the trained runs" in text
