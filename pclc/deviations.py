@@ -19,7 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.config import compose, resolve_device
-from pclc.experiment import chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
+from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
 from pclc.reports import config_block, config_yaml, csv_header, csv_provenance, header
@@ -78,15 +78,13 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
                 "run": run.key}
         rows.append({**base, "attack": "clean", "source": "white", "eps": None, "n": None,
                      "accuracy": run.read_summary()["test_accuracy"], "max_linf": None})
-        if not cell.evaluation or "entries" not in json.loads(cell.evaluation):
-            continue
-        ec = eval_cfg(cell, cfg, cfg.experiment.suite)
-        for e in entries(ec):
-            f = run.eval / f"{eval_name(ec, e)}.json"
-            if f.exists():
-                r = json.loads(f.read_text())
-                rows.append({**base, "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
-                             "accuracy": r["adv_accuracy"], "max_linf": r.get("max_linf")})
+        for ec in [eval_cfg(cell, cfg, suite) for suite in cell_suites(cell, cfg)]:
+            for e in entries(ec):
+                f = run.eval / f"{eval_name(ec, e)}.json"
+                if f.exists():
+                    r = json.loads(f.read_text())
+                    rows.append({**base, "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
+                                 "accuracy": r["adv_accuracy"], "max_linf": r.get("max_linf")})
     return pd.DataFrame(rows, columns=["study", "arm", "dataset", "method", "seed", "run", "attack", "source", "eps",
                                        "n", "accuracy", "max_linf"])
 
