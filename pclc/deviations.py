@@ -3,7 +3,8 @@ Tables 1, 3 and 5 outside tolerance of the paper, the studies that claim it, the
 store: nothing here trains or attacks) and a verdict computed from the numbers.
 
 Writes ``<out_dir>/deviations.md`` and ``.csv`` (one row per cell, study and arm), the saturation of every
-trained arm over seeds, and ``figures/deviations_cw_lr.png`` (C&W accuracy against its learning rate).
+trained arm over seeds (and of transfer substitutes), ``figures/deviations_cw_lr.png`` (C&W accuracy against its
+learning rate) and ``figures/deviations_saturation.png`` (PGD survival against saturation, one point per run).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pclc.config import compose, resolve_device
 from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
-from pclc.reports import config_block, config_yaml, csv_header, csv_provenance, header
+from pclc.reports import config_block, config_yaml, csv_header, csv_provenance, header, seed_interval, substitute_run
 from pclc.store import RunDir, load_run, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def verdict(paper: float, ours: float, values: list[float], tolerance: float, se
     if seeds:
         if len(values) < 2:
             return "not run"
-        return "explained" if abs(statistics.fmean(values) - paper) <= 2 * statistics.stdev(values) else "not explained"
+        return "explained" if abs(statistics.fmean(values) - paper) <= seed_interval(values) else "not explained"
     if not values:
         return "not run"
     v = statistics.fmean(values)
@@ -167,31 +168,44 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                                       "tolerance", "study", "arm", "n_seeds", "value", "sd", "verdict"])
 
 
-def saturation(cfg: DictConfig) -> pd.DataFrame:
-    """Float32 saturation of every trained arm run on its full test set (pclc.audit's probe), cached in the run
-    directory as ``saturation.json``."""
+def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
+    """pclc.audit's float32 saturation probe of a finished run on its full test set, cached in the run directory
+    as ``saturation.json`` (beside eval/, whose files are attack results only)."""
     from pclc.audit.run import saturation_probe
     from pclc.data import eval_tensors
 
+    path = run.path / "saturation.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    run_cfg, model = load_run(run, device)
+    run_cfg.dataset.root = root
+    x, y = eval_tensors(run_cfg.dataset, None, device)
+    sat = {k: v for k, v in saturation_probe(model, x, y).items() if k != "margin_hist"}
+    atomic_write_json(path, {**sat, "weights": run.read_summary().get("weights")})
+    return sat
+
+
+def saturation(cfg: DictConfig) -> pd.DataFrame:
+    """Float32 saturation of every trained arm run, and of the CE substitute transfer arms craft on (finding 6:
+    is the substitute saturated like our CE target?), on the full test set."""
     device, rows, seen = resolve_device(cfg.device), [], set()
     for cell in experiment_cells(cfg):
         tc = train_cfg(cell, cfg)
-        run = RunDir(cfg.store, run_key(tc))
-        if not run.finished or run.key in seen:
-            continue
-        seen.add(run.key)
-        path = run.path / "saturation.json"  # beside eval/, whose files are attack results only
-        if path.exists():
-            sat = json.loads(path.read_text())
-        else:
-            run_cfg, model = load_run(run, device)
-            run_cfg.dataset.root = tc.dataset.root
-            x, y = eval_tensors(run_cfg.dataset, None, device)
-            sat = {k: v for k, v in saturation_probe(model, x, y).items() if k != "margin_hist"}
-            atomic_write_json(path, {**sat, "weights": run.read_summary().get("weights")})
-        rows.append({"training": cell.arm if cell.train_extra else "the paper's protocol", "method": cell.method, "seed": cell.seed, "run": run.key,
-                     "share_p_y_one": 100 * sat["share_p_y_one"], "share_zero_grad": 100 * sat["share_zero_grad"],
-                     "margin_q10": sat["margin_q10"], "margin_median": sat["margin_median"], "margin_q90": sat["margin_q90"]})
+        runs = [(cell.arm if cell.train_extra else "the paper's protocol", cell.method, RunDir(cfg.store, run_key(tc)))]
+        for suite in cell_suites(cell, cfg):
+            found = substitute_run(cell, cfg, suite)
+            if found is not None:
+                sc, run = found
+                runs.append((f"transfer substitute ({sc.model.name})", sc.loss.name, run))
+        for training, method, run in runs:
+            if not run.finished or run.key in seen:
+                continue
+            seen.add(run.key)
+            sat = _saturation_of(run, tc.dataset.root, device)
+            rows.append({"training": training, "method": method, "seed": cell.seed, "run": run.key,
+                         "share_p_y_one": 100 * sat["share_p_y_one"], "share_zero_grad": 100 * sat["share_zero_grad"],
+                         "margin_q10": sat["margin_q10"], "margin_median": sat["margin_median"],
+                         "margin_q90": sat["margin_q90"]})
     return pd.DataFrame(rows, columns=["training", "method", "seed", "run", "share_p_y_one", "share_zero_grad",
                                        "margin_q10", "margin_median", "margin_q90"])
 
@@ -295,6 +309,40 @@ def cw_lr_figure(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame, path: 
     return path
 
 
+def saturation_figure(cfg: DictConfig, sat: pd.DataFrame, res: pd.DataFrame, path: Path) -> Path | None:
+    """PGD-40 accuracy at eps 0.1 (the paper's attack: arms without parameter overrides or a subset) against
+    the share of test images with p_y == 1.0 in float32, one point per trained run (every seed and training
+    arm): is the CE row's survival the saturation, seed after seed?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    studies = cfg.experiment.studies
+    plain = {(n, a.name) for n in studies for a in studies[n].get("arms") or [] if not a.get("params") and not a.get("subset")}
+    pgd = res[(res.attack == "pgd") & (res.source == "white") & (res.eps == 0.1)
+              & pd.Series([(s, a) in plain for s, a in zip(res.study, res.arm)], index=res.index, dtype=bool)] \
+        .drop_duplicates("run")
+    pts = sat.merge(pgd[["run", "accuracy"]], on="run")  # targets only: a substitute is never attacked white-box
+    if pts.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for (training, meth), g in pts.groupby(["training", "method"], sort=False):
+        ax.plot(g.share_p_y_one, g.accuracy, "o" if training == "the paper's protocol" else "s", ls="none",
+                label=f"{meth}, {training} (n={len(g)})")
+    ax.set_xlabel("test images with p_y == 1.0 in float32 (%)")
+    ax.set_ylabel("accuracy under PGD-40, eps 0.1 (%)")
+    ax.legend(fontsize=6)
+    ax.set_title("Saturation and PGD survival per trained run (full test set)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def write(cfg: DictConfig, tracker=None) -> list[Path]:
     """``<out_dir>/deviations.{md,csv}`` and the C&W figure."""
     exp, folder = cfg.experiment, out_dir(cfg)
@@ -316,14 +364,17 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         "verdict of an arm: explained if its number is within the tolerance of the paper's; partly if it closes at "
         "least half the gap left by its study's `paper` arm (the same runs under the paper's settings, on this "
         "machine: a baseline, explained only if itself within tolerance); seeds: explained if the paper's number "
-        "is within 2 sd of the seeds' mean; a cell's verdict is the best of its arms'"])
+        "(one run) lies in the 95% prediction interval for one more seed, mean ± t(0.975, n-1) sd sqrt(1 + 1/n); "
+        "a cell's verdict is the best of its arms'"])
     paths = [folder / "deviations.md", folder / "deviations.csv"]
     fig = cw_lr_figure(cfg, cells, res, folder / "figures" / "deviations_cw_lr.png")
-    body = to_markdown(cfg, cells, judged, sat, res) + (f"\n![C&W vs lr](figures/{fig.name})\n" if fig else "")
+    sat_fig = saturation_figure(cfg, sat, res, folder / "figures" / "deviations_saturation.png")
+    body = to_markdown(cfg, cells, judged, sat, res) + (f"\n![C&W vs lr](figures/{fig.name})\n" if fig else "") \
+        + (f"\n![Saturation and PGD per run](figures/{sat_fig.name})\n" if sat_fig else "")
     atomic_write_text(paths[0], head + body + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     config = {"experiment": exp.name, "profile": cfg.profile, "studies_run": ran}
     atomic_write_text(paths[1], csv_header(title, prov, cfg.profile, config, paths[0].name) + judged.to_csv(index=False))
     if tracker is not None:
         tracker.log_table("deviations", judged)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
-    return paths + ([fig] if fig else [])
+    return paths + [f for f in (fig, sat_fig) if f]

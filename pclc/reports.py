@@ -2,8 +2,9 @@
 paper's layout (ours beside the paper's), and the provenance header every results file opens with.
 
 Rows are (attack, param) in the paper's order; columns are (dataset, method) in the paper's order.
-A cell shows ``ours (paper, diff)``, over several seeds ``mean ± sd n=N (paper, diff ✓|✗)`` (✓: the paper's
-number is inside the 95% t interval of our mean); a cell we have not run says so, it is never blank or filled.
+A cell shows ``ours (paper, diff)``, over several seeds ``mean ± sd [lo, hi] n=N (paper, diff ✓|✗)``: [lo, hi] is
+the 95% prediction interval for one more seed (:func:`seed_interval`), ✓ when the paper's number lies inside it;
+a cell we have not run says so, it is never blank or filled.
 """
 
 from __future__ import annotations
@@ -31,10 +32,22 @@ NOT_RUN = "not run"
 KEPT = "kept"  # a cell this command did not compute, kept from the results file it rewrites
 
 
+def seed_interval(values: list[float]) -> float | None:
+    """Half-width of the 95% prediction interval for one more seed's number, ``t(0.975, n-1) sd sqrt(1 + 1/n)``
+    (None under two seeds). The paper reports one run per cell, so its number is judged as one more draw from
+    our seeds' distribution, not as their mean: the t interval of the mean (``ci95``) is narrower by sqrt(n + 1)
+    and would call seed noise a deviation."""
+    if len(values) < 2:
+        return None
+    n = len(values)
+    return float(scipy_stats.t.ppf(0.975, n - 1) * statistics.stdev(values) * (1 + 1 / n) ** 0.5)
+
+
 def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float | list[float]]) -> pd.DataFrame:
     """Add ``ours`` (keyed by dataset, method, attack, param: a number, or one per seed) and the difference to
-    the paper's rows. Over several seeds a cell is their mean, with ``sd``, ``n_seeds`` and ``ci95`` (the
-    half-width of the t interval of the mean); ``in_ci95`` says whether the paper's number lies in it."""
+    the paper's rows. Over several seeds a cell is their mean, with ``sd``, ``n_seeds``, ``ci95`` (the half-width
+    of the t interval of the mean) and ``pi95`` (of the prediction interval for one more seed,
+    :func:`seed_interval`); ``in_pi95`` says whether the paper's number lies in the latter."""
     out = paper.rename(columns={"accuracy": "paper"}).copy()
     vals = [ours.get((r.dataset, r.method, r.attack, r.param)) for r in out.itertuples()]
     vals = [None if v is None else [float(x) for x in (v if isinstance(v, list) else [v])] for v in vals]
@@ -48,7 +61,9 @@ def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float | l
     out["sd"] = [round(statistics.stdev(v), 2) if v is not None and len(v) > 1 else None for v in vals]
     out["ci95"] = [round(scipy_stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / len(v) ** 0.5, 2)
                    if v is not None and len(v) > 1 else None for v in vals]
-    out["in_ci95"] = [None if c is None else bool(abs(d) <= c) for c, d in zip(out.ci95, out["diff"])]
+    pi = [None if v is None else seed_interval(v) for v in vals]
+    out["pi95"] = [None if w is None else round(w, 2) for w in pi]
+    out["in_pi95"] = [None if w is None else bool(abs(d) <= w) for w, d in zip(pi, out["diff"])]
     return out
 
 
@@ -82,9 +97,10 @@ def to_markdown(df: pd.DataFrame) -> str:
             else:
                 mark = "†" if getattr(r, "status", "run") == KEPT else ""
                 n = getattr(r, "n_seeds", 1)
-                if n is not None and not pd.isna(n) and int(n) > 1:  # mean ± sd over seeds, judged by the 95% CI
-                    inside = "✓" if r.in_ci95 else "✗"
-                    vals.append(f"**{r.ours:.1f}** ± {r.sd:.1f} n={int(n)}{mark} ({r.paper:.1f}, {r.diff:+.1f} {inside})")
+                if n is not None and not pd.isna(n) and int(n) > 1:  # mean ± sd over seeds, judged by the 95% PI
+                    inside = "✓" if r.in_pi95 else "✗"
+                    vals.append(f"**{r.ours:.1f}** ± {r.sd:.1f} [{r.ours - r.pi95:.1f}, {r.ours + r.pi95:.1f}] "
+                                f"n={int(n)}{mark} ({r.paper:.1f}, {r.diff:+.1f} {inside})")
                 else:
                     vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
         lines.append(f"| {_row_label(a, p)} | " + " | ".join(vals) + " |")
@@ -174,15 +190,24 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
     return combine(rows, ours)
 
 
+def substitute_run(cell, cfg: DictConfig, suite: str) -> tuple[DictConfig, RunDir] | None:
+    """The black-box substitute (training config, run) a cell's transfer attacks under ``suite`` are crafted on;
+    None when the suite has no transfer attack."""
+    ec = eval_cfg(cell, cfg, suite)
+    if not any(e.get("source") == "transfer" for e in ec.suite.entries):
+        return None
+    sc = substitute_cfg(train_cfg(cell, cfg), ec.eval.substitute)
+    return sc, RunDir(cfg.store, run_key(sc))
+
+
 def substitute_notes(cfg: DictConfig) -> list[str]:
     """One line per black-box substitute the table's transfer attacks come from: its run and clean accuracy."""
     subs: dict[str, str] = {}
     for cell in experiment_cells(cfg):
-        ec = eval_cfg(cell, cfg, cfg.experiment.suite)
-        if not any(e.get("source") == "transfer" for e in ec.suite.entries):
+        found = substitute_run(cell, cfg, cfg.experiment.suite)
+        if found is None:
             continue
-        sc = substitute_cfg(train_cfg(cell, cfg), ec.eval.substitute)
-        run = RunDir(cfg.store, run_key(sc))
+        sc, run = found
         acc = f"clean test accuracy {run.read_summary()['test_accuracy']:.2f}%" if run.finished else "not trained"
         subs[run.key] = f"substitute for `{cell.dataset}/{cell.model}`: `{cell.dataset}/{sc.model.name}/ce` → run " \
                         f"`{run.key}` ({acc})"
@@ -249,8 +274,9 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
                   notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
                                                                                for k, v in runs.items()),
                          *substitute_notes(cfg), *([kept] if kept else []),
-                         *([f"seeds {list(cfg.seeds)}: mean ± sd over the seeds run; ✓ / ✗: the paper's number "
-                            "is inside / outside the 95% t interval of our mean"] if (df.n_seeds > 1).any() else [])])
+                         *([f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed] n; "
+                            "✓ / ✗: the paper's number (one run) is inside / outside that interval"]
+                           if (df.n_seeds > 1).any() else [])])
     atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile,
               "datasets": cfg.get("datasets") and list(cfg.datasets), "runs": runs}

@@ -9,6 +9,7 @@ import pytest
 
 from pclc.config import compose
 from pclc.deviations import verdict
+from pclc.reports import seed_interval
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
 from pclc.reproduce import reproduce
 from pclc.store import RunDir, run_key
@@ -20,7 +21,13 @@ def test_verdict_rules_are_the_configs():
     assert verdict(0.0, 40.0, [18.0], 10.0) == "partly"            # closes more than half the gap
     assert verdict(0.0, 40.0, [25.0], 10.0) == "not explained"
     assert verdict(0.0, 40.0, [], 10.0) == "not run"
-    assert verdict(20.0, 40.0, [25.0, 40.0, 35.0], 10.0, seeds=True) == "explained"   # |33.3 - 20| <= 2 x 7.6
+    assert verdict(20.0, 40.0, [25.0, 40.0, 35.0], 10.0, seeds=True) == "explained"   # |33.3 - 20| <= 37.9
+    # five seeds, mean 34, sd 3.16: the 95% prediction interval is 34 ± 2.776 x 3.16 x sqrt(1.2) = 34 ± 9.6,
+    # wider than 2 sd (6.3): a paper number 9 away is one more plausible seed, 11 away is not
+    five = [30.0, 32.0, 34.0, 36.0, 38.0]
+    assert seed_interval(five) == pytest.approx(9.618, abs=1e-3) and seed_interval([1.0]) is None
+    assert verdict(25.0, 40.0, five, 10.0, seeds=True) == "explained"
+    assert verdict(23.0, 40.0, five, 10.0, seeds=True) == "not explained"
     assert verdict(20.0, 40.0, [39.0, 40.0, 41.0], 10.0, seeds=True) == "not explained"
     assert verdict(20.0, 40.0, [40.0], 10.0, seeds=True) == "not run"                   # one seed: no spread
 
@@ -106,3 +113,26 @@ def test_an_arms_training_overrides_reach_adam_and_the_paper_protocols_key_is_un
     assert run_key(train_cfg(cells["ce_baseline.margin_pgd", "pclc"], cfg)) == "fmnist-lenet5-pclc-s0-eb5bbf275afe"
     assert phase_optimizer(torch.nn.Linear(2, 2), paper.trainer)[0].defaults["betas"] == (0.9, 0.999)
     assert list(train_cfg(cells["ce_baseline.lr_decay", "ce"], cfg).trainer.milestones) == [25]
+
+
+def test_the_transfer_study_reports_the_substitutes_saturation(tmp_path):
+    _committed(tmp_path / "results")
+    cfg = compose("reproduce", ["experiment=deviations", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
+                                f"out_dir={tmp_path / 'results'}", "dataset_map={fmnist: fake}",
+                                "arms=[transfer.paper,ce_baseline.paper]"])
+    cfg.experiment.tables = ["table1"]
+    out = reproduce(cfg)
+    subs = sorted((tmp_path / "runs").glob("fake-cnn3-ce-s0-*"))
+    assert len(subs) == 1 and (subs[0] / "model.pt").exists()  # the CE substitute, trained once for both targets
+    sat = json.loads((subs[0] / "saturation.json").read_text())
+    assert 0.0 <= sat["share_p_y_one"] <= 1.0 and sat["margin_q10"] <= sat["margin_median"] <= sat["margin_q90"]
+    text = open(next(p for p in out["outputs"] if p.endswith(".md"))).read()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| transfer substitute (cnn3) | ce |"))
+    assert f"{100 * sat['share_p_y_one']:.1f} (n=1)" in row
+    # the figure: one point per target run with the paper's PGD (ce_baseline.paper); without it there is none
+    png = next(p for p in out["outputs"] if p.endswith("deviations_saturation.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    cfg.arms = ["transfer.paper"]
+    from pclc.deviations import arm_results, saturation, saturation_figure
+
+    assert saturation_figure(cfg, saturation(cfg), arm_results(cfg), tmp_path / "none.png") is None

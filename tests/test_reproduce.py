@@ -213,9 +213,11 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
     assert cell.ours == pytest.approx(sum(per_seed) / 2, abs=0.01)
     assert cell.sd == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5, abs=0.01)
     assert cell.ci95 == pytest.approx(12.706 * cell.sd / 2 ** 0.5, abs=0.02)  # t(0.975, 1 df)
-    assert bool(cell.in_ci95) == (abs(cell["diff"]) <= cell.ci95)
+    assert cell.pi95 == pytest.approx(12.706 * cell.sd * 1.5 ** 0.5, abs=0.02)  # one more seed: sqrt(1 + 1/2)
+    assert bool(cell.in_pi95) == (abs(cell["diff"]) <= cell.pi95)
     md = (tmp_path / "results" / "tiny" / "table1.md").read_text()
-    assert f"**{cell.ours:.1f}** ± {cell.sd:.1f} n=2" in md and "95% t interval" in md
+    lo, hi = cell.ours - cell.pi95, cell.ours + cell.pi95
+    assert f"**{cell.ours:.1f}** ± {cell.sd:.1f} [{lo:.1f}, {hi:.1f}] n=2" in md and "95% prediction interval" in md
     with pytest.raises(ValueError, match="distinct integers"):
         reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,0]", "plan=true"))
     with pytest.raises(ValueError, match="apply to tables"):
