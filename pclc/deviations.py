@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats as scipy_stats
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.config import compose, resolve_device
@@ -215,10 +216,15 @@ def _cell_name(attack: str, param: str) -> str:
 
 
 def _ms(values) -> str:
+    """``mean ± sd [95% t interval of the mean] (n=N)``; one value: ``value (n=1)``."""
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return "—"
-    return f"{statistics.fmean(v):.1f}" + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else "") + f" (n={len(v)})"
+    m = statistics.fmean(v)
+    if len(v) < 2:
+        return f"{m:.1f} (n=1)"
+    half = float(scipy_stats.t.ppf(0.975, len(v) - 1)) * statistics.stdev(v) / len(v) ** 0.5
+    return f"{m:.1f} ± {statistics.stdev(v):.1f} [{m - half:.1f}, {m + half:.1f}] (n={len(v)})"
 
 
 def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat: pd.DataFrame,
@@ -266,7 +272,8 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
                 "" if r.sd is None or pd.isna(r.sd) else f" ± {r.sd:.1f}")
             lines.append(f"| {cell} | {r.paper:.1f} | {r.ours:.1f} | {r.arm} | {r.n_seeds} | {val} | {r.verdict} |")
     if len(sat):
-        lines += ["", "## Saturation of the trained runs (float32, full test set; mean ± sd over seeds)", "",
+        lines += ["", "## Saturation of the trained runs (float32, full test set; mean ± sd [95% t interval of the mean] over "
+                  "seeds)", "",
                   "| training | method | p_y == 1.0 (%) | all-zero CE gradient (%) | logit margin: 10% | median | 90% |",
                   "|---|---|---|---|---|---|---|"]
         for (arm, meth), g in sat.groupby(["training", "method"], sort=False):

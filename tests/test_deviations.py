@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pclc.config import compose
-from pclc.deviations import verdict
+from pclc.deviations import _ms, verdict
 from pclc.reports import seed_interval
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
 from pclc.reproduce import reproduce
@@ -28,6 +28,8 @@ def test_verdict_rules_are_the_configs():
     assert seed_interval(five) == pytest.approx(9.618, abs=1e-3) and seed_interval([1.0]) is None
     assert verdict(25.0, 40.0, five, 10.0, seeds=True) == "explained"
     assert verdict(23.0, 40.0, five, 10.0, seeds=True) == "not explained"
+    # the saturation table: the 95% t interval of the mean, 34 ± 2.776 x 3.16 / sqrt(5)
+    assert _ms(five) == "34.0 ± 3.2 [30.1, 37.9] (n=5)" and _ms([1.0]) == "1.0 (n=1)" and _ms([]) == "—"
     assert verdict(20.0, 40.0, [39.0, 40.0, 41.0], 10.0, seeds=True) == "not explained"
     assert verdict(20.0, 40.0, [40.0], 10.0, seeds=True) == "not run"                   # one seed: no spread
 
