@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.config import compose, resolve_device
 from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
-from pclc.io import atomic_write_json, atomic_write_text
+from pclc.io import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
 from pclc.reports import config_block, config_yaml, csv_header, csv_provenance, header, seed_interval, substitute_run
 from pclc.store import RunDir, load_run, provenance, run_key
@@ -308,11 +308,8 @@ def cw_lr_figure(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame, path: 
     ax.legend(fontsize=7)
     ax.set_title("C&W vs learning rate (lr 0.001, 0.01: 10k images; others: 1k)", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -342,11 +339,8 @@ def saturation_figure(cfg: DictConfig, sat: pd.DataFrame, res: pd.DataFrame, pat
     ax.legend(fontsize=6)
     ax.set_title("Saturation and PGD survival per trained run (full test set)", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
