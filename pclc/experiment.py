@@ -200,9 +200,12 @@ def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]
 
 
 def out_dir(cfg: DictConfig) -> Path:
-    """Where the experiment writes: ``out_dir`` for the paper's protocol, ``out_dir/<profile>`` otherwise."""
+    """Where the experiment writes: ``out_dir`` for the paper's protocol, ``out_dir/<profile>`` otherwise; tables
+    over seeds other than ``[0]`` under ``seeds/`` (a mean over seeds never replaces the seed-0 table the
+    deviations study and the summary read)."""
     base = Path(cfg.out_dir)
-    return base if cfg.profile == "full" else base / cfg.profile
+    base = base if cfg.profile == "full" else base / cfg.profile
+    return base / "seeds" if list(cfg.get("seeds") or [0]) != [0] else base
 
 
 def sub_experiments(cfg: DictConfig) -> list[DictConfig]:

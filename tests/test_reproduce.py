@@ -203,9 +203,12 @@ def test_summary_lists_every_paper_cell_with_its_source(tmp_path):
 
 
 def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
+    reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]"))  # the seed-0 table
+    seed0 = (tmp_path / "results" / "tiny" / "table1.csv").read_text()
     out = reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,1]", "attacks=[fgsm]"))
+    assert (tmp_path / "results" / "tiny" / "table1.csv").read_text() == seed0  # the mean goes beside it
     assert out["cells"] == ["mnist/lenet5/ce", "mnist/lenet5/ce/s1", "mnist/lenet5/pclc", "mnist/lenet5/pclc/s1"]
-    csv = pd.read_csv(tmp_path / "results" / "tiny" / "table1.csv", comment="#", dtype={"param": str})
+    csv = pd.read_csv(tmp_path / "results" / "tiny" / "seeds" / "table1.csv", comment="#", dtype={"param": str})
     cell = csv[(csv.method == "ce") & (csv.attack == "fgsm") & (csv.param == "0.1")].iloc[0]
     per_seed = [json.loads(f.read_text())["adv_accuracy"]
                 for f in sorted((tmp_path / "runs").glob("fake-lenet5-ce-s[01]-*/eval/white-fgsm-eps0.1-*.json"))]
@@ -215,7 +218,7 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
     assert cell.ci95 == pytest.approx(12.706 * cell.sd / 2 ** 0.5, abs=0.02)  # t(0.975, 1 df)
     assert cell.pi95 == pytest.approx(12.706 * cell.sd * 1.5 ** 0.5, abs=0.02)  # one more seed: sqrt(1 + 1/2)
     assert bool(cell.in_pi95) == (abs(cell["diff"]) <= cell.pi95)
-    md = (tmp_path / "results" / "tiny" / "table1.md").read_text()
+    md = (tmp_path / "results" / "tiny" / "seeds" / "table1.md").read_text()
     lo, hi = cell.ours - cell.pi95, cell.ours + cell.pi95
     assert f"**{cell.ours:.1f}** ± {cell.sd:.1f} [{lo:.1f}, {hi:.1f}] n=2" in md and "95% prediction interval" in md
     with pytest.raises(ValueError, match="distinct integers"):
