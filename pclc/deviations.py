@@ -147,7 +147,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                 val = [float(ref.accuracy.iloc[0])] if len(ref) else []
                 v = ("explained" if val and abs(c.ours - val[0]) <= c.tolerance else "not explained") if val else "not run"
                 out.append({**key, "study": name, "arm": f"paper {st.reference.table}", "n_seeds": len(val),
-                            "value": val[0] if val else None, "sd": None, "verdict": v})
+                            "value": val[0] if val else None, "sd": None, "pi95": None, "verdict": v})
                 continue
             arms = [a for a in st.get("arms") or [] if _applies(a, c, rows_of[c.table])]
             got = {}
@@ -162,11 +162,14 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                     v = "baseline" if vals else "not run"
                 out.append({**key, "study": name, "arm": arm.name, "n_seeds": len(vals),
                             "value": round(statistics.fmean(vals), 2) if vals else None,
-                            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None, "verdict": v})
+                            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
+                            "pi95": round(seed_interval(vals), 2) if name == "seeds" and len(vals) > 1 else None,
+                            "verdict": v})
         if not claimed:
-            out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "verdict": "not run"})
+            out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "pi95": None,
+                        "verdict": "not run"})
     return pd.DataFrame(out, columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours", "diff",
-                                      "tolerance", "study", "arm", "n_seeds", "value", "sd", "verdict"])
+                                      "tolerance", "study", "arm", "n_seeds", "value", "sd", "pi95", "verdict"])
 
 
 def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
@@ -266,10 +269,14 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
                           for r in got.itertuples()]
             continue
         lines += ["", "| cell | paper | ours | arm | n | arm's number | verdict |", "|---|---|---|---|---|---|---|"]
+        if name == "seeds":
+            lines.insert(-2, "The arm's number: mean ± sd [95% prediction interval for one more seed] over the seeds.")
+            lines.insert(-2, "")
         for r in mine.itertuples():
             cell = f"{r.table} {r.method} {_cell_name(r.attack, r.param)}"
             val = "—" if r.value is None or pd.isna(r.value) else f"{r.value:.1f}" + (
-                "" if r.sd is None or pd.isna(r.sd) else f" ± {r.sd:.1f}")
+                "" if r.sd is None or pd.isna(r.sd) else f" ± {r.sd:.1f}") + (
+                "" if r.pi95 is None or pd.isna(r.pi95) else f" [{r.value - r.pi95:.1f}, {r.value + r.pi95:.1f}]")
             lines.append(f"| {cell} | {r.paper:.1f} | {r.ours:.1f} | {r.arm} | {r.n_seeds} | {val} | {r.verdict} |")
     if len(sat):
         lines += ["", "## Saturation of the trained runs (float32, full test set; mean ± sd [95% t interval of the mean] over "

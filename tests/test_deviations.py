@@ -138,3 +138,24 @@ def test_the_transfer_study_reports_the_substitutes_saturation(tmp_path):
     from pclc.deviations import arm_results, saturation, saturation_figure
 
     assert saturation_figure(cfg, saturation(cfg), arm_results(cfg), tmp_path / "none.png") is None
+
+
+def test_the_seeds_study_judges_by_the_prediction_interval_and_reports_it():
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[seeds]"])
+    cells = pd.DataFrame([{"table": "table1", "dataset": "fmnist", "model": "lenet5", "attack": "pgd", "param": "0.1",
+                           "method": "pclc", "paper": 25.0, "ours": 40.0, "diff": 15.0, "tolerance": 10.0, "outside": True}])
+    per_seed = [30.0, 32.0, 34.0, 36.0, 38.0]  # 34 ± 9.6: the paper's 25 is one more plausible seed
+    res = pd.DataFrame([{"study": "seeds", "arm": "seeds", "dataset": "fmnist", "method": "pclc", "seed": s,
+                         "run": f"r{s}", "attack": "pgd", "source": "white", "eps": 0.1, "n": 10000, "accuracy": a,
+                         "max_linf": None} for s, a in enumerate(per_seed)])
+    from pclc.deviations import judge, to_markdown
+
+    judged = judge(cfg, cells, res)
+    row = judged.iloc[0]
+    assert (row.study, row.arm, row.n_seeds, row.value, row.sd) == ("seeds", "seeds", 5, 34.0, 3.16)
+    assert row.pi95 == pytest.approx(9.62) and row.verdict == "explained"
+    assert judge(cfg, cells.assign(paper=23.0), res).verdict.iloc[0] == "not explained"  # 11 away: outside
+    sat = pd.DataFrame(columns=["training", "method", "seed", "run", "share_p_y_one", "share_zero_grad",
+                                "margin_q10", "margin_median", "margin_q90"])
+    md = to_markdown(cfg, cells, judged, sat, res)
+    assert "| table1 pclc pgd ε=0.1 | 25.0 | 40.0 | seeds | 5 | 34.0 ± 3.2 [24.4, 43.6] | explained |" in md
