@@ -4,7 +4,8 @@ store: nothing here trains or attacks) and a verdict computed from the numbers.
 
 Writes ``<out_dir>/deviations.md`` and ``.csv`` (one row per cell, study and arm), the saturation of every
 trained arm over seeds (and of transfer substitutes), ``figures/deviations_cw_lr.png`` (C&W accuracy against its
-learning rate) and ``figures/deviations_saturation.png`` (PGD survival against saturation, one point per run).
+learning rate) and ``figures/deviations_saturation.png`` (PGD survival against saturation, one point per run), drawn
+by :mod:`pclc.deviation_figures`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.config import compose, resolve_device
 from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
-from pclc.io import atomic_savefig, atomic_write_json, atomic_write_text
+from pclc.io import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
 from pclc.reports import config_block, config_yaml, csv_header, csv_provenance, header, seed_interval, substitute_run
 from pclc.store import RunDir, load_run, provenance, run_key
@@ -289,68 +290,6 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
     return "\n".join(lines) + "\n"
 
 
-def cw_lr_figure(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame, path: Path) -> Path | None:
-    """C&W accuracy against its learning rate, per method (the committed lr 0.001 cell and the cw_lr arms)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = {a.name: a for a in cfg.experiment.studies.cw_lr.arms} if "cw_lr" in chosen_studies(cfg) else {}
-    pts = res[(res.study == "cw_lr") & (res.attack == "cw")]
-    if pts.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    default = float(compose("evaluate", []).suite.attacks.cw.learning_rate)  # the paper's 0.001
-    for meth, g in pts.groupby("method"):
-        lr = [float(((arms[a].get("params") or {}).get("cw") or {}).get("learning_rate", default)) for a in g.arm]
-        order = sorted(range(len(lr)), key=lr.__getitem__)
-        ax.plot([lr[i] for i in order], [list(g.accuracy)[i] for i in order], "o-", label=f"{meth} (ours)")
-        base = cells[(cells.table == "table1") & (cells.attack == "cw") & (cells.method == meth)]
-        if len(base):
-            ax.axhline(float(base.paper.iloc[0]), ls="--", lw=0.8, color=ax.lines[-1].get_color(), label=f"{meth} (paper)")
-    ax.set_xscale("log")
-    ax.set_xlabel("C&W learning rate (100 iterations)")
-    ax.set_ylabel("accuracy under C&W (%)")
-    ax.legend(fontsize=7)
-    ax.set_title("C&W vs learning rate (lr 0.001, 0.01: 10k images; others: 1k)", fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def saturation_figure(cfg: DictConfig, sat: pd.DataFrame, res: pd.DataFrame, path: Path) -> Path | None:
-    """PGD-40 accuracy at eps 0.1 (the paper's attack: arms without parameter overrides or a subset) against
-    the share of test images with p_y == 1.0 in float32, one point per trained run (every seed and training
-    arm): is the CE row's survival the saturation, seed after seed?"""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    studies = cfg.experiment.studies
-    plain = {(n, a.name) for n in studies for a in studies[n].get("arms") or [] if not a.get("params") and not a.get("subset")}
-    pgd = res[(res.attack == "pgd") & (res.source == "white") & (res.eps == 0.1)
-              & pd.Series([(s, a) in plain for s, a in zip(res.study, res.arm)], index=res.index, dtype=bool)] \
-        .drop_duplicates("run")
-    pts = sat.merge(pgd[["run", "accuracy"]], on="run")  # targets only: a substitute is never attacked white-box
-    if pts.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (training, meth), g in pts.groupby(["training", "method"], sort=False):
-        ax.plot(g.share_p_y_one, g.accuracy, "o" if training == "the paper's protocol" else "s", ls="none",
-                label=f"{meth}, {training} (n={len(g)})")
-    ax.set_xlabel("test images with p_y == 1.0 in float32 (%)")
-    ax.set_ylabel("accuracy under PGD-40, eps 0.1 (%)")
-    ax.legend(fontsize=6)
-    ax.set_title("Saturation and PGD survival per trained run (full test set)", fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def write(cfg: DictConfig, tracker=None) -> list[Path]:
     """``<out_dir>/deviations.{md,csv}`` and the C&W figure."""
     exp, folder = cfg.experiment, out_dir(cfg)
@@ -375,6 +314,8 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         "(one run) lies in the 95% prediction interval for one more seed, mean ± t(0.975, n-1) sd sqrt(1 + 1/n); "
         "a cell's verdict is the best of its arms'"])
     paths = [folder / "deviations.md", folder / "deviations.csv"]
+    from pclc.deviation_figures import cw_lr_figure, saturation_figure
+
     fig = cw_lr_figure(cfg, cells, res, folder / "figures" / "deviations_cw_lr.png")
     sat_fig = saturation_figure(cfg, sat, res, folder / "figures" / "deviations_saturation.png")
     body = to_markdown(cfg, cells, judged, sat, res) + (f"\n![C&W vs lr](figures/{fig.name})\n" if fig else "") \

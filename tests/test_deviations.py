@@ -135,7 +135,8 @@ def test_the_transfer_study_reports_the_substitutes_saturation(tmp_path):
     png = next(p for p in out["outputs"] if p.endswith("deviations_saturation.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     cfg.arms = ["transfer.paper"]
-    from pclc.deviations import arm_results, saturation, saturation_figure
+    from pclc.deviation_figures import saturation_figure
+    from pclc.deviations import arm_results, saturation
 
     assert saturation_figure(cfg, saturation(cfg), arm_results(cfg), tmp_path / "none.png") is None
 
