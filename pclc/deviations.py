@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats as scipy_stats
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.config import compose, resolve_device
 from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
-from pclc.reports import config_block, config_yaml, csv_header, csv_provenance, header, seed_interval, substitute_run
+from pclc.reports import (config_block, config_yaml, csv_header, csv_provenance, header, mean_interval, seed_interval,
+                          substitute_run)
 from pclc.store import RunDir, load_run, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _ms(values) -> str:
     m = statistics.fmean(v)
     if len(v) < 2:
         return f"{m:.1f} (n=1)"
-    half = float(scipy_stats.t.ppf(0.975, len(v) - 1)) * statistics.stdev(v) / len(v) ** 0.5
+    half = mean_interval(v)
     return f"{m:.1f} ± {statistics.stdev(v):.1f} [{m - half:.1f}, {m + half:.1f}] (n={len(v)})"
 
 

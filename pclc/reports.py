@@ -32,6 +32,13 @@ NOT_RUN = "not run"
 KEPT = "kept"  # a cell this command did not compute, kept from the results file it rewrites
 
 
+def mean_interval(values: list[float]) -> float | None:
+    """Half-width of the 95% t interval of the mean of ``values``, ``t(0.975, n-1) sd / sqrt(n)`` (None under two)."""
+    if len(values) < 2:
+        return None
+    return float(scipy_stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
 def seed_interval(values: list[float]) -> float | None:
     """Half-width of the 95% prediction interval for one more seed's number, ``t(0.975, n-1) sd sqrt(1 + 1/n)``
     (None under two seeds). The paper reports one run per cell, so its number is judged as one more draw from
@@ -59,8 +66,7 @@ def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float | l
     out["status"] = ["run" if o is not None else NOT_RUN for o in means]
     out["n_seeds"] = [0 if v is None else len(v) for v in vals]
     out["sd"] = [round(statistics.stdev(v), 2) if v is not None and len(v) > 1 else None for v in vals]
-    out["ci95"] = [round(scipy_stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / len(v) ** 0.5, 2)
-                   if v is not None and len(v) > 1 else None for v in vals]
+    out["ci95"] = [round(mean_interval(v), 2) if v is not None and len(v) > 1 else None for v in vals]
     pi = [None if v is None else seed_interval(v) for v in vals]
     out["pi95"] = [None if w is None else round(w, 2) for w in pi]
     out["in_pi95"] = [None if w is None else bool(abs(d) <= w) for w, d in zip(pi, out["diff"])]
