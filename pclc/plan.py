@@ -131,15 +131,49 @@ def _epoch_seconds(store: Path, dataset: str, model: str, trainer: DictConfig) -
 
 
 def _attack_seconds(store: Path, dataset: str, model: str) -> dict[str, float]:
-    """Measured seconds per example of each attack config on this model and dataset (else any dataset)."""
+    """Measured seconds per example of each white-box attack config on this model and dataset (else any)."""
     per: dict[str, list[float]] = {}
     for pattern in (f"*-{model}-*/eval/*.json", f"{dataset}-{model}-*/eval/*.json"):  # the exact pair wins
         found: dict[str, list[float]] = {}
         for f in store.glob(pattern):
             r = json.loads(f.read_text())
-            found.setdefault(r["attack"], []).append(r["seconds"] / max(1, r["n"]))
+            if r.get("source", "white") == "white":
+                found.setdefault(r["attack"], []).append(r["seconds"] / max(1, r["n"]))
         per.update(found)
     return {k: statistics.median(v) for k, v in per.items()}
+
+
+def _transfer_seconds(store: Path, dataset: str, substitute: str) -> dict[str, tuple[float, float]]:
+    """Measured (crafting, target) seconds per example of each transfer attack config crafted on a
+    ``substitute`` model, on this dataset (else any). The first target of a substitute crafts (its file's
+    seconds include the crafting); the others read the substitute's cache: the fastest file of a group is the
+    target's own pass, and the slowest minus it the crafting."""
+    per: dict[str, tuple[float, float]] = {}
+    for pattern in ("*/eval/transfer-*.json", f"{dataset}-*/eval/transfer-*.json"):  # the dataset's own win
+        groups: dict[tuple, list[float]] = {}
+        for f in store.glob(pattern):
+            r = json.loads(f.read_text())
+            if f"-{substitute}-" in str(r.get("substitute") or ""):
+                groups.setdefault((r["attack"], r["substitute"], r.get("eps")), []).append(r["seconds"] / max(1, r["n"]))
+        found: dict[str, tuple[list[float], list[float]]] = {}
+        for (attack, _, _), secs in groups.items():
+            craft, target = found.setdefault(attack, ([], []))
+            craft.append(max(secs) - (min(secs) if len(secs) > 1 else 0.0))
+            target += [min(secs)] if len(secs) > 1 else []
+        per.update({a: (statistics.median(c), statistics.median(t) if t else 0.0) for a, (c, t) in found.items()})
+    return per
+
+
+def crafted_share(store: Path, sub_key: str, stem: str, n: int, step: int) -> float:
+    """Share of a transfer attack's examples already crafted in the substitute's cache
+    (``runs/<substitute>/adv/<stem>-bs<B>-w<weights>/<lo>-<hi>.pt``, one file per batch group)."""
+    groups = -(-n // step)
+    done = [len(list(d.glob("*.pt"))) for d in (store / sub_key / "adv").glob(f"{stem}-bs*")]
+    return min(1.0, max(done, default=0) / groups)
+
+
+def _examples(ec: DictConfig) -> int:
+    return split_sizes(ec.dataset)[1] if ec.eval.subset is None else int(ec.eval.subset)
 
 
 class CostModel:
@@ -170,9 +204,22 @@ class CostModel:
         per = self.epoch(tc)
         return None if per is None else per * todo
 
+    def transfer(self, ec: DictConfig, substitute: str, entry) -> tuple[float | None, float]:
+        """Seconds of a transfer entry over the test set (or subset): (crafting on ``substitute``, done once
+        per substitute whatever the number of targets; the target's own pass)."""
+        key = ("transfer", ec.dataset.name, substitute)
+        if key not in self._attacks:
+            self._attacks[key] = _transfer_seconds(self.store, ec.dataset.name, substitute)
+        measured = self._attacks[key].get(entry.config)
+        if measured is not None:
+            self.sources.add("store")
+            n = _examples(ec)
+            return measured[0] * n, measured[1] * n
+        return self.attack(ec, substitute, entry), 0.0  # the benchmark's attack cost on the substitute
+
     def attack(self, ec: DictConfig, model: str, entry) -> float | None:
-        """Seconds of one evaluation entry over the test set (or subset); transfer: crafted on ``model``."""
-        n = split_sizes(ec.dataset)[1] if ec.eval.subset is None else int(ec.eval.subset)
+        """Seconds of one white-box evaluation entry of ``model`` over the test set (or subset)."""
+        n = _examples(ec)
         key = (ec.dataset.name, model)
         if key not in self._attacks:
             self._attacks[key] = _attack_seconds(self.store, *key)
@@ -229,18 +276,25 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
         todo = missing_entries(cell, cfg)
         eval_s: float | None = 0.0
         for ec, e in todo:
-            model = cell.model
+            name = eval_name(ec, e)
             if e.source == "transfer":
                 sc = substitute_cfg(tc, ec.eval.substitute)
-                model, skey = sc.model.name, run_key(sc)
+                skey = run_key(sc)
                 if ("train", skey) not in work and not RunDir(store, skey).finished:
                     sdone = _done_epochs(store, sc, None)
                     work[("train", skey)] = st = cost.training(sc, sdone)
-                    rows.append({"cell": "-", "label": f"{cell.dataset}/{model}/ce (substitute)", "key": skey,
+                    rows.append({"cell": "-", "label": f"{cell.dataset}/{sc.model.name}/ce (substitute)", "key": skey,
                                  "trained": False, "epochs_done": f"{sdone}/{2 * int(sc.trainer.epochs_per_phase)}",
                                  "evals_missing": 0, "predicted_seconds": None if st is None else round(st, 1)})
-            s = cost.attack(ec, model, e)
-            work[("eval", key, eval_name(ec, e))] = s
+                craft, s = cost.transfer(ec, sc.model.name, e)
+                if ("craft", skey, name) not in work:  # once per substitute: every target reads its cache
+                    step = int(e.params.get("batch_size", ec.eval.batch_size)) * int(ec.eval.group_batches)
+                    left = 1.0 - crafted_share(store, skey, name, _examples(ec), step)
+                    work[("craft", skey, name)] = None if craft is None else craft * left
+                    eval_s = None if craft is None or eval_s is None else eval_s + craft * left
+            else:
+                s = cost.attack(ec, cell.model, e)
+            work[("eval", key, name)] = s
             eval_s = None if s is None or eval_s is None else eval_s + s
         rows.append({"cell": i, "label": cell.label, "key": key, "trained": RunDir(store, key).finished,
                      "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}", "evals_missing": len(todo),

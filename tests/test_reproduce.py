@@ -225,3 +225,48 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
         reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,0]", "plan=true"))
     with pytest.raises(ValueError, match="apply to tables"):
         reproduce(repro_cfg(tmp_path, "figure2", "mnist", "seeds=[0,1]", "plan=true"))
+
+
+def _eval_file(store: Path, key: str, name: str, **rec):
+    (store / key / "eval").mkdir(parents=True, exist_ok=True)
+    (store / key / "eval" / f"{name}.json").write_text(json.dumps(rec))
+
+
+def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path):
+    from pclc.plan import _attack_seconds, _transfer_seconds
+
+    store, sub = tmp_path / "runs", "mnist-cnn3-ce-s0-bbbb"
+    for target, secs in (("mnist-lenet5-ce-s0-aaaa", 100.0), ("mnist-lenet5-pclc-s0-cccc", 1.0)):
+        _eval_file(store, target, "transfer-pgd-eps0.1-x", attack="pgd", source="transfer", substitute=sub,
+                   eps=0.1, n=10, seconds=secs)  # the first target crafted; the second read the cache
+    _eval_file(store, "mnist-lenet5-ce-s1-dddd", "transfer-pgd-eps0.1-x", attack="pgd", source="transfer",
+               substitute="mnist-cnn3-ce-s1-eeee", eps=0.1, n=10, seconds=120.0)  # a substitute with one target
+    _eval_file(store, "mnist-lenet5-ce-s0-aaaa", "white-pgd-eps0.1-x", attack="pgd", source="white", eps=0.1,
+               n=10, seconds=5.0)
+    assert _transfer_seconds(store, "mnist", "cnn3") == {"pgd": pytest.approx(((9.9 + 12) / 2, 0.1))}
+    assert _transfer_seconds(store, "mnist", "resnet56") == {}
+    assert _attack_seconds(store, "mnist", "lenet5") == {"pgd": 0.5}  # white-box only: transfer files are not PGD's cost
+
+
+def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
+    from pclc.plan import CostModel, _transfer_seconds, plan_items
+
+    reproduce(repro_cfg(tmp_path, "table3", "mnist", "attacks=[pgd]"))
+    store = tmp_path / "runs"
+    cost = CostModel(store, None)
+    rows, work = plan_items(repro_cfg(tmp_path, "table3", "mnist", "attacks=[pgd]", "seeds=[1]"), cost)
+    craft = {k: v for k, v in work.items() if k[0] == "craft"}
+    transfer = {k: v for k, v in work.items() if k[0] == "eval" and k[2].startswith("transfer-")}
+    n_eps = len({k[2] for k in transfer})
+    assert len(craft) == n_eps and len(transfer) == 2 * n_eps  # one crafting per entry, two targets read it
+    assert {k[1] for k in craft} == {next(r["key"] for r in rows if "substitute" in r["label"])}
+    (crafting, target), = _transfer_seconds(store, "mnist", "cnn3").values()  # measured on seed 0's files
+    n = json.loads(next(store.glob("*-lenet5-ce-*/eval/transfer-*.json")).read_text())["n"]
+    assert all(v == pytest.approx(crafting * n) for v in craft.values()) and crafting > 0
+    assert all(v == pytest.approx(target * n) for v in transfer.values())
+    # the same seed again, one target's results deleted: its crafting is cached in the substitute, not redone
+    for f in store.glob("*-lenet5-pclc-*/eval/transfer-*.json"):
+        f.unlink()
+    _, work = plan_items(repro_cfg(tmp_path, "table3", "mnist", "attacks=[pgd]"), CostModel(store, None))
+    assert {k[0] for k in work} == {"craft", "eval"} and all(v == 0 for k, v in work.items() if k[0] == "craft")
+    assert len([k for k in work if k[0] == "eval"]) == n_eps
