@@ -105,7 +105,8 @@ def to_markdown(df: pd.DataFrame) -> str:
                 n = getattr(r, "n_seeds", 1)
                 if n is not None and not pd.isna(n) and int(n) > 1:  # mean ± sd over seeds, judged by the 95% PI
                     inside = "✓" if r.in_pi95 else "✗"
-                    vals.append(f"**{r.ours:.1f}** ± {r.sd:.1f} [{r.ours - r.pi95:.1f}, {r.ours + r.pi95:.1f}] "
+                    lo, hi = max(0.0, r.ours - r.pi95), min(100.0, r.ours + r.pi95)  # accuracy's own range
+                    vals.append(f"**{r.ours:.1f}** ± {r.sd:.1f} [{lo:.1f}, {hi:.1f}] "
                                 f"n={int(n)}{mark} ({r.paper:.1f}, {r.diff:+.1f} {inside})")
                 else:
                     vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
@@ -215,7 +216,8 @@ def substitute_notes(cfg: DictConfig) -> list[str]:
             continue
         sc, run = found
         acc = f"clean test accuracy {run.read_summary()['test_accuracy']:.2f}%" if run.finished else "not trained"
-        subs[run.key] = f"substitute for `{cell.dataset}/{cell.model}`: `{cell.dataset}/{sc.model.name}/ce` → run " \
+        seed = f"/s{cell.seed}" if cell.seed else ""
+        subs[run.key] = f"substitute for `{cell.dataset}/{cell.model}{seed}`: `{cell.dataset}/{sc.model.name}/ce` → run " \
                         f"`{run.key}` ({acc})"
     return list(subs.values())
 
@@ -280,7 +282,8 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
                   notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
                                                                                for k, v in runs.items()),
                          *substitute_notes(cfg), *([kept] if kept else []),
-                         *([f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed] n; "
+                         *([f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed, "
+                            "within 0-100] n; "
                             "✓ / ✗: the paper's number (one run) is inside / outside that interval"]
                            if (df.n_seeds > 1).any() else [])])
     atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")

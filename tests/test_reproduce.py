@@ -17,7 +17,7 @@ import pclc.train as train_mod
 from pclc.config import CONFIG_DIR, compose
 from pclc.reproduce import reproduce
 from pclc.paper_data import paper_tables, table_rows
-from pclc.reports import combine, to_markdown
+from pclc.reports import combine, substitute_notes, to_markdown
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "paper" / "paper_tables.csv"
 FAKE_MAP = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "
@@ -219,8 +219,12 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
     assert cell.pi95 == pytest.approx(12.706 * cell.sd * 1.5 ** 0.5, abs=0.02)  # one more seed: sqrt(1 + 1/2)
     assert bool(cell.in_pi95) == (abs(cell["diff"]) <= cell.pi95)
     md = (tmp_path / "results" / "tiny" / "seeds" / "table1.md").read_text()
-    lo, hi = cell.ours - cell.pi95, cell.ours + cell.pi95
+    lo, hi = max(0.0, cell.ours - cell.pi95), min(100.0, cell.ours + cell.pi95)  # shown within accuracy's range
     assert f"**{cell.ours:.1f}** ± {cell.sd:.1f} [{lo:.1f}, {hi:.1f}] n=2" in md and "95% prediction interval" in md
+    assert "[-" not in md
+    notes = substitute_notes(repro_cfg(tmp_path, "table3", "mnist", "seeds=[0,1]"))  # one substitute per seed
+    assert [n.split(":")[0] for n in notes] == ["substitute for `mnist/lenet5`", "substitute for `mnist/lenet5/s1`"]
+    assert all(n.endswith("(not trained)") for n in notes) and len({n.split("run ")[1] for n in notes}) == 2
     with pytest.raises(ValueError, match="distinct integers"):
         reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,0]", "plan=true"))
     with pytest.raises(ValueError, match="apply to tables"):
