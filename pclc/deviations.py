@@ -106,8 +106,10 @@ def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
 
 
 def _applies(arm, cell, table_rows: dict) -> bool:
-    """Whether an arm has a number for the cell's row: an attack of its entries standing for that row (the
-    clean row: any arm that trains)."""
+    """Whether an arm has a number for the cell: it runs the cell's method, and an attack of its entries stands
+    for the cell's row (the clean row: any arm that trains)."""
+    if arm.get("methods") is not None and cell.method not in list(arm.methods):
+        return False
     if cell.attack == "clean":
         return True
     attack = (arm.get("rows") or {}).get(cell.attack) or (table_rows.get(cell.attack) or {}).get("attack")
@@ -151,6 +153,9 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                             "value": val[0] if val else None, "sd": None, "pi95": None, "verdict": v})
                 continue
             arms = [a for a in st.get("arms") or [] if _applies(a, c, rows_of[c.table])]
+            if not arms:  # claimed, but no arm runs this cell: listed as not run
+                out.append({**key, "study": name, "arm": "—", "n_seeds": 0, "value": None, "sd": None, "pi95": None,
+                            "verdict": "not run"})
             got = {}
             for arm in arms:
                 mine = res[(res.study == name) & (res.arm == arm.name) & (res.dataset == c.dataset)]

@@ -160,3 +160,26 @@ def test_the_seeds_study_judges_by_the_prediction_interval_and_reports_it():
                                 "margin_q10", "margin_median", "margin_q90"])
     md = to_markdown(cfg, cells, judged, sat, res)
     assert "| table1 pclc pgd ε=0.1 | 25.0 | 40.0 | seeds | 5 | 34.0 ± 3.2 [24.4, 43.6] | explained |" in md
+
+
+def _cell(method: str, attack: str, param: str, paper: float, ours: float, table: str = "table1") -> dict:
+    return {"table": table, "dataset": "fmnist", "model": "lenet5", "attack": attack, "param": param,
+            "method": method, "paper": paper, "ours": ours, "diff": ours - paper, "tolerance": 10.0, "outside": True}
+
+
+def test_an_arm_is_judged_only_on_the_methods_it_runs():
+    from pclc.deviations import judge
+
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[ce_baseline,bim_step]"])
+    cells = pd.DataFrame([_cell("pclc", "fgsm", "0.1", 58.0, 30.0), _cell("gce", "bim", "0.1", 5.0, 30.0)])
+    res = pd.DataFrame([{"study": "ce_baseline", "arm": arm, "dataset": "fmnist", "method": "pclc", "seed": s,
+                         "run": f"r{s}", "attack": "fgsm", "source": "white", "eps": 0.1, "n": 10000, "accuracy": a,
+                         "max_linf": None} for arm, s, a in [("paper", 0, 31.0), ("gce_recipe", 0, 51.0),
+                                                               ("gce_recipe", 1, 55.0)]])
+    judged = judge(cfg, cells, res)
+    pclc = judged[judged.method == "pclc"].set_index("arm")
+    assert sorted(pclc.index) == ["gce_recipe", "paper"]  # lr_decay trains CE only; margin_pgd has no FGSM
+    assert (pclc.loc["gce_recipe", "value"], pclc.loc["gce_recipe", "n_seeds"]) == (53.0, 2)  # the seeds' mean
+    assert pclc.loc["gce_recipe", "verdict"] == "explained" and pclc.loc["paper", "verdict"] == "baseline"
+    gce = judged[judged.method == "gce"]  # claimed by bim_step, whose arms do not train GCE: listed, not run
+    assert list(zip(gce.study, gce.arm, gce.verdict)) == [("bim_step", "—", "not run")]
