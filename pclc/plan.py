@@ -25,6 +25,7 @@ from pclc.evaluate import substitute_cfg
 from pclc.experiment import Cell, eval_name, experiment_cells, missing_entries, sub_experiments, train_cfg
 from pclc.models import create_model
 from pclc.store import RunDir, run_key
+from pclc.train import warmup_source
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,21 +110,25 @@ def attack_seconds_per_example(bench: dict, ds: DictConfig, model: str, attack_c
 # ------------------------------------------------------------------------------------------
 # Measured costs, the store first
 # ------------------------------------------------------------------------------------------
-def _adv_kind(trainer) -> tuple | None:
-    """What sets an epoch's cost beyond the model and data: the adversarial-training attack and its steps."""
-    adv = (trainer or {}).get("adversarial")
-    return None if not adv else (adv.get("attack"), adv.get("nb_iter"), adv.get("fraction"))
+def _epoch_kind(trainer) -> tuple:
+    """What sets an epoch's cost beyond the model and data: the batch size, the adversarial-training attack and
+    its steps."""
+    trainer = trainer or {}
+    adv = trainer.get("adversarial")
+    steps = None if not adv else (adv.get("attack"), adv.get("nb_iter"), adv.get("fraction"))
+    return trainer.get("batch_size"), steps
 
 
 def _epoch_seconds(store: Path, dataset: str, model: str, trainer: DictConfig) -> float | None:
-    """Median measured epoch time of this model with this kind of training, on this dataset (else any)."""
-    kind = _adv_kind(trainer)
+    """Median measured epoch time of this model with this kind of training (batch size, adversarial steps), on
+    this dataset (else any)."""
+    kind = _epoch_kind(trainer)
     for pattern in (f"{dataset}-{model}-*/metrics.json", f"*-{model}-*/metrics.json"):
         secs = []
         for m in store.glob(pattern):
             run = RunDir.at(m.parent)
             trainer = run.stored_config().get("trainer") if run.config.exists() else None
-            if _adv_kind(trainer) == kind:
+            if _epoch_kind(trainer) == kind:
                 secs += [r["seconds"] for r in json.loads(m.read_text()) if "source" not in r]
         if secs:
             return statistics.median(secs)
@@ -154,7 +159,8 @@ def _transfer_seconds(store: Path, dataset: str, substitute: str) -> dict[str, t
         for f in store.glob(pattern):
             r = json.loads(f.read_text())
             if f"-{substitute}-" in str(r.get("substitute") or ""):
-                groups.setdefault((r["attack"], r["substitute"], r.get("eps")), []).append(r["seconds"] / max(1, r["n"]))
+                group = groups.setdefault((r["attack"], r["substitute"], r.get("eps")), [])
+                group.append(r["seconds"] / max(1, r["n"]))
         found: dict[str, tuple[list[float], list[float]]] = {}
         for (attack, _, _), secs in groups.items():
             craft, target = found.setdefault(attack, ([], []))
@@ -186,7 +192,7 @@ class CostModel:
         self._epochs: dict[tuple, float | None] = {}
 
     def epoch(self, tc: DictConfig) -> float | None:
-        k = (tc.dataset.name, tc.model.name, _adv_kind(tc.trainer))
+        k = (tc.dataset.name, tc.model.name, _epoch_kind(tc.trainer))
         if k not in self._epochs:
             self._epochs[k] = _epoch_seconds(self.store, tc.dataset.name, tc.model.name, tc.trainer)
         if self._epochs[k] is not None:
@@ -240,8 +246,6 @@ class CostModel:
 # The plan
 # ------------------------------------------------------------------------------------------
 def _done_epochs(store: Path, tc: DictConfig, cell: Cell | None) -> int:
-    from pclc.train import warmup_source
-
     run = RunDir(store, run_key(tc))
     if run.finished:
         return 2 * int(tc.trainer.epochs_per_phase)
@@ -270,7 +274,9 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
         tc = train_cfg(cell, cfg)
         key = run_key(tc)
         done = _done_epochs(store, tc, cell)
-        train_s = cost.training(tc, done)
+        phase = int(tc.trainer.epochs_per_phase)
+        shared = done < phase and tc.loss.get("warmup") and ("train", run_key(warmup_source(tc))) in work
+        train_s = cost.training(tc, phase if shared else done)  # shared: phase 1 is the warm-up run's, planned above
         if train_s != 0.0:
             work[("train", key)] = train_s
         todo = missing_entries(cell, cfg)

@@ -274,3 +274,17 @@ def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
     _, work = plan_items(repro_cfg(tmp_path, "table3", "mnist", "attacks=[pgd]"), CostModel(store, None))
     assert {k[0] for k in work} == {"craft", "eval"} and all(v == 0 for k, v in work.items() if k[0] == "craft")
     assert len([k for k in work if k[0] == "eval"]) == n_eps
+
+
+def test_plan_counts_a_shared_warm_up_once_and_costs_epochs_at_their_batch_size(tmp_path):
+    from pclc.plan import CostModel, plan_items
+
+    reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]"))  # measured epochs at the tiny batch size
+    rows, work = plan_items(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", "seeds=[1]"),
+                            CostModel(tmp_path / "runs", None))
+    train = {k[1]: v for k, v in work.items() if k[0] == "train"}
+    ce, pclc = (next(r["key"] for r in rows if r["label"] == f"mnist/lenet5/{m}/s1") for m in ("ce", "pclc"))
+    assert train[ce] > 0 and train[pclc] == pytest.approx(train[ce] / 2)  # PC+LC's phase 1 is CE's, planned once
+    _, work = plan_items(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", "seeds=[1]",
+                                   "extra=['trainer.batch_size=7']"), CostModel(tmp_path / "runs", None))
+    assert all(v is None for k, v in work.items() if k[0] == "train")  # no epoch measured at batch 7, no bench
