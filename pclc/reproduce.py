@@ -10,7 +10,7 @@
 
 Orchestration only: cells and their configs are :mod:`pclc.experiment`, the planner :mod:`pclc.plan`,
 tables :mod:`pclc.reports`, figures :mod:`pclc.figures`, the audit :mod:`pclc.audit`, the deviations
-study :mod:`pclc.deviations`.
+study :mod:`pclc.deviations` (written by :mod:`pclc.deviation_report`).
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def write_outputs(cfg: DictConfig, tracker=None) -> list[Path]:
     if kind == "audit":
         return run_audit(cfg, tracker)
     if kind == "deviations":
-        from pclc import deviations
+        from pclc import deviation_report
 
-        return deviations.write(cfg, tracker)
+        return deviation_report.write(cfg, tracker)
     from pclc import figures
 
     return figures.write(cfg, experiment_cells(cfg), tracker)

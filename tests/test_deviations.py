@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from pclc.config import compose
-from pclc.deviations import _ms, verdict
+from pclc.deviation_report import _ms
+from pclc.deviations import verdict
 from pclc.reports import seed_interval
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
 from pclc.reproduce import reproduce
@@ -149,7 +150,8 @@ def test_the_seeds_study_judges_by_the_prediction_interval_and_reports_it():
     res = pd.DataFrame([{"study": "seeds", "arm": "seeds", "dataset": "fmnist", "method": "pclc", "seed": s,
                          "run": f"r{s}", "attack": "pgd", "source": "white", "eps": 0.1, "n": 10000, "accuracy": a,
                          "max_linf": None} for s, a in enumerate(per_seed)])
-    from pclc.deviations import judge, to_markdown
+    from pclc.deviation_report import to_markdown
+    from pclc.deviations import judge
 
     judged = judge(cfg, cells, res)
     row = judged.iloc[0]
@@ -183,3 +185,26 @@ def test_an_arm_is_judged_only_on_the_methods_it_runs():
     assert pclc.loc["gce_recipe", "verdict"] == "explained" and pclc.loc["paper", "verdict"] == "baseline"
     gce = judged[judged.method == "gce"]  # claimed by bim_step, whose arms do not train GCE: listed, not run
     assert list(zip(gce.study, gce.arm, gce.verdict)) == [("bim_step", "—", "not run")]
+
+
+def test_full_rows_show_an_arm_on_every_claimed_cell_with_the_count_within_tolerance():
+    from pclc.deviation_report import full_rows
+
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[ce_baseline]"])
+    assert list(cfg.experiment.studies.ce_baseline.full_rows) == ["gce_recipe"]
+    cells = pd.DataFrame([_cell("pclc", "fgsm", "0.1", 58.0, 30.0), _cell("pclc", "pgd", "0.1", 15.7, 20.0),
+                          {**_cell("ce", "clean", "-", 90.1, 88.7), "tolerance": 5.0},
+                          _cell("gce", "fgsm", "0.1", 40.0, 10.0)])  # GCE: not claimed by the study
+    got = [("paper", "pclc", "fgsm", 0.1, 0, 31.0), ("gce_recipe", "pclc", "fgsm", 0.1, 0, 51.0),
+           ("gce_recipe", "pclc", "fgsm", 0.1, 1, 55.0), ("paper", "pclc", "pgd", 0.1, 0, 20.0),
+           ("gce_recipe", "pclc", "pgd", 0.1, 0, 11.0), ("paper", "ce", "clean", None, 0, 88.7),
+           ("gce_recipe", "ce", "clean", None, 0, 90.2)]
+    res = pd.DataFrame([{"study": "ce_baseline", "arm": a, "dataset": "fmnist", "method": m, "seed": s, "run": "r",
+                         "attack": att, "source": "white", "eps": e, "n": 10000, "accuracy": v, "max_linf": None}
+                        for a, m, att, e, s, v in got])
+    lines = full_rows(cfg, "ce_baseline", cells, res)
+    assert "within tolerance of the paper in 3 of 3 cells (the paper arm on this machine: 2; the committed tables: 2)" \
+        in lines[1]
+    rows = [ln for ln in lines if ln.startswith("| table1")]
+    assert rows[0] == "| table1 pclc fgsm ε=0.1 | 58.0 | 30.0 | 31.0 (n=1) | 53.0 ± 2.8 [27.6, 78.4] (n=2) | ✓ |"
+    assert len(rows) == 3 and not any(" gce " in r for r in rows)
