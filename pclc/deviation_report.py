@@ -28,8 +28,8 @@ def _cell_name(attack: str, param: str) -> str:
     return attack if param in ("-", "0.0") else f"{attack} ε={param}"
 
 
-def _ms(values) -> str:
-    """``mean ± sd [95% t interval of the mean] (n=N)``; one value: ``value (n=1)``."""
+def _ms(values, lo: float = -math.inf, hi: float = math.inf) -> str:
+    """``mean ± sd [95% t interval of the mean, within lo..hi] (n=N)``; one value: ``value (n=1)``."""
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return "—"
@@ -37,7 +37,7 @@ def _ms(values) -> str:
     if len(v) < 2:
         return f"{m:.1f} (n=1)"
     half = mean_interval(v)
-    return f"{m:.1f} ± {statistics.stdev(v):.1f} [{m - half:.1f}, {m + half:.1f}] (n={len(v)})"
+    return f"{m:.1f} ± {statistics.stdev(v):.1f} [{max(lo, m - half):.1f}, {min(hi, m + half):.1f}] (n={len(v)})"
 
 
 def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat: pd.DataFrame,
@@ -117,7 +117,7 @@ def full_rows(cfg: DictConfig, name: str, cells: pd.DataFrame, res: pd.DataFrame
                                                              <= c.tolerance for v in got]
             counts = [counts[0] + 1] + [k + n for k, n in zip(counts[1:], near)]
             lines.append(f"| {c.table} {c.method} {_cell_name(c.attack, c.param)} | {c.paper:.1f} | {c.ours:.1f} | "
-                         f"{_ms(got[0]) if got[0] else '—'} | {_ms(got[1]) if got[1] else '—'} | "
+                         f"{_ms(got[0], 0, 100) if got[0] else '—'} | {_ms(got[1], 0, 100) if got[1] else '—'} | "
                          f"{'✓' if near[2] else '✗'} |")
         out += ["", f"Arm `{arm_name}` on every cell this study covers, inside tolerance too: within tolerance of the "
                 f"paper in {counts[3]} of {counts[0]} cells (the paper arm on this machine: {counts[2]}; the committed "

@@ -208,3 +208,10 @@ def test_full_rows_show_an_arm_on_every_claimed_cell_with_the_count_within_toler
     rows = [ln for ln in lines if ln.startswith("| table1")]
     assert rows[0] == "| table1 pclc fgsm ε=0.1 | 58.0 | 30.0 | 31.0 (n=1) | 53.0 ± 2.8 [27.6, 78.4] (n=2) | ✓ |"
     assert len(rows) == 3 and not any(" gce " in r for r in rows)
+
+
+def test_an_accuracys_interval_is_shown_within_0_100():
+    from pclc.deviation_report import _ms
+
+    assert _ms([1.0, 9.0]) == "5.0 ± 5.7 [-45.8, 55.8] (n=2)"  # a margin may be negative
+    assert _ms([1.0, 9.0], 0, 100) == "5.0 ± 5.7 [0.0, 55.8] (n=2)"
