@@ -95,7 +95,8 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
                   "| training | method | p_y == 1.0 (%) | all-zero CE gradient (%) | logit margin: 10% | median | 90% |",
                   "|---|---|---|---|---|---|---|"]
         for (arm, meth), g in sat.groupby(["training", "method"], sort=False):
-            lines.append(f"| {arm} | {meth} | {_ms(g.share_p_y_one)} | {_ms(g.share_zero_grad)} | {_ms(g.margin_q10)} | "
+            shares = f"{_ms(g.share_p_y_one, 0, 100)} | {_ms(g.share_zero_grad, 0, 100)}"  # percentages
+            lines.append(f"| {arm} | {meth} | {shares} | {_ms(g.margin_q10)} | "
                          f"{_ms(g.margin_median)} | {_ms(g.margin_q90)} |")
     return "\n".join(lines) + "\n"
 
