@@ -80,13 +80,14 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
             continue
         lines += ["", "| cell | paper | ours | arm | n | arm's number | verdict |", "|---|---|---|---|---|---|---|"]
         if name == "seeds":
-            lines.insert(-2, "The arm's number: mean ± sd [95% prediction interval for one more seed] over the seeds.")
+            lines.insert(-2, "The arm's number: mean ± sd [95% prediction interval for one more seed, within 0-100] over "
+                                 "the seeds.")
             lines.insert(-2, "")
         for r in mine.itertuples():
             cell = f"{r.table} {r.method} {_cell_name(r.attack, r.param)}"
             val = "—" if r.value is None or pd.isna(r.value) else f"{r.value:.1f}" + (
                 "" if r.sd is None or pd.isna(r.sd) else f" ± {r.sd:.1f}") + (
-                "" if r.pi95 is None or pd.isna(r.pi95) else f" [{r.value - r.pi95:.1f}, {r.value + r.pi95:.1f}]")
+                "" if r.pi95 is None or pd.isna(r.pi95) else f" [{max(0.0, r.value - r.pi95):.1f}, {min(100.0, r.value + r.pi95):.1f}]")
             lines.append(f"| {cell} | {r.paper:.1f} | {r.ours:.1f} | {r.arm} | {r.n_seeds} | {val} | {r.verdict} |")
         lines += full_rows(cfg, name, cells, res)
     if len(sat):
@@ -109,10 +110,11 @@ def full_rows(cfg: DictConfig, name: str, cells: pd.DataFrame, res: pd.DataFrame
     for arm_name in st.get("full_rows") or []:
         arm, lines, counts = arms[arm_name], [], [0, 0, 0, 0]  # cells; within tolerance: ours, paper arm, arm
         for c in cells.itertuples():
-            if not any(_matches(cl, c) for cl in st.claims) or not _applies(arm, c, _rows_of(c.table)):
+            rows = _rows_of(c.table)
+            if not any(_matches(cl, c) for cl in st.claims) or not _applies(arm, c, rows):
                 continue
             got = [_arm_value(res[(res.study == name) & (res.arm == a) & (res.dataset == c.dataset)], arms[a], c,
-                              _rows_of(c.table)) if a in arms and _applies(arms[a], c, _rows_of(c.table)) else []
+                              rows) if a in arms and _applies(arms[a], c, rows) else []
                    for a in ("paper", arm_name)]
             near = [abs(c.ours - c.paper) <= c.tolerance] + [bool(v) and abs(statistics.fmean(v) - c.paper)
                                                              <= c.tolerance for v in got]

@@ -102,13 +102,15 @@ def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
 
 def _applies(arm, cell, table_rows: dict) -> bool:
     """Whether an arm has a number for the cell: it runs the cell's method, and an attack of its entries stands
-    for the cell's row (the clean row: any arm that trains)."""
+    for the cell's row, from the same source (white-box or transfer; the clean row: any arm that trains)."""
     if arm.get("methods") is not None and cell.method not in list(arm.methods):
         return False
     if cell.attack == "clean":
         return True
-    attack = (arm.get("rows") or {}).get(cell.attack) or (table_rows.get(cell.attack) or {}).get("attack")
-    return not arm.get("entries") or attack in {e["attack"] for e in OmegaConf.to_container(arm.entries)}
+    spec = table_rows.get(cell.attack) or {}
+    attack = (arm.get("rows") or {}).get(cell.attack) or spec.get("attack")
+    return not arm.get("entries") or (attack, spec.get("source", "white")) in {
+        (e["attack"], e.get("source", "white")) for e in OmegaConf.to_container(arm.entries)}
 
 
 def verdict(paper: float, ours: float, values: list[float], tolerance: float, seeds: bool = False) -> str:

@@ -215,3 +215,24 @@ def test_an_accuracys_interval_is_shown_within_0_100():
 
     assert _ms([1.0, 9.0]) == "5.0 ± 5.7 [-45.8, 55.8] (n=2)"  # a margin may be negative
     assert _ms([1.0, 9.0], 0, 100) == "5.0 ± 5.7 [0.0, 55.8] (n=2)"
+
+
+def test_table3s_transfer_cells_are_judged_over_seeds_by_the_transfer_arm_only():
+    from pclc.deviation_report import to_markdown
+    from pclc.deviations import judge
+
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[seeds]"])
+    cells = pd.DataFrame([_cell("ce", "bb_pgd", "0.2", 50.4, 62.7, table="table3")])
+    res = pd.DataFrame([{"study": "seeds", "arm": arm, "dataset": "fmnist", "method": "ce", "seed": s, "run": f"r{s}",
+                         "attack": "pgd", "source": src, "eps": 0.2, "n": 10000, "accuracy": a, "max_linf": None}
+                        for arm, src, s, a in [("seeds", "white", 0, 24.0), ("seeds", "white", 1, 26.0),
+                                               ("seeds_transfer", "transfer", 0, 58.0),
+                                               ("seeds_transfer", "transfer", 1, 62.0)]])
+    judged = judge(cfg, cells, res)
+    # the white-box seeds arm runs PGD too, but not from the substitute: it has no number for a transfer row
+    assert list(zip(judged.arm, judged.n_seeds, judged.value)) == [("seeds_transfer", 2, 60.0)]
+    assert judged.verdict.iloc[0] == "explained"  # 60 ± 12.71 x 2.83 x 1.22: wide with two seeds
+    md = to_markdown(cfg, cells, judged, pd.DataFrame(columns=["training", "method", "seed", "run", "share_p_y_one",
+                                                               "share_zero_grad", "margin_q10", "margin_median",
+                                                               "margin_q90"]), res)
+    assert "| table3 ce bb_pgd ε=0.2 | 50.4 | 62.7 | seeds_transfer | 2 | 60.0 ± 2.8 [16.0, 100.0] | explained |" in md
