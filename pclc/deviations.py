@@ -87,15 +87,20 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
                                        "n", "accuracy", "max_linf"])
 
 
+def _row_attack(arm, cell, table_rows: dict) -> tuple[str, str]:
+    """The attack config and source standing for the cell's row in this arm (its ``rows`` may substitute one)."""
+    spec = table_rows.get(cell.attack) or {}
+    return (arm.get("rows") or {}).get(cell.attack) or spec.get("attack"), spec.get("source", "white")
+
+
 def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
     """The arm's numbers (one per seed) at a paper cell: its attack standing for the cell's row."""
     if cell.attack == "clean":
         hit = res[(res.method == cell.method) & (res.attack == "clean")]
         return [float(v) for v in hit.accuracy]
-    spec = table_rows.get(cell.attack) or {}
-    attack = (arm.get("rows") or {}).get(cell.attack) or spec.get("attack")
+    attack, source = _row_attack(arm, cell, table_rows)
     eps = None if cell.param in ("-", "0.0") else float(cell.param)
-    hit = res[(res.method == cell.method) & (res.attack == attack) & (res.source == spec.get("source", "white"))
+    hit = res[(res.method == cell.method) & (res.attack == attack) & (res.source == source)
               & (res.eps.isna() if eps is None else res.eps == eps)]
     return [float(v) for v in hit.accuracy]
 
@@ -107,9 +112,7 @@ def _applies(arm, cell, table_rows: dict) -> bool:
         return False
     if cell.attack == "clean":
         return True
-    spec = table_rows.get(cell.attack) or {}
-    attack = (arm.get("rows") or {}).get(cell.attack) or spec.get("attack")
-    return not arm.get("entries") or (attack, spec.get("source", "white")) in {
+    return not arm.get("entries") or _row_attack(arm, cell, table_rows) in {
         (e["attack"], e.get("source", "white")) for e in OmegaConf.to_container(arm.entries)}
 
 
