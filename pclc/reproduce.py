@@ -42,6 +42,23 @@ def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
     return {"cell": cell.label, "key": summary["key"], "evaluations": evals}
 
 
+def train_cell(cell: Cell, cfg: DictConfig) -> list[str]:
+    """Train (if missing) one cell's run and the black-box substitute its suites transfer from; attack nothing.
+    Training is what differs between machines (the same seed trains other weights on another CPU), so
+    ``stage=train`` lets a session train a whole result set on one machine before any attack runs."""
+    from pclc.evaluate import substitute_cfg
+    from pclc.experiment import entries
+    from pclc.train import train
+
+    tc = train_cfg(cell, cfg)
+    keys = [train(tc)["key"]]
+    for suite in cell_suites(cell, cfg):
+        ec = eval_cfg(cell, cfg, suite, restrict=True)
+        if any(e.source == "transfer" for e in entries(ec)) and not ec.eval.get("substitute_run"):
+            keys.append(train(substitute_cfg(tc, ec.eval.substitute))["key"])
+    return keys
+
+
 def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     """Audit every cell's run (pclc.audit), each against the plain CE run of its dataset and model, into one
     report: ``<out_dir>/audit.md``, ``audit.csv``, ``audit_eps.png``."""
@@ -121,8 +138,11 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         if cfg.cell is None or not 0 <= int(cfg.cell) < len(cells):
             raise ValueError(f"stage=cell needs cell in [0, {len(cells)}), got {cfg.cell}")
         return run_cell(cells[int(cfg.cell)], cfg)
+    if cfg.stage == "train":
+        keys = [k for c in cells for k in train_cell(c, cfg)]
+        return {"cells": [c.label for c in cells], "runs": list(dict.fromkeys(keys))}
     if cfg.stage not in ("all", "tables"):
-        raise ValueError(f"stage must be all, cell, tables, count or timeout; got {cfg.stage!r}")
+        raise ValueError(f"stage must be all, train, cell, tables, count or timeout; got {cfg.stage!r}")
     results = [run_cell(c, cfg) for c in cells] if cfg.stage == "all" else []
     from pclc.tracking import build_tracker
 
