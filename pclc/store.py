@@ -203,10 +203,55 @@ def git_commit() -> str:
         return "unknown"
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else the platform's processor or architecture): the same seed
+    trains other weights on another CPU type, so every result names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+@functools.cache
+def _gpu_driver() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """The machine a computation ran on, as results and the zoo's manifest record it: the CPU model, torch's
+    CPU kernel level (``get_cpu_capability``: AVX2 and AVX512 kernels sum in other orders), threads and torch
+    version; on CUDA the GPU's name, driver and cuDNN version too."""
+    out = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.type == "cuda":
+        out.update(gpu=torch.cuda.get_device_name(device), driver=_gpu_driver(),
+                   cudnn=str(torch.backends.cudnn.version()))
+    return out
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One line for a :func:`machine` record: ``AMD EPYC (AVX512), 2 threads, torch 2.14.1``."""
+    if not m:
+        return "unknown (not recorded)"
+    head = (f"{m['gpu']} (driver {m.get('driver', '?')}, cuDNN {m.get('cudnn', '?')}), host CPU " if m.get("gpu")
+            else "")
+    return f"{head}{m.get('cpu_model', '?')} ({m.get('cpu_capability', '?')}), {m.get('threads', '?')} threads, " \
+           f"torch {m.get('torch', '?')}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
 
 
 def invocation() -> str:
@@ -228,6 +273,7 @@ def provenance(device: torch.device, command: str | None = None) -> dict[str, An
         "command": command or invocation(),
         "commit": git_commit(),
         "device": device_name(device),
+        "machine": machine(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
