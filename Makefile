@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints test clean demo plan bench summary audit audit-run table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints test clean demo plan bench summary audit audit-run verify-zoo table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
+# FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
 # With LAUNCHER=pclc_slurm each cell's time limit is the planner's (stage=timeout; BENCH=<bench json of the GPU nodes>).
 DATASETS ?=
 ATTACKS  ?=
@@ -16,7 +17,8 @@ PROFILE  ?= full
 LAUNCHER ?=
 BENCH    ?=
 SEEDS    ?=
-EXP_ARGS = profile=$(PROFILE) $(if $(DATASETS),datasets=[$(DATASETS)]) $(if $(SEEDS),seeds=[$(SEEDS)]) $(if $(ATTACKS),attacks=[$(ATTACKS)]) $(if $(BENCH),bench=$(BENCH))
+FROM     ?=
+EXP_ARGS = $(if $(filter zoo,$(FROM)),from_zoo=true) profile=$(PROFILE) $(if $(DATASETS),datasets=[$(DATASETS)]) $(if $(SEEDS),seeds=[$(SEEDS)]) $(if $(ATTACKS),attacks=[$(ATTACKS)]) $(if $(BENCH),bench=$(BENCH))
 # One experiment: in this process, or fanned out over its cells with a Hydra launcher, then assembled.
 define reproduce
 $(if $(LAUNCHER),\
@@ -95,5 +97,7 @@ bench: $(STAMP) ## Benchmark ours vs reference: results/bench-<device>.*, and th
 	$(BIN)/python scripts/bench_column.py
 audit: $(STAMP) ## Robustness audit of every Table 1/5 model (default DATASETS=fmnist) -> results/audit.{md,csv,png}
 	$(call reproduce,audit)
+verify-zoo: $(STAMP) ## Re-evaluate every zoo model here (clean, FGSM, PGD) against its manifest -> results/verify-<machine>.md
+	$(BIN)/python -m pclc.verify $(ARGS)
 audit-run: $(STAMP) ## Audit one run: make audit-run ARGS="audit.run=<key>" (or dataset=.. model=.. loss=..)
 	$(BIN)/python -m pclc.audit $(ARGS)

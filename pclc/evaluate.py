@@ -250,8 +250,9 @@ def _substitute(cfg: DictConfig, run: RunDir, run_cfg: DictConfig, device) -> tu
         if not sub_run.finished:
             from pclc.train import train
 
-            log.info("training the black-box substitute %s", sub_run.key)
-            train(OmegaConf.merge(sc, {"store": str(sub_run.path.parent), "logger": cfg.logger}))
+            log.info("training (or, with from_zoo, restoring) the black-box substitute %s", sub_run.key)
+            train(OmegaConf.merge(sc, {"store": str(sub_run.path.parent), "logger": cfg.logger,
+                                       "from_zoo": bool(cfg.get("from_zoo")), "zoo_dir": cfg.get("zoo_dir")}))
     sub_cfg, model = load_run(sub_run, device)
     if int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes) or \
             sub_cfg.dataset.name != run_cfg.dataset.name:
@@ -265,6 +266,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one finished run under ``cfg.suite``; returns clean and per-cell accuracies."""
     device = resolve_device(cfg.device)
     run = RunDir.at(cfg.run_dir) if cfg.get("run_dir") else RunDir(cfg.store, run_key(cfg))
+    if cfg.get("from_zoo") and not cfg.get("run_dir"):
+        from pclc.zoo import restore
+
+        restore(run.key, cfg.store, cfg.get("zoo_dir"))
     if not run.path.exists():
         raise ValueError(f"no run {run.key} in {run.path.parent}; train it first: python -m pclc.train "
                          f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")

@@ -118,7 +118,14 @@ def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
     prof = cfg.profiles[cfg.profile]
     return [f"dataset={dataset_config(cfg, cell.dataset)}", f"model={cell.model}", f"loss={cell.loss}",
             f"trainer={cell.trainer}", f"seed={cell.seed}", f"store={cfg.store}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
-            f"logger={cfg.logger.name}", *cell.train_extra, *prof.train, *cfg.extra]
+            f"logger={cfg.logger.name}", *cell.train_extra, *prof.train, *cfg.extra, *zoo_overrides(cfg)]
+
+
+def zoo_overrides(cfg: DictConfig) -> list[str]:
+    """``from_zoo``/``zoo_dir`` carried into a cell's train and evaluate configs."""
+    if not cfg.get("from_zoo"):
+        return []
+    return ["from_zoo=true", *([f"zoo_dir={cfg.zoo_dir}"] if cfg.get("zoo_dir") else [])]
 
 
 def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
@@ -216,6 +223,7 @@ def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
     keep += [f"dataset_map={json.dumps(OmegaConf.to_container(cfg.dataset_map))}"] if cfg.get("dataset_map") else []
     keep += ["extra=" + json.dumps(list(cfg.extra))] if cfg.get("extra") else []
     keep += [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
+    keep += zoo_overrides(cfg)
     out = []
     for name in cfg.experiment.experiments:
         sub = compose("reproduce", [f"experiment={name}", *keep])

@@ -207,6 +207,12 @@ def substitute_run(cell, cfg: DictConfig, suite: str) -> tuple[DictConfig, RunDi
     return sc, RunDir(cfg.store, run_key(sc))
 
 
+def substitute_keys(cfg: DictConfig) -> list[str]:
+    """The run keys of the table's black-box substitutes."""
+    return [found[1].key for cell in experiment_cells(cfg)
+            if (found := substitute_run(cell, cfg, cfg.experiment.suite)) is not None]
+
+
 def substitute_notes(cfg: DictConfig) -> list[str]:
     """One line per black-box substitute the table's transfer attacks come from: its run and clean accuracy."""
     subs: dict[str, str] = {}
@@ -220,6 +226,33 @@ def substitute_notes(cfg: DictConfig) -> list[str]:
         subs[run.key] = f"substitute for `{cell.dataset}/{cell.model}{seed}`: `{cell.dataset}/{sc.model.name}/ce` → run " \
                         f"`{run.key}` ({acc})"
     return list(subs.values())
+
+
+def trained_on_notes(store: str | Path, keys: list[str]) -> list[str]:
+    """Which machine trained the weights behind a table (from each run's summary; a run restored from the zoo
+    keeps the provenance of its training): one line per machine, flagged when a table would mix two."""
+    from pclc.store import machine_line
+
+    by: dict[str, list[str]] = {}
+    zoo = 0
+    for key in dict.fromkeys(keys):
+        run = RunDir(store, key)
+        if not run.finished:
+            continue
+        summary = run.read_summary()
+        prov = summary.get("provenance") or {}
+        line = machine_line(prov["machine"]) if prov.get("machine") else \
+            f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
+        by.setdefault(line, []).append(key)
+        zoo += bool(summary.get("from_zoo"))
+    if not by:
+        return []
+    src = f"; {zoo} of {sum(map(len, by.values()))} from the zoo (results/zoo/)" if zoo else ""
+    lines = [f"weights trained on: {line} ({len(ks)} runs{src})" for line, ks in by.items()]
+    if len(by) > 1:
+        lines = [f"MIXED: the weights behind this table were trained on {len(by)} machine types; its cells are "
+                 f"not one measurement", *lines]
+    return lines
 
 
 def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md_name: str) -> str:
@@ -281,7 +314,9 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     head = header(title, prov, cfg.profile,
                   notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
                                                                                for k, v in runs.items()),
-                         *substitute_notes(cfg), *([kept] if kept else []),
+                         *substitute_notes(cfg),
+                         *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
+                         *([kept] if kept else []),
                          *([f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed, "
                             "within 0-100] n; "
                             "✓ / ✗: the paper's number (one run) is inside / outside that interval"]

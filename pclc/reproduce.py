@@ -42,21 +42,68 @@ def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
     return {"cell": cell.label, "key": summary["key"], "evaluations": evals}
 
 
+def cell_runs(cell: Cell, cfg: DictConfig) -> list[tuple[str, DictConfig, dict[str, Any]]]:
+    """The trained models a cell needs, as (zoo name, training config, zoo metadata): its run and the black-box
+    substitute its suites transfer from."""
+    from pclc.evaluate import substitute_cfg
+    from pclc.experiment import entries
+    from pclc.zoo import zoo_name
+
+    tc = train_cfg(cell, cfg)
+    arm = cell.arm.rsplit(".", 1)[-1] if cell.train_extra else ""
+    recipe = {"arm": cell.arm, "train": list(cell.train_extra)} if cell.train_extra else None
+    out = [(zoo_name(tc.dataset.name, tc.model.name, cell.method, cell.seed, arm), tc,
+            {"method": cell.method, "loss": cell.loss, "trainer": cell.trainer, "recipe": recipe, "role": "model"})]
+    for suite in cell_suites(cell, cfg):
+        ec = eval_cfg(cell, cfg, suite, restrict=True)
+        if any(e.source == "transfer" for e in entries(ec)) and not ec.eval.get("substitute_run"):
+            sc = substitute_cfg(tc, ec.eval.substitute)
+            out.append((zoo_name(sc.dataset.name, sc.model.name, "ce", cell.seed, arm), sc,
+                        {"method": "ce", "loss": "ce", "trainer": cell.trainer, "recipe": recipe,
+                         "role": f"black-box substitute for {tc.model.name}"}))
+            break
+    return out
+
+
 def train_cell(cell: Cell, cfg: DictConfig) -> list[str]:
     """Train (if missing) one cell's run and the black-box substitute its suites transfer from; attack nothing.
     Training is what differs between machines (the same seed trains other weights on another CPU), so
     ``stage=train`` lets a session train a whole result set on one machine before any attack runs."""
-    from pclc.evaluate import substitute_cfg
-    from pclc.experiment import entries
     from pclc.train import train
 
-    tc = train_cfg(cell, cfg)
-    keys = [train(tc)["key"]]
-    for suite in cell_suites(cell, cfg):
-        ec = eval_cfg(cell, cfg, suite, restrict=True)
-        if any(e.source == "transfer" for e in entries(ec)) and not ec.eval.get("substitute_run"):
-            keys.append(train(substitute_cfg(tc, ec.eval.substitute))["key"])
-    return keys
+    return [train(c)["key"] for _, c, _ in cell_runs(cell, cfg)]
+
+
+def export_cells(cells: list[Cell], cfg: DictConfig) -> dict[str, Any]:
+    """``stage=export``: add the cells' finished runs (and substitutes) to the zoo; list those not trained."""
+    from pclc.zoo import export, zoo_dir
+
+    done, missing = {}, []
+    for cell in cells:
+        for name, c, meta in cell_runs(cell, cfg):
+            run = RunDir(cfg.store, run_key(c))
+            if run.key in done:
+                continue
+            if run.finished:
+                done[run.key] = export(run, name, meta, cfg.get("zoo_dir"))["name"]
+            else:
+                missing.append(f"{name} ({run.key})")
+    log.info("zoo %s: %d runs exported or already there; not trained yet: %s", zoo_dir(cfg.get("zoo_dir")),
+             len(done), ", ".join(dict.fromkeys(missing)) or "none")
+    return {"exported": sorted(done.values()), "not_trained": list(dict.fromkeys(missing))}
+
+
+def check_zoo(cells: list[Cell], cfg: DictConfig) -> None:
+    """``from_zoo=true``: every run the cells need must be in the zoo, checked before any work."""
+    from pclc.zoo import ZooError, has, zoo_dir
+
+    lacking = [f"{name} ({run_key(c)})" for cell in cells for name, c, _ in cell_runs(cell, cfg)
+               if not has(run_key(c), cfg.get("zoo_dir"))]
+    if lacking:
+        lacking = list(dict.fromkeys(lacking))
+        raise ZooError(f"from_zoo=true: the zoo ({zoo_dir(cfg.get('zoo_dir'))}) lacks {len(lacking)} of the runs "
+                       f"this needs: {', '.join(lacking[:4])}{', ...' if len(lacking) > 4 else ''}; train them "
+                       f"(without FROM=zoo) and export them (stage=export), nothing was run")
 
 
 def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
@@ -69,6 +116,10 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     for cell in cells:
         ac = audit_cfg(cell, cfg)
         run = RunDir(cfg.store, run_key(ac))
+        if not run.finished and cfg.get("from_zoo"):
+            from pclc.zoo import restore
+
+            restore(run.key, cfg.store, cfg.get("zoo_dir"))
         if not run.finished:
             raise ValueError(f"run {run.key} ({cell.label}) is not trained; run stage=all first")
         ref = None
@@ -124,6 +175,10 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     check_attacks(cfg)
     if cfg.plan:
         return plan(cfg)
+    if cfg.get("from_zoo") and cfg.stage in ("all", "cell", "train"):
+        check_zoo(cells, cfg)
+    if cfg.stage == "export":
+        return export_cells(cells, cfg)
     if cfg.stage == "count":
         print(len(cells))
         return {"cells": len(cells)}
@@ -142,7 +197,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         keys = [k for c in cells for k in train_cell(c, cfg)]
         return {"cells": [c.label for c in cells], "runs": list(dict.fromkeys(keys))}
     if cfg.stage not in ("all", "tables"):
-        raise ValueError(f"stage must be all, train, cell, tables, count or timeout; got {cfg.stage!r}")
+        raise ValueError(f"stage must be all, train, export, cell, tables, count or timeout; got {cfg.stage!r}")
     results = [run_cell(c, cfg) for c in cells] if cfg.stage == "all" else []
     from pclc.tracking import build_tracker
 

@@ -218,6 +218,10 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     validate(cfg)
     run = RunDir(cfg.store, run_key(cfg))
     with held(lock_path(cfg.store, run.key), f"run {run.key}"):
+        if cfg.get("from_zoo"):  # weights from results/zoo, never trained here (another CPU trains other weights)
+            from pclc.zoo import restore
+
+            restore(run.key, cfg.store, cfg.get("zoo_dir"))
         return _train(cfg, run, until_epoch)
 
 

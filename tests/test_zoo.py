@@ -1,0 +1,222 @@
+"""The model zoo: export, hash-checked loading (files and file:// URLs), the store filled from it (FROM=zoo),
+and every committed zoo model's clean accuracy on real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pclc import zoo
+from pclc.config import compose
+from pclc.data import eval_tensors
+from pclc.evaluate import percent
+from pclc.metrics import predict
+from pclc.reproduce import reproduce
+from pclc.store import RunDir, load_run, machine, machine_line, weights_digest
+
+FAKE = "dataset_map={fmnist: fake}"
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "zoo"
+
+
+def _cfg(tmp_path, *over, store="runs", out="results"):
+    return compose("reproduce", ["experiment=table3", "profile=tiny", "logger=none", f"store={tmp_path / store}",
+                                 f"out_dir={tmp_path / out}", "datasets=[fmnist]", FAKE,
+                                 f"zoo_dir={tmp_path / 'zoo'}", *over])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Table 3 (CE, PC+LC, the substitute) trained on tiny fake data and exported to a zoo."""
+    tmp = tmp_path_factory.mktemp("zoo")
+    os.environ["WANDB_MODE"] = "disabled"
+    reproduce(_cfg(tmp, "attacks=[pgd]"))
+    out = reproduce(_cfg(tmp, "stage=export"))
+    return tmp, out
+
+
+def test_export_writes_safetensors_and_a_manifest_entry_per_run(exported):
+    tmp, out = exported
+    models = zoo.read_manifest(tmp / "zoo")
+    assert sorted(out["exported"]) == sorted(e["name"] for e in models) == \
+        ["fake-cnn3-ce-s0", "fake-lenet5-ce-s0", "fake-lenet5-pclc-s0"]
+    for e in models:
+        run = RunDir(tmp / "runs", e["key"])
+        summary = json.loads(run.summary.read_text())
+        assert e["weights"] == summary["weights"] and e["clean_accuracy"] == summary["test_accuracy"]
+        assert e["sha256"] == zoo.sha256_of(tmp / "zoo" / e["file"]) and e["file"].endswith(".safetensors")
+        assert e["trained_on"]["cpu_model"] and e["trained_on"]["cpu_capability"] and e["trained_on"]["threads"]
+    sub = next(e for e in models if e["model"] == "cnn3")
+    assert sub["role"].startswith("black-box substitute") and sub["method"] == "ce"
+    # exporting again changes nothing
+    before = (tmp / "zoo" / "manifest.json").read_text()
+    reproduce(_cfg(tmp, "stage=export"))
+    assert (tmp / "zoo" / "manifest.json").read_text() == before
+
+
+def test_load_returns_the_runs_model_in_eval_mode(exported):
+    tmp, _ = exported
+    e = next(e for e in zoo.read_manifest(tmp / "zoo") if e["name"] == "fake-lenet5-pclc-s0")
+    cfg, model = zoo.load("fake-lenet5-pclc-s0", zoo=tmp / "zoo")
+    _, ref = load_run(RunDir(tmp / "runs", e["key"]), torch.device("cpu"))
+    assert not model.training and weights_digest(model.state_dict()) == e["weights"]
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(model(x), ref(x))
+    assert zoo.load(e["key"], zoo=tmp / "zoo")[0].loss.name == "pclc"  # by run key too
+
+
+def _copy_zoo(tmp, dest):
+    shutil.copytree(tmp / "zoo", dest)
+    return dest
+
+
+def test_a_tampered_weight_file_is_refused_in_one_line(exported, tmp_path):
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    e = zoo.find("fake-lenet5-ce-s0", z)
+    data = bytearray((z / e["file"]).read_bytes())
+    data[-3] ^= 0xFF  # one weight's bits
+    (z / e["file"]).write_bytes(bytes(data))
+    with pytest.raises(zoo.ZooError, match="sha256 .* differs from the manifest") as info:
+        zoo.load("fake-lenet5-ce-s0", zoo=z)
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_file_and_an_unknown_name_are_named(exported, tmp_path):
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    e = zoo.find("fake-lenet5-ce-s0", z)
+    (z / e["file"]).unlink()
+    with pytest.raises(zoo.ZooError, match="model.safetensors is missing"):
+        zoo.load("fake-lenet5-ce-s0", zoo=z)
+    with pytest.raises(zoo.ZooError, match="no model 'nope'; it has fake-cnn3-ce-s0"):
+        zoo.load("nope", zoo=z)
+
+
+def _as_url_entry(z: Path, name: str, sha256: str | None = None) -> Path:
+    """Move an entry's weights out of the zoo and list them by a file:// URL (as a model too large for git)."""
+    manifest = json.loads((z / "manifest.json").read_text())
+    e = next(e for e in manifest["models"] if e["name"] == name)
+    far = z.parent / "elsewhere" / "weights.safetensors"
+    far.parent.mkdir()
+    shutil.move(z / e["file"], far)
+    e["url"] = far.as_uri()
+    e["sha256"] = sha256 or e["sha256"]
+    (z / "manifest.json").write_text(json.dumps(manifest))
+    return far
+
+
+def test_a_url_entry_is_fetched_hash_checked_into_the_store(exported, tmp_path):
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    _as_url_entry(z, "fake-lenet5-ce-s0")
+    e = zoo.find("fake-lenet5-ce-s0", z)
+    run = zoo.restore(e["key"], tmp_path / "store", z)
+    assert run.finished and list((tmp_path / "store" / ".zoo-cache").glob("*-model.safetensors"))
+    assert weights_digest(load_run(run, torch.device("cpu"))[1].state_dict()) == e["weights"]
+
+
+def test_a_url_entry_whose_hash_differs_is_refused_and_discarded(exported, tmp_path):
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    _as_url_entry(z, "fake-lenet5-ce-s0", sha256="0" * 64)
+    with pytest.raises(zoo.ZooError, match="invalid hash value") as info:
+        zoo.load("fake-lenet5-ce-s0", zoo=z, cache=tmp_path / "cache")
+    assert "\n" not in str(info.value)
+    assert not [p for p in (tmp_path / "cache").iterdir()]  # nothing kept
+
+
+def test_from_zoo_rebuilds_the_table_without_training(exported, tmp_path, monkeypatch):
+    """A fresh store and out_dir: make table3 FROM=zoo trains nothing and gives the same table."""
+    import pclc.train as train_mod
+
+    tmp, _ = exported
+    trained = []
+    real = train_mod._train
+    monkeypatch.setattr(train_mod, "_train", lambda cfg, run, until: (trained.append(run.finished), real(cfg, run, until))[1])
+    cfg = _cfg(tmp, "attacks=[pgd]", "from_zoo=true", store=tmp_path / "store", out=tmp_path / "out")
+    reproduce(cfg)
+    assert trained and all(trained)  # every run was finished (restored) before _train saw it: nothing trained
+    assert not list((tmp_path / "store").glob("*/checkpoint.pt"))
+    ours = pd.read_csv(tmp_path / "out" / "tiny" / "table3.csv", comment="#")
+    ref = pd.read_csv(tmp / "results" / "tiny" / "table3.csv", comment="#")
+    pd.testing.assert_series_equal(ours.ours, ref.ours)
+    md = (tmp_path / "out" / "tiny" / "table3.md").read_text()
+    assert f"weights trained on: {machine_line(machine(torch.device('cpu')))} (3 runs; 3 of 3 from the zoo" in md
+    assert "MIXED" not in md
+
+
+def test_from_zoo_refuses_before_any_work_when_the_zoo_lacks_a_run(exported, tmp_path):
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    manifest = json.loads((z / "manifest.json").read_text())
+    manifest["models"] = [e for e in manifest["models"] if e["model"] != "cnn3"]
+    (z / "manifest.json").write_text(json.dumps(manifest))
+    cfg = _cfg(tmp, "attacks=[pgd]", "from_zoo=true", f"zoo_dir={z}", store=tmp_path / "store", out=tmp_path / "o")
+    with pytest.raises(zoo.ZooError, match="lacks 1 of the runs this needs: fake-cnn3-ce-s0"):
+        reproduce(cfg)
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("fake-*"))
+
+
+def test_restore_refuses_a_store_run_with_other_weights(exported, tmp_path):
+    tmp, _ = exported
+    e = zoo.find("fake-lenet5-ce-s0", tmp / "zoo")
+    shutil.copytree(tmp / "runs" / e["key"], tmp_path / "store" / e["key"])
+    summary = json.loads((tmp_path / "store" / e["key"] / "summary.json").read_text())
+    summary["weights"] = "0123456789abcdef"  # as a run trained on another machine would record
+    (tmp_path / "store" / e["key"] / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(zoo.ZooError, match="holds other weights"):
+        zoo.restore(e["key"], tmp_path / "store", tmp / "zoo")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", zoo.read_manifest(COMMITTED), ids=lambda e: e["name"])
+def test_every_committed_zoo_model_has_its_manifest_accuracy_on_real_fmnist(entry, real_fmnist_root):
+    cfg, model = zoo.load(entry["name"], zoo=COMMITTED)
+    cfg.dataset.root = str(real_fmnist_root)
+    x, y = eval_tensors(cfg.dataset, None, "cpu")
+    acc = percent(predict(model, x, 1000).argmax(1) == y)
+    # exact on the CPU type that trained it; another CPU's kernels may flip an example near a tie (0.01 each)
+    assert acc == pytest.approx(entry["clean_accuracy"], abs=0.05)
+
+
+def test_verify_records_on_one_machine_and_compares_on_another(exported, tmp_path):
+    """--record stores the reference numbers; a later verify reports the difference against them (0 here, the
+    same machine), and a manifest number that differs shows as the largest difference."""
+    from pclc.verify import main, machine_slug
+
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    assert main(["--zoo", str(z), "--subset", "20", "--record", "--out-dir", str(tmp_path / "a"),
+                 "fake-lenet5-ce-s0"]) == 0
+    rec = zoo.find("fake-lenet5-ce-s0", z)["verify"]
+    assert rec["subset"] == 20 and {"fgsm eps 0.1 (first 20)", "pgd eps 0.3 (first 20)"} <= set(rec["cells"])
+    manifest = json.loads((z / "manifest.json").read_text())
+    e = next(e for e in manifest["models"] if e["name"] == "fake-lenet5-ce-s0")
+    e["verify"]["cells"]["pgd eps 0.2 (first 20)"] += 5.0  # as another machine's number would differ
+    (z / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["--zoo", str(z), "--subset", "20", "--out-dir", str(tmp_path / "b"), "fake-lenet5-ce-s0"]) == 0
+    md = (tmp_path / "b" / f"verify-{machine_slug(machine(torch.device('cpu')))}.md").read_text()
+    assert "largest |difference| against the manifest: **5.00** points (fake-lenet5-ce-s0 pgd eps 0.2" in md
+    assert "| fake-lenet5-ce-s0 | clean (full test set) |" in md and "+0.00 |" in md
+
+
+def test_trained_on_notes_flag_a_table_of_two_machines(tmp_path):
+    from pclc.reports import trained_on_notes
+
+    for key, cpu in (("a-s0-1", "AMD EPYC"), ("b-s0-2", "Intel Xeon")):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "summary.json").write_text(json.dumps({"provenance": {"machine": {
+            "cpu_model": cpu, "cpu_capability": "AVX2", "threads": 2, "torch": "2.14.1"}}}))
+    notes = trained_on_notes(tmp_path, ["a-s0-1", "b-s0-2"])
+    assert notes[0].startswith("MIXED: the weights behind this table were trained on 2 machine types")
+    assert notes[1:] == ["weights trained on: AMD EPYC (AVX2), 2 threads, torch 2.14.1 (1 runs)",
+                         "weights trained on: Intel Xeon (AVX2), 2 threads, torch 2.14.1 (1 runs)"]
+    assert trained_on_notes(tmp_path, ["a-s0-1"]) == \
+        ["weights trained on: AMD EPYC (AVX2), 2 threads, torch 2.14.1 (1 runs)"]
