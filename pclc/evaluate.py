@@ -1,12 +1,11 @@
 """Evaluation: clean accuracy and accuracy under each (attack, eps, source) of a suite, per-run JSON.
 
-``python -m pclc.evaluate dataset=fmnist model=lenet5 loss=pclc attack/suite=table1`` evaluates the
-finished run that the training config names; ``run_dir=runs/<key>`` evaluates a run directory. A suite's
-attack budgets are Hydra config (``suite.attacks.pgd.nb_iter=100``).
-Results go to ``runs/<key>/eval/<source>-<attack>-eps<eps>[-sub<N>]-<hash>.json``, with the attack's
-parameters, example count, seconds, device and per-example records (label, clean prediction, clean
-top-5 classes, adversarial prediction). Finished files are reused; an interrupted attack resumes
-from its last finished batch group.
+``python -m pclc.evaluate dataset=fmnist model=lenet5 loss=pclc attack/suite=table1`` evaluates the finished
+run that the training config names (``from_zoo=true``: its weights from results/zoo); ``run_dir=runs/<key>``
+evaluates a run directory. A suite's attack budgets are Hydra config (``suite.attacks.pgd.nb_iter=100``).
+Results go to ``runs/<key>/eval/<source>-<attack>-eps<eps>[-sub<N>]-<hash>.json``, with the attack's parameters,
+n, seconds, device and per-example records (label, clean prediction and top-5, adversarial prediction); finished
+files are reused, and an interrupted attack resumes from its last batch group.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from pclc.metrics import predict
 from pclc.registry import params_of
 from pclc.store import RunDir, load_run, provenance, run_fingerprint, run_key
 from pclc.tracking import build_tracker
+from pclc.zoo import restore
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +248,10 @@ def _substitute(cfg: DictConfig, run: RunDir, run_cfg: DictConfig, device) -> tu
         sc = substitute_cfg(run_cfg, cfg.eval.substitute)
         sub_run = RunDir(run.path.parent, run_key(sc))
         if not sub_run.finished:
-            from pclc.train import train
-
-            log.info("training (or, with from_zoo, restoring) the black-box substitute %s", sub_run.key)
+            from pclc.train import train  # (imports this module)
+            log.info("training (with from_zoo: restoring) the black-box substitute %s", sub_run.key)
             train(OmegaConf.merge(sc, {"store": str(sub_run.path.parent), "logger": cfg.logger,
-                                       "from_zoo": bool(cfg.get("from_zoo")), "zoo_dir": cfg.get("zoo_dir")}))
+                                       **{k: cfg.get(k) for k in ("from_zoo", "zoo_dir")}}))
     sub_cfg, model = load_run(sub_run, device)
     if int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes) or \
             sub_cfg.dataset.name != run_cfg.dataset.name:
@@ -266,13 +265,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one finished run under ``cfg.suite``; returns clean and per-cell accuracies."""
     device = resolve_device(cfg.device)
     run = RunDir.at(cfg.run_dir) if cfg.get("run_dir") else RunDir(cfg.store, run_key(cfg))
-    if cfg.get("from_zoo") and not cfg.get("run_dir"):
-        from pclc.zoo import restore
-
+    if cfg.get("from_zoo") and not cfg.get("run_dir"):  # the weights from results/zoo: nothing trains
         restore(run.key, cfg.store, cfg.get("zoo_dir"))
     if not run.path.exists():
-        raise ValueError(f"no run {run.key} in {run.path.parent}; train it first: python -m pclc.train "
-                         f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
+        raise ValueError(f"no run {run.key} in {run.path.parent}; train it first (python -m pclc.train dataset="
+                         f"{cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}) or pass from_zoo=true")
     precision = cfg.eval.get("precision") or "fp32"
     subset = cfg.eval.get("subset")
     if subset is not None and int(subset) <= 0:

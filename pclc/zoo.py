@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pclc.errors import UserError
 from pclc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
@@ -126,7 +126,7 @@ def weights_file(entry: dict[str, Any], zoo: str | Path | None = None, cache: st
 def entry_config(entry: dict[str, Any], zoo: str | Path | None = None) -> DictConfig:
     """The entry's resolved training config, refused when it does not hash to the entry's run key."""
     path = _checked_file(zoo_dir(zoo) / entry["config"], entry["config_sha256"], f"{entry['name']}'s config")
-    cfg = OmegaConf.create(OmegaConf.load(path).resolved)
+    cfg = RunDir.at(path.parent).stored_config()  # <key>/config.yaml: the run's own config file, as in the store
     if run_key(cfg) != entry["key"]:
         raise ZooError(f"{path} hashes to run {run_key(cfg)}, not to the manifest's {entry['key']}")
     return cfg
