@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pclc.config import resolve_device
 from pclc.deviations import (RANK, _applies, _arm_value, _matches, _rows_of, arm_results, committed_cells, judge,
                              saturation)
-from pclc.experiment import chosen_studies, out_dir
+from pclc.experiment import chosen_studies, experiment_cells, out_dir, train_cfg
 from pclc.io import atomic_write_text
-from pclc.reports import config_block, config_yaml, csv_header, header, mean_interval
-from pclc.store import provenance
+from pclc.reports import config_block, config_yaml, csv_header, header, mean_interval, trained_on_notes
+from pclc.store import provenance, run_key
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         "least half the gap left by its study's `paper` arm (the same runs under the paper's settings, on this "
         "machine: a baseline, explained only if itself within tolerance); seeds: explained if the paper's number "
         "(one run) lies in the 95% prediction interval for one more seed, mean ± t(0.975, n-1) sd sqrt(1 + 1/n); "
-        "a cell's verdict is the best of its arms'"])
+        "a cell's verdict is the best of its arms'",
+        *trained_on_notes(cfg.store, [run_key(train_cfg(c, cfg)) for c in experiment_cells(cfg)])])
     paths = [folder / "deviations.md", folder / "deviations.csv"]
     from pclc.deviation_figures import cw_lr_figure, saturation_figure
 

@@ -21,6 +21,7 @@ from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval
 from pclc.io import atomic_write_json
 from pclc.paper_data import paper_tables
 from pclc.reports import csv_provenance, seed_interval, substitute_run
+from pclc.results import read_result, run_weights
 from pclc.store import RunDir, load_run, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
     for cell in experiment_cells(cfg):
         study, arm = cell.arm.split(".", 1)
         run = RunDir(cfg.store, run_key(train_cfg(cell, cfg)))
-        if not run.finished:
+        if run_weights(run) is None:  # not finished, or not the weights it was trained to
             continue
         base = {"study": study, "arm": arm, "dataset": cell.dataset, "method": cell.method, "seed": cell.seed,
                 "run": run.key}
@@ -79,8 +80,7 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
         for ec in [eval_cfg(cell, cfg, suite) for suite in cell_suites(cell, cfg)]:
             for e in entries(ec):
                 f = run.eval / f"{eval_name(ec, e)}.json"
-                if f.exists():
-                    r = json.loads(f.read_text())
+                if f.exists() and (r := read_result(f, run)) is not None:
                     rows.append({**base, "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
                                  "accuracy": r["adv_accuracy"], "max_linf": r.get("max_linf")})
     return pd.DataFrame(rows, columns=["study", "arm", "dataset", "method", "seed", "run", "attack", "source", "eps",
@@ -185,8 +185,8 @@ def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
     from pclc.data import eval_tensors
 
     path = run.path / "saturation.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    if path.exists() and (cached := json.loads(path.read_text())).get("weights") == run_weights(run):
+        return {k: v for k, v in cached.items() if k != "weights"}
     run_cfg, model = load_run(run, device)
     run_cfg.dataset.root = root
     x, y = eval_tensors(run_cfg.dataset, None, device)

@@ -24,6 +24,7 @@ from pclc.evaluate import substitute_cfg
 from pclc.experiment import entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
 from pclc.io import atomic_write_text
 from pclc.paper_data import table_rows
+from pclc.results import read_result, run_weights
 from pclc.store import RunDir, provenance, provenance_lines, run_key
 
 log = logging.getLogger(__name__)
@@ -156,12 +157,11 @@ def evaluations(cfg: DictConfig) -> pd.DataFrame:
     for cell in experiment_cells(cfg):
         ec = eval_cfg(cell, cfg, exp.suite)
         run = RunDir(cfg.store, run_key(ec))
-        if not run.finished:
+        if run_weights(run) is None:  # not finished, or its weights are not those it was trained to
             continue
         for e in entries(ec):
             f = run.eval / f"{eval_name(ec, e)}.json"
-            if f.exists():
-                r = json.loads(f.read_text())
+            if f.exists() and (r := read_result(f, run)) is not None:
                 rows.append({"dataset": cell.dataset, "model": cell.model, "method": cell.method, "run": run.key,
                              "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
                              "clean_accuracy": r["clean_accuracy"], "adv_accuracy": r["adv_accuracy"], "file": str(f)})
@@ -190,7 +190,7 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
                 ours.setdefault((cell.dataset, cell.method, r.attack, r.param), []).append(
                     float(hit.adv_accuracy.iloc[0]))
                 clean = float(hit.clean_accuracy.iloc[0])
-        if ec.eval.subset is None and run.finished:
+        if ec.eval.subset is None and run_weights(run) is not None:
             clean = run.read_summary()["test_accuracy"]
         if clean is not None:
             ours.setdefault((cell.dataset, cell.method, "clean", "-"), []).append(clean)

@@ -26,7 +26,7 @@ from pclc.config import CONFIG_DIR, group_config, resolve_device
 from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
     sub_experiments, cell_suites, train_cfg
 from pclc.plan import cell_timeout_minutes, plan
-from pclc.reports import config_yaml, write_table
+from pclc.reports import config_yaml, trained_on_notes, write_table
 from pclc.store import RunDir, run_key
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     listed = group_config("experiment", exp.name).get("methods") if exp.name else None
     if listed is not None and list(exp.methods) != list(listed):
         title += f" — methods {', '.join(exp.methods)} only (the experiment lists {', '.join(listed)})"
-    paths = write_audit_report(audits, out_dir(cfg), rows, title=title,
-                               config_yaml=config_yaml(cfg))
+    keys = [k for a in audits for k in (a.run, a.reference_run) if k]
+    paths = write_audit_report(audits, out_dir(cfg), rows, title=title, config_yaml=config_yaml(cfg),
+                               notes=trained_on_notes(cfg.store, keys))
     if tracker is not None:
         import pandas as pd
 

@@ -172,8 +172,12 @@ def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Mo
     m, d = cfg.model, cfg.dataset
     if int(m.num_classes) != int(d.num_classes):
         raise ValueError(f"{run.config}: model.num_classes={m.num_classes} but dataset has {d.num_classes} classes")
+    state, recorded = model_state(run), run.read_summary().get("weights")
+    if recorded is not None and weights_digest(state) != recorded:  # a model.pt copied in from another run
+        raise RunIntegrityError(f"{run.model} holds weights {weights_digest(state)}, not the {recorded} its summary "
+                                f"records: it was replaced. Retrain the run (force=true) or restore it from the zoo")
     model = build_model(m)
-    model.load_state_dict(model_state(run))
+    model.load_state_dict(state)
     model.eval()
     for p in model.parameters():  # no weight gradients (attacks would otherwise compute them every step)
         p.requires_grad_(False)

@@ -17,7 +17,7 @@ from pclc.config import compose, group_config
 from pclc.evaluate import evaluate
 from pclc.io import CorruptFileError
 from pclc.resume import CheckpointMismatchError
-from pclc.store import RunDir, RunIntegrityError, load_run, run_key
+from pclc.store import RunDir, RunIntegrityError, load_run, run_key, weights_digest
 from pclc.train import train
 
 FAKE = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase=2"]
@@ -132,6 +132,10 @@ def test_results_are_tied_to_the_weights_that_made_them(tmp_path):
     state = weights(s)  # the run retrained elsewhere (other weights under the same key)
     state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, Path(s["path"]) / "model.pt")
+    with pytest.raises(RunIntegrityError, match="not the .* its summary records: it was replaced"):
+        evaluate(_eval_cfg(tmp_path))  # model.pt replaced, the summary not: refused (issue 28, defect 2)
+    summary = json.loads((Path(s["path"]) / "summary.json").read_text())
+    (Path(s["path"]) / "summary.json").write_text(json.dumps({**summary, "weights": weights_digest(state)}))
     again = evaluate(_eval_cfg(tmp_path))["results"][0]
     redone = json.loads(Path(again["file"]).read_text())
     assert redone["weights"] != stored["weights"] and redone["records"]["adv_pred"] != stored["records"]["adv_pred"]

@@ -204,14 +204,14 @@ def robustbench_entries(audits: list[AuditResult], paper: dict[tuple, float], pr
 
 def write_audit_report(audits: list[AuditResult], out_dir: Path, rows: list[dict] | None = None,
                        title: str = "Robustness audit: adaptive attacks and gradient masking",
-                       config_yaml: str | None = None) -> list[Path]:
+                       config_yaml: str | None = None, notes: list[str] | None = None) -> list[Path]:
     """``audit.md`` (per model: probe, accuracy table with the paper's numbers, worst case, flags, verdict),
     ``audit.csv`` (long: model, attack, eps, accuracy) and ``audit_eps.png``; each opens with provenance."""
     import pandas as pd
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prov = _prov_lines(audits)
+    prov = _prov_lines(audits) + list(notes or [])  # notes: which machine trained the audited weights
     paper = _paper_lookup(rows)
     th = audits[0].thresholds if audits else {}
     md = [f"# {title}", "", *[f"- {p}" for p in prov],
