@@ -18,7 +18,8 @@ from pclc.deviations import (RANK, _applies, _arm_value, _matches, _rows_of, arm
                              saturation)
 from pclc.experiment import chosen_studies, experiment_cells, out_dir, train_cfg
 from pclc.io import atomic_write_text
-from pclc.reports import config_block, config_yaml, csv_header, header, mean_interval, trained_on_notes
+from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
+from pclc.reports import mean_interval
 from pclc.store import provenance, run_key
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import compose, resolve_device
-from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
+from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, train_cfg
 from pclc.io import atomic_write_json
 from pclc.paper_data import paper_tables
-from pclc.reports import csv_provenance, seed_interval, substitute_run
+from pclc.headers import csv_provenance
+from pclc.reports import seed_interval, substitute_run
 from pclc.results import read_result, run_weights
-from pclc.store import RunDir, load_run, provenance, run_key
+from pclc.store import RunDir, load_run, run_key
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import json
 import statistics
 import logging
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from scipy import stats as scipy_stats
@@ -24,8 +23,9 @@ from pclc.evaluate import substitute_cfg
 from pclc.experiment import entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
 from pclc.io import atomic_write_text
 from pclc.paper_data import table_rows
+from pclc.headers import config_block, config_yaml, csv_header, csv_provenance, header, trained_on_notes
 from pclc.results import read_result, run_weights
-from pclc.store import RunDir, provenance, provenance_lines, run_key
+from pclc.store import RunDir, provenance, run_key
 
 log = logging.getLogger(__name__)
 
@@ -113,30 +113,6 @@ def to_markdown(df: pd.DataFrame) -> str:
                     vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
         lines.append(f"| {_row_label(a, p)} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
-
-
-def header(title: str, prov: dict[str, Any], protocol: str, notes: list[str] = ()) -> str:
-    """The provenance block every results file opens with (its resolved config follows the table)."""
-    lines = [f"# {title}", "",
-             f"- protocol: **{protocol}**" + ("" if protocol == "full" else " (NOT the paper's protocol)"),
-             f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
-             f"- torch: {prov['torch']}", f"- date: {prov['date']}",
-             "- cells: **ours** (paper, ours − paper); accuracy in % on the test set"]
-    lines += [f"- {n}" for n in notes]
-    return "\n".join([*lines, ""]) + "\n"
-
-
-def config_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML for a results file, without credentials."""
-    from pclc.tracking import scrub
-
-    return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True))))
-
-
-def config_block(config_yaml: str) -> list[str]:
-    """The resolved config as a collapsed markdown block."""
-    return ["<details><summary>resolved config</summary>", "", "```yaml", config_yaml.rstrip(), "```", "",
-            "</details>", ""]
 
 
 # ------------------------------------------------------------------------------------------
@@ -228,46 +204,6 @@ def substitute_notes(cfg: DictConfig) -> list[str]:
     return list(subs.values())
 
 
-def trained_on_notes(store: str | Path, keys: list[str]) -> list[str]:
-    """Which machine trained the weights behind a table (from each run's summary; a run restored from the zoo
-    keeps the provenance of its training): one line per machine, flagged when a table would mix two."""
-    from pclc.store import machine_line
-
-    by: dict[str, list[str]] = {}
-    zoo = 0
-    for key in dict.fromkeys(keys):
-        run = RunDir(store, key)
-        if not run.finished:
-            continue
-        summary = run.read_summary()
-        prov = summary.get("provenance") or {}
-        line = machine_line(prov["machine"]) if prov.get("machine") else \
-            f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
-        by.setdefault(line, []).append(key)
-        zoo += bool(summary.get("from_zoo"))
-    if not by:
-        return []
-    src = f"; {zoo} of {sum(map(len, by.values()))} from the zoo (results/zoo/)" if zoo else ""
-    lines = [f"weights trained on: {line} ({len(ks)} runs{src})" for line, ks in by.items()]
-    if len(by) > 1:
-        lines = [f"MIXED: the weights behind this table were trained on {len(by)} machine types; its cells are "
-                 f"not one measurement", *lines]
-    return lines
-
-
-def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md_name: str) -> str:
-    """The comment lines a results CSV opens with (read it with ``pandas.read_csv(..., comment="#")``)."""
-    lines = [title, f"protocol: {protocol}", *provenance_lines(prov),
-             "config: " + json.dumps(config, default=str) + f" (resolved config in {md_name})"]
-    return "".join(f"# {ln}\n" for ln in lines)
-
-
-def csv_provenance(path: Path) -> dict[str, str]:
-    """The ``# key: value`` lines a results CSV opens with (:func:`csv_header`): command, commit, date, ..."""
-    return {k: v for k, v in (ln[2:].split(": ", 1) for ln in path.read_text().splitlines()
-                              if ln.startswith("# ") and ": " in ln)}
-
-
 def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tuple[pd.DataFrame, str | None]:
     """``df`` with the cells of the results file it replaces that this command did not compute (other
     datasets, attacks not run here): a restricted or partial run never drops numbers results/ holds. Those
@@ -290,8 +226,9 @@ def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tupl
             out.append(new)
         elif k in had:
             kept += 1
-            out.append({**r, "ours": float(had[k]["ours"]), "diff": round(float(had[k]["ours"]) - r["paper"], 2),
-                        "status": KEPT})
+            stats = {c: had[k][c] for c in ("n_seeds", "sd", "ci95", "pi95", "in_pi95") if c in had[k]}
+            out.append({**r, **stats, "ours": float(had[k]["ours"]),
+                        "diff": round(float(had[k]["ours"]) - r["paper"], 2), "status": KEPT})
         else:
             out.append(new if new is not None else {**r, "ours": None, "diff": None, "status": NOT_RUN})
     if not kept:
@@ -301,30 +238,76 @@ def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tupl
     return pd.DataFrame(out, columns=list(df.columns)), note
 
 
+def protocol_of(cfg: DictConfig) -> str:
+    """What a table's numbers were computed under: the profile, and anything that departs from it (a dataset
+    map, extra training/evaluation overrides). Two tables of other protocols never share a file."""
+    parts = [str(cfg.profile)]
+    if cfg.get("dataset_map"):
+        parts.append("dataset_map " + json.dumps(OmegaConf.to_container(cfg.dataset_map), sort_keys=True))
+    if cfg.get("extra"):
+        parts.append("extra " + json.dumps(list(cfg.extra)))
+    return "; ".join(parts)
+
+
+def _file_seeds(config: dict) -> list[int]:
+    """A table file's seeds: its config's ``seeds``, else read from its run keys (files before seeds were
+    recorded)."""
+    import re
+
+    if "seeds" in config:
+        return sorted(int(s) for s in config["seeds"])
+    return sorted({int(m.group(1)) for k in (config.get("runs") or {}).values() if (m := re.search(r"-s(\d+)-", k))})
+
+
+def check_table_file(cfg: DictConfig) -> None:
+    """Refuse, before any work, to rewrite a table file holding another protocol or another set of seeds:
+    its cells would be kept beside ours under one header (or its seeds' statistics lost)."""
+    csv = out_dir(cfg) / f"{cfg.experiment.name}.csv"
+    if not csv.exists():
+        return
+    head = csv_provenance(csv)
+    ours, theirs = protocol_of(cfg), head.get("protocol", "?")
+    if theirs != ours:
+        raise ValueError(f"{csv} holds protocol '{theirs}', this command's is '{ours}': its cells would mix with "
+                         f"ours; pass another out_dir=")
+    config = json.loads(head.get("config", "{}").split(" (resolved config", 1)[0] or "{}")
+    seeds, have = sorted(int(s) for s in (cfg.get("seeds") or [0])), _file_seeds(config)
+    if have and have != seeds:
+        raise ValueError(f"{csv} holds seeds {have}, this command's are {seeds}: pass the same seeds (a seed's files "
+                         f"are reused) or another out_dir=")
+
+
 def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
-    """``<out_dir>/<experiment>.{md,csv}``: the paper's table with ours beside it, headed by provenance."""
+    """``<out_dir>/<experiment>.{md,csv}``: the paper's table with ours beside it, headed by provenance. The
+    CSV (what a later restricted run keeps cells from) is written before the markdown, under a lock."""
+    from pclc.locks import held
+
     exp = cfg.experiment
     folder = out_dir(cfg)
     md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
-    df, kept = keep_previous(collect_table(cfg), csv, exp.table, exp.get("attacks"))
-    prov = provenance(resolve_device(cfg.device))
-    title = f"{exp.title}" + ("" if cfg.profile == "full" else f" — {cfg.profile} profile, NOT the paper's protocol")
-    cells = experiment_cells(cfg)
-    runs = {c.label: run_key(train_cfg(c, cfg)) for c in cells}
-    head = header(title, prov, cfg.profile,
-                  notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
-                                                                               for k, v in runs.items()),
-                         *substitute_notes(cfg),
-                         *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
-                         *([kept] if kept else []),
-                         *([f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed, "
-                            "within 0-100] n; "
-                            "✓ / ✗: the paper's number (one run) is inside / outside that interval"]
-                           if (df.n_seeds > 1).any() else [])])
-    atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
-    config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile,
-              "datasets": cfg.get("datasets") and list(cfg.datasets), "runs": runs}
-    atomic_write_text(csv, csv_header(title, prov, cfg.profile, config, md.name) + df.to_csv(index=False))
+    check_table_file(cfg)
+    with held(folder / f".{exp.name}.lock", f"results table {csv}"):
+        df, kept = keep_previous(collect_table(cfg), csv, exp.table, exp.get("attacks"))
+        prov = provenance(resolve_device(cfg.device))
+        protocol = protocol_of(cfg)
+        title = f"{exp.title}" + ("" if protocol == "full" else f" — {protocol}, NOT the paper's protocol")
+        cells = experiment_cells(cfg)
+        runs = {c.label: run_key(train_cfg(c, cfg)) for c in cells}
+        head = header(title, prov, protocol,
+                      notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
+                                                                                   for k, v in runs.items()),
+                             *substitute_notes(cfg),
+                             *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
+                             *([kept] if kept else []),
+                             *([f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed, "
+                                "within 0-100] n; "
+                                "✓ / ✗: the paper's number (one run) is inside / outside that interval"]
+                               if (df.n_seeds > 1).any() else [])])
+        config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile, "seeds":
+                  sorted(int(s) for s in (cfg.get("seeds") or [0])), "datasets": cfg.get("datasets") and
+                  list(cfg.datasets), "runs": runs}
+        atomic_write_text(csv, csv_header(title, prov, protocol, config, md.name) + df.to_csv(index=False))
+        atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     if tracker is not None:
         tracker.log_table(exp.name, df)
     log.info("wrote %s and %s", md, csv)

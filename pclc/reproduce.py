@@ -26,7 +26,8 @@ from pclc.config import CONFIG_DIR, group_config, resolve_device
 from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
     sub_experiments, cell_suites, train_cfg
 from pclc.plan import cell_timeout_minutes, plan
-from pclc.reports import config_yaml, trained_on_notes, write_table
+from pclc.headers import config_yaml, trained_on_notes
+from pclc.reports import check_table_file, write_table
 from pclc.store import RunDir, run_key
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,8 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         return plan(cfg)
     if cfg.get("from_zoo") and cfg.stage in ("all", "cell", "train"):
         check_zoo(cells, cfg)
+    if cfg.experiment.kind == "table" and cfg.stage in ("all", "tables"):
+        check_table_file(cfg)  # another protocol's or seed set's file: refused before any work
     if cfg.stage == "export":
         return export_cells(cells, cfg)
     if cfg.stage == "count":

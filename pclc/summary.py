@@ -12,7 +12,7 @@ import torch
 
 from pclc.io import atomic_savefig, atomic_write_text
 from pclc.paper_data import paper_tables
-from pclc.reports import csv_provenance
+from pclc.headers import csv_provenance
 from pclc.store import provenance, provenance_lines
 
 COLUMNS = ["table", "dataset", "model", "method", "attack", "param", "paper", "ours", "diff", "status", "source"]

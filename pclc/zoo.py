@@ -19,7 +19,6 @@ trains nothing; ``python -m pclc.reproduce ... stage=export`` adds an experiment
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 import pclc.data as data
 from pclc.config import compose
-from pclc.data import DatasetNotFoundError, DeviceData, Split, build_data, file_md5, load_splits, stratified_first
+from pclc.data import DatasetNotFoundError, Split, build_data, file_md5, load_splits, stratified_first
 from conftest import rng_images, write_cifar, write_idx_gz, write_svhn
 
 

@@ -11,13 +11,12 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-import pclc.evaluate as ev
 import pclc.train as train_mod
 from pclc.config import compose, group_config
 from pclc.evaluate import evaluate
 from pclc.io import CorruptFileError
 from pclc.resume import CheckpointMismatchError
-from pclc.store import RunDir, RunIntegrityError, load_run, run_key, weights_digest
+from pclc.store import RunDir, RunIntegrityError, load_run, weights_digest
 from pclc.train import train
 
 FAKE = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase=2"]

@@ -70,3 +70,60 @@ def test_a_hand_edited_accuracy_is_set_aside(table, tmp_path, caplog):
     assert f"result {f} set aside: its adv_accuracy 99.99 is not what its records give ({true})" in caplog.text
     others = _csv(tmp).query("method == 'ce' and attack == 'fgsm' and param != '0.1'")
     assert (others.status == "run").all()
+
+
+def test_a_run_of_another_protocol_never_mixes_into_a_table(table, tmp_path):
+    """Defect 1: extra training overrides into an out_dir whose table holds another protocol are refused before
+    any work, and the file is left as it was."""
+    tmp = _copy(table, tmp_path)
+    shutil.copytree(table / "results", tmp / "results")
+    before = (tmp / "results" / "tiny" / "table1.csv").read_text()
+    keys = sorted(p.name for p in (tmp / "runs").iterdir())
+    with pytest.raises(ValueError, match="holds protocol 'tiny; dataset_map .*', this command's is 'tiny; "
+                                         "dataset_map .*; extra .*trainer.lr=0.05.*': its cells would mix"):
+        reproduce(_cfg(tmp, "extra=['trainer.lr=0.05']"))
+    assert (tmp / "results" / "tiny" / "table1.csv").read_text() == before
+    assert sorted(p.name for p in (tmp / "runs").iterdir()) == keys  # nothing trained
+    out = reproduce(_cfg(tmp, "extra=['trainer.lr=0.05']", f"out_dir={tmp / 'other'}"))  # elsewhere: its own header
+    text = Path(out["outputs"][0]).read_text()
+    assert "protocol: **tiny; dataset_map" in text and "extra [\"trainer.lr=0.05\"]" in text
+
+
+def test_a_seeds_table_is_never_replaced_by_another_seed_set_and_keeps_its_statistics(table, tmp_path):
+    """Defect 4: seeds=[1] after seeds=[0,1] is refused; a restricted rerun keeps the other cells' sd and n."""
+    tmp = _copy(table, tmp_path)
+    reproduce(_cfg(tmp, "seeds=[0,1]", "attacks=[fgsm,pgd]"))
+    csv = tmp / "results" / "tiny" / "seeds" / "table1.csv"
+    full = pd.read_csv(csv, comment="#", dtype={"param": str})
+    with pytest.raises(ValueError, match=r"holds seeds \[0, 1\], this command's are \[1\]"):
+        reproduce(_cfg(tmp, "seeds=[1]"))
+    shutil.rmtree(tmp / "runs")  # a fresh store: only FGSM is computed again, PGD is kept from the file
+    reproduce(_cfg(tmp, "seeds=[0,1]", "attacks=[fgsm]"))
+    again = pd.read_csv(csv, comment="#", dtype={"param": str})
+    pgd = again[again.attack == "pgd"]
+    assert (pgd.status == "kept").all() and (pgd.n_seeds == 2).all()
+    pd.testing.assert_series_equal(pgd.sd.reset_index(drop=True), full[full.attack == "pgd"].sd.reset_index(drop=True))
+
+
+def test_a_kill_between_the_two_table_writes_loses_no_cell(table, tmp_path, monkeypatch):
+    """Defect 8: the CSV (what later runs keep cells from) is written first, so a kill before the markdown
+    leaves every cell in the CSV, and a later restricted run keeps them."""
+    import pclc.reports as reports
+
+    tmp = _copy(table, tmp_path)
+    reproduce(_cfg(tmp, f"out_dir={tmp / 'k'}"))  # FGSM
+    real, writes = reports.atomic_write_text, []
+
+    def killed(path, text):
+        real(path, text)
+        writes.append(path)
+        raise KeyboardInterrupt("killed after the first table write")
+
+    monkeypatch.setattr(reports, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(_cfg(tmp, f"out_dir={tmp / 'k'}", "attacks=[pgd]"))  # adds PGD; killed between the writes
+    monkeypatch.setattr(reports, "atomic_write_text", real)
+    shutil.rmtree(tmp / "runs")
+    reproduce(_cfg(tmp, f"out_dir={tmp / 'k'}", "stage=tables"))  # nothing in the store: every cell kept
+    df = pd.read_csv(tmp / "k" / "tiny" / "table1.csv", comment="#", dtype={"param": str})
+    assert (df[df.attack.isin(["fgsm", "pgd"])].status == "kept").all()

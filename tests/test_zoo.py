@@ -208,7 +208,7 @@ def test_verify_records_on_one_machine_and_compares_on_another(exported, tmp_pat
 
 
 def test_trained_on_notes_flag_a_table_of_two_machines(tmp_path):
-    from pclc.reports import trained_on_notes
+    from pclc.headers import trained_on_notes
 
     for key, cpu in (("a-s0-1", "AMD EPYC"), ("b-s0-2", "Intel Xeon")):
         (tmp_path / key).mkdir()

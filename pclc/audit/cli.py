@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pclc.audit.report import paper_rows, write_audit_report
 from pclc.audit.run import audit_run
 from pclc.config import CONFIG_DIR, resolve_device, variant
-from pclc.reports import config_yaml
+from pclc.headers import config_yaml
 from pclc.store import RunDir, run_key
 
 log = logging.getLogger(__name__)

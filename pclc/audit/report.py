@@ -13,7 +13,7 @@ from pclc.audit.result import AuditResult
 from pclc.io import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.store import provenance, provenance_lines
 from pclc.paper_data import paper_tables
-from pclc.reports import config_block
+from pclc.headers import config_block
 
 CSV_COLUMNS = ["model", "attack", "eps", "accuracy"]
 LEGEND = {"pgd-paper": "the paper's PGD-40, ours", "adaptive-cascade": "worst case of the adaptive attacks"}
