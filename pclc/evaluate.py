@@ -26,10 +26,11 @@ from pclc.attacks import attack_entry, build_attack, check_eps
 from pclc.attacks.paper import check_engine
 from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.data import eval_tensors
+from pclc.inputs import optional_whole
 from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, cached_tensor, load_tensors, read_json, \
     remove_stale_temp
 from pclc.locks import held, lock_path
-from pclc.metrics import predict
+from pclc.metrics import predict, with_precision
 from pclc.registry import params_of
 from pclc.store import RunDir, load_run, provenance, run_fingerprint, run_key
 from pclc.tracking import build_tracker
@@ -75,7 +76,9 @@ def _grid(eps, dataset: DictConfig, attack: str) -> list:
     if isinstance(eps, DictConfig):
         if dataset.family not in eps:
             raise ValueError(f"suite entry {attack} has no eps for family {dataset.family!r}")
-        return list(eps[dataset.family])
+        eps = eps[dataset.family]
+    if not list(eps):
+        raise ValueError(f"suite entry {attack}: eps=[] names no epsilon (omit the entry, or give eps values)")
     return list(eps)
 
 
@@ -110,28 +113,9 @@ def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -
                 raise ValueError(f"attack {e.attack} needs eps")
             check_eps(v, e.attack)
             out.append(Entry(e.attack, spec.name, None if v is None else float(v), source, params_of(cfg), cfg))
+    if not out:
+        raise ValueError("the attack suite has no (attack, eps) cells: suite.entries is empty")
     return out
-
-
-class Autocast(torch.nn.Module):
-    """Run a model's forward in bf16 autocast and return float32 logits (``eval.precision=bf16``)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.model(x).float()
-
-
-def with_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """fp32 (default, the paper's), tf32 (CUDA matmuls/convs in TF32) or bf16 autocast for attacks."""
-    if precision not in ("fp32", "tf32", "bf16"):
-        raise ValueError(f"eval.precision must be fp32, tf32 or bf16, got {precision!r}")
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    return Autocast(model) if precision == "bf16" else model
 
 
 def substitute_cfg(cfg: DictConfig, substitutes: DictConfig) -> DictConfig:
@@ -271,10 +255,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"no run {run.key} in {run.path.parent}; train it first (python -m pclc.train dataset="
                          f"{cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}) or pass from_zoo=true")
     precision = cfg.eval.get("precision") or "fp32"
-    subset = cfg.eval.get("subset")
-    if subset is not None and int(subset) <= 0:
-        raise ValueError(f"eval.subset must be a positive number of test examples, got {subset}")
-    subset = None if subset is None else int(subset)
+    subset = optional_whole("eval.subset", cfg.eval.get("subset"))  # 1.5 is refused, never rounded
     for k in ("batch_size", "group_batches"):
         v = cfg.eval.get(k)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -294,6 +275,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         crafter = with_precision(sub_model, precision)
 
     x, y = eval_tensors(run_cfg.dataset, subset, device)
+    if subset is not None and len(y) < subset:  # a -sub<N> file must hold N examples
+        raise ValueError(f"eval.subset={subset} is more than {run_cfg.dataset.name}'s {len(y)} test examples")
     bs = int(cfg.eval.batch_size)
     logits = predict(target, x, bs)
     top5 = logits.topk(min(5, logits.shape[1]), 1).indices

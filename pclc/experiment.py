@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import compose, group_config
+from pclc.inputs import file_name, not_empty, seed
 from pclc.evaluate import expand_suite
 from pclc.store import RunDir, run_key
 from pclc.paper_data import table_rows
@@ -58,8 +59,9 @@ def make_cell(cfg: DictConfig, dataset: str, model: str, method: str, seed: int 
 
 def experiment_seeds(cfg: DictConfig) -> list[int]:
     """``cfg.seeds`` (default [0]): every table cell is trained and evaluated once per seed."""
-    seeds = list(cfg.get("seeds") or [0])
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+    not_empty("seeds", cfg.get("seeds"), "seed")
+    seeds = [seed(s, "seeds") for s in list(cfg.get("seeds") or [0])]
+    if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     if len(seeds) > 1 and cfg.experiment.kind != "table":
         raise ValueError(f"seeds={seeds}: several seeds apply to tables (mean ± sd per cell); "
@@ -175,7 +177,10 @@ def cell_suites(cell: Cell, cfg: DictConfig) -> list[str]:
 
 
 def check_attacks(cfg: DictConfig) -> None:
-    """``attacks=[...]`` must name attack configs of the experiment's suite."""
+    """``attacks=[...]`` must name attack configs of the experiment's suite (``[]`` names none)."""
+    not_empty("attacks", cfg.get("attacks"), "attack")
+    if cfg.experiment.get("name") is not None:
+        file_name("experiment.name", cfg.experiment.name)
     if not cfg.get("attacks") or not suites_of(cfg.experiment):
         return
     known = {e.attack for e in compose("evaluate", [f"attack/suite={cfg.experiment.suite}"]).suite.entries}

@@ -86,3 +86,24 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, chunk: int
         return model(x)
     chunk = _chunk_for(model, x[:batch_size], chunk)
     return torch.cat([logits_in_blocks(model, x[i:i + batch_size], chunk) for i in range(0, len(x), batch_size)])
+
+
+class Autocast(torch.nn.Module):
+    """Run a model's forward in bf16 autocast and return float32 logits (``eval.precision=bf16``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def with_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """fp32 (default, the paper's), tf32 (CUDA matmuls/convs in TF32) or bf16 autocast for attacks."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"eval.precision must be fp32, tf32 or bf16, got {precision!r}")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return Autocast(model) if precision == "bf16" else model

@@ -24,6 +24,7 @@ class Entry:
     params: tuple[str, ...]                           # keyword parameters a config may set
     required: tuple[str, ...]                         # ... and those it must set (no default)
     meta: dict[str, Any] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()                       # parameters that are true/false (annotated or defaulting so)
 
     @property
     def target(self) -> str:
@@ -50,7 +51,8 @@ class Registry:
             skip = set(self.positional) | set(meta.get("runtime", ()))  # runtime: passed by code, never by configs
             sig = {k: v for k, v in inspect.signature(fn).parameters.items() if k not in skip}
             required = tuple(k for k, v in sig.items() if v.default is inspect.Parameter.empty)
-            self._by_name[name] = Entry(name, fn, tuple(sig), required, meta)
+            flags = tuple(k for k, v in sig.items() if v.annotation in (bool, "bool") or isinstance(v.default, bool))
+            self._by_name[name] = Entry(name, fn, tuple(sig), required, meta, flags)
             return fn
         return deco
 
@@ -87,6 +89,11 @@ class Registry:
         missing = sorted(set(e.required) - set(params))
         if missing:
             raise ValueError(f"{self.kind} {e.name!r} needs parameter(s) {missing} (accepted: {list(e.params)})")
+        for k, v in params.items():
+            if _holds_target(v):  # instantiate would build it: a parameter is a value, never code
+                raise ValueError(f"{self.kind} {e.name!r}: parameter {k} holds a `_target_`; parameters are values")
+            if k in e.flags and not isinstance(v, bool):  # rand_init=off would be a truthy string
+                raise ValueError(f"{self.kind} {e.name!r}: {k} must be true or false, got {v!r}")
         check = e.meta.get("check")
         if check is not None:
             check(params)
@@ -99,3 +106,11 @@ class Registry:
         self.entry(cfg)
         c = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
         return instantiate(c, _partial_=True, **kwargs)
+
+
+def _holds_target(v: Any) -> bool:
+    if isinstance(v, Mapping):
+        return "_target_" in v or any(_holds_target(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return any(_holds_target(x) for x in v)
+    return False

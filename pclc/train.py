@@ -27,6 +27,7 @@ from pclc.attacks.linf import HalfAdversarial
 from pclc.config import CONFIG_DIR, resolve_device, validate_data_model, variant
 from pclc.data import build_data
 from pclc.errors import UserError
+from pclc.inputs import seed, whole
 from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.locks import held, lock_path
 from pclc.losses import build_loss
@@ -52,14 +53,11 @@ def validate(cfg: DictConfig) -> None:
     if cfg.loss.get("warmup"):
         build_loss(warmup_source(cfg).loss)
     t = cfg.trainer
-    if int(t.epochs_per_phase) < 1:
-        raise ValueError(f"trainer.epochs_per_phase must be >= 1, got {t.epochs_per_phase}")
-    if int(t.batch_size) < 1 or int(t.eval_batch_size) < 1:
-        raise ValueError("trainer.batch_size and trainer.eval_batch_size must be >= 1")
+    for k in ("epochs_per_phase", "batch_size", "eval_batch_size"):  # 1.7 is refused, never truncated
+        whole(f"trainer.{k}", t[k])
     if not (float(t.lr) > 0 and math.isfinite(float(t.lr))):
         raise ValueError(f"trainer.lr must be a finite number > 0, got {t.lr}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    seed(cfg.seed)
     if not 0 < float(t.gamma) <= 1:
         raise ValueError(f"trainer.gamma must be in (0, 1], got {t.gamma}")
     build_adversary(t)

@@ -15,7 +15,7 @@ from pclc.attacks import attack_config, build_attack
 from pclc.config import group_config
 from pclc.config import compose
 from pclc.data import load_splits
-from pclc.evaluate import with_precision
+from pclc.metrics import with_precision
 from pclc.store import load_run
 from pclc.store import RunDir
 from pclc.train import train
