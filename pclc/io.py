@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,27 @@ class CorruptFileError(UserError, RuntimeError):
     """A checkpoint or cache file exists but cannot be read."""
 
 
+def _host() -> str:
+    """This machine's name as it appears in temp-file names (no dots, so the name parses back)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", platform.node() or "host") or "host"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would: mkstemp's 0600 hid a shared store from its group
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -58,14 +72,29 @@ def read_json(path: Path) -> Any:
         raise CorruptFileError(f"cannot read {path}: {e}") from e
 
 
+STALE_FOREIGN_SECONDS = 24 * 3600  # an atomic write takes seconds; another host's temp file this old is dead
+
+
 def remove_stale_temp(folder: Path) -> list[Path]:
-    """Delete the temp files of interrupted atomic writes in ``folder`` (their writer, named in the file name,
-    is no longer running); returns what was removed."""
-    removed = []
+    """Delete the temp files of interrupted atomic writes in ``folder``; returns what was removed. A writer named
+    in the file name (``.<name>.<host>.<pid>.<random>.tmp``) on this host is checked by its PID; one on another
+    host (a shared SLURM store) cannot be, so its file is removed only when a day old (no atomic write takes
+    that long). A name without a host (older code) is taken as another host's."""
+    import time
+
+    removed, me = [], _host()
     for tmp in Path(folder).glob(".*.tmp") if Path(folder).exists() else []:
-        parts = tmp.name.rsplit(".", 3)  # .<name>.<pid>.<random>.tmp
-        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
-        if pid is not None and pid != os.getpid() and not _alive(pid):
+        parts = tmp.name[:-len(".tmp")].rsplit(".", 3)  # [.<name>, <host>, <pid>, <random>]
+        host, pid = (parts[1], parts[2]) if len(parts) == 4 else (None, None)
+        if pid is None or not pid.isdigit():
+            continue
+        try:
+            age = time.time() - tmp.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        mine = host == me
+        dead = mine and int(pid) != os.getpid() and not _alive(int(pid))
+        if dead or (not mine and age > STALE_FOREIGN_SECONDS):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -273,8 +273,42 @@ def test_secrets_given_as_overrides_are_never_written(tmp_path, monkeypatch):
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    from pclc.io import _host
+
     s = train(cfg_for(tmp_path))
-    stale = Path(s["path"]) / ".checkpoint.pt.999999999.abcd.tmp"
+    stale = Path(s["path"]) / f".checkpoint.pt.{_host()}.999999999.abcd.tmp"
     stale.write_bytes(b"partial")
     train(cfg_for(tmp_path))
     assert not stale.exists()
+
+
+def test_another_hosts_temp_file_is_left_to_its_writer(tmp_path):
+    """Issue 28, defect 5: on a store shared across hosts, a PID says nothing about another host's writer; its
+    temp file is removed only when older than any atomic write (a day)."""
+    import os
+    import time
+
+    from pclc.io import STALE_FOREIGN_SECONDS, remove_stale_temp
+
+    live = tmp_path / ".checkpoint.pt.node17.999999999.abcd.tmp"  # its PID is dead here, not on node17
+    old = tmp_path / ".model.pt.node17.999999998.abcd.tmp"
+    for f in (live, old):
+        f.write_bytes(b"in flight")
+    t = time.time() - STALE_FOREIGN_SECONDS - 60
+    os.utime(old, (t, t))
+    assert remove_stale_temp(tmp_path) == [old] and live.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_atomic_files_get_the_umasks_permissions(tmp_path, umask):
+    """Issue 28, item 9: mkstemp's 0600 made a shared store unreadable to its group."""
+    import os
+
+    import pclc.io as io
+
+    old = os.umask(umask)
+    try:
+        io.atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
