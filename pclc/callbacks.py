@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -45,8 +47,15 @@ def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     from pclc.config import hydra_choices
     from pclc.io import atomic_write_json
 
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return fn(hydra_choices(cfg))
+    except (KeyboardInterrupt, Terminated) as e:  # finally blocks ran: locks released, temp files removed
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
+        print(f"error: stopped by {name}; what finished is kept and the same command resumes from there",
+              file=sys.stderr)
+        raise SystemExit(code) from None
     except Exception as e:
         hc = HydraConfig.get() if HydraConfig.initialized() else None
         if hc is None or hc.mode != RunMode.MULTIRUN:
@@ -58,3 +67,14 @@ def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
         atomic_write_json(Path(hc.sweep.dir) / "failures" / f"job{hc.job.num}.json",
                           {"job": hc.job.num, "overrides": list(hc.overrides.task), "error": f"{type(e).__name__}: {e}"})
         return {"failed": True, "error": str(e)}
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is (as KeyboardInterrupt is for SIGINT) so that cleanup runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()

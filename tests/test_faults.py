@@ -144,3 +144,42 @@ def test_a_two_worker_joblib_sweep_leaves_consistent_runs(tmp_path):
         summary = json.loads((r / "summary.json").read_text())
         assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and summary["epochs"] == 4, r.name
     assert len(list((tmp_path / "runs").glob("fake-*"))) == 2
+
+
+def _train_cli(store: Path, epochs: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pclc.train", "dataset=fake", "model=lenet5", "loss=pclc",
+                             "logger=none", f"trainer.epochs_per_phase={epochs}", "trainer.batch_size=64",
+                             f"store={store}", f"hydra.run.dir={store / 'hydra'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sigint_and_sigterm_exit_cleanly_and_the_run_resumes_to_the_same_weights(tmp_path):
+    """Issue 28, item 3: one line, exit 130 / 143, no traceback, no temp file, no lock held; the same command
+    then ends with the weights of an uninterrupted run."""
+    import time
+
+    from filelock import FileLock
+
+    ref = _train_cli(tmp_path / "ref", 3)
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        store = tmp_path / sig.name
+        p = _train_cli(store, 3)
+        deadline = time.time() + 300
+        while not list(store.glob("*/checkpoint.pt")) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == code, err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert lines == [f"error: stopped by {sig.name}; what finished is kept and the same command resumes "
+                         "from there"], err
+        assert not list(store.rglob("*.tmp"))
+        for lock in store.glob(".locks/*.lock"):
+            FileLock(str(lock)).acquire(timeout=0)  # not held by anyone
+        again = _train_cli(store, 3)
+        assert again.wait(timeout=600) == 0, again.stderr.read()
+        a, b = (torch.load(next(s.glob("fake-lenet5-pclc-*/model.pt")), weights_only=True)
+                for s in (tmp_path / "ref", store))
+        assert all(torch.equal(a[k], b[k]) for k in a)
