@@ -113,3 +113,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda requested but no CUDA device is available")
     return dev
+
+
+def quoted(value) -> str:
+    """``value`` as a Hydra override value: as it is when plain, else single-quoted with ``'`` escaped, so a path with a space, ``,``, ``'``, ``=``, ``[ ]`` or non-ASCII letters survives the override
+    grammar (``f"store={quoted(path)}"``)."""
+    import re
+
+    v = str(value)
+    if re.fullmatch(r"[A-Za-z0-9_./:+-]+", v):
+        return v
+    v = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, v)  # Hydra unescapes backslashes only before a quote
+    return "'" + v.replace("'", "\\'") + "'"

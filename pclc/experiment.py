@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.config import compose, group_config
+from pclc.config import compose, group_config, quoted
 from pclc.inputs import file_name, not_empty, seed
 from pclc.evaluate import expand_suite
 from pclc.store import RunDir, run_key
@@ -119,7 +119,7 @@ def experiment_cells(cfg: DictConfig) -> list[Cell]:
 def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
     prof = cfg.profiles[cfg.profile]
     return [f"dataset={dataset_config(cfg, cell.dataset)}", f"model={cell.model}", f"loss={cell.loss}",
-            f"trainer={cell.trainer}", f"seed={cell.seed}", f"store={cfg.store}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
+            f"trainer={cell.trainer}", f"seed={cell.seed}", f"store={quoted(cfg.store)}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
             f"logger={cfg.logger.name}", *cell.train_extra, *prof.train, *cfg.extra, *zoo_overrides(cfg)]
 
 
@@ -127,7 +127,7 @@ def zoo_overrides(cfg: DictConfig) -> list[str]:
     """``from_zoo``/``zoo_dir`` carried into a cell's train and evaluate configs."""
     if not cfg.get("from_zoo"):
         return []
-    return ["from_zoo=true", *([f"zoo_dir={cfg.zoo_dir}"] if cfg.get("zoo_dir") else [])]
+    return ["from_zoo=true", *([f"zoo_dir={quoted(cfg.zoo_dir)}"] if cfg.get("zoo_dir") else [])]
 
 
 def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
@@ -222,9 +222,9 @@ def out_dir(cfg: DictConfig) -> Path:
 
 def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
     """The configs of ``experiment=all``'s experiments, with this run's settings."""
-    keep = [f"profile={cfg.profile}", f"store={cfg.store}", f"out_dir={cfg.out_dir}", f"device={cfg.device}",
+    keep = [f"profile={cfg.profile}", f"store={quoted(cfg.store)}", f"out_dir={quoted(cfg.out_dir)}", f"device={cfg.device}",
             f"logger={cfg.logger.name}", f"stage={cfg.stage}"]
-    keep += [f"bench={cfg.bench}"] if cfg.get("bench") else []
+    keep += [f"bench={quoted(cfg.bench)}"] if cfg.get("bench") else []
     keep += [f"dataset_map={json.dumps(OmegaConf.to_container(cfg.dataset_map))}"] if cfg.get("dataset_map") else []
     keep += ["extra=" + json.dumps(list(cfg.extra))] if cfg.get("extra") else []
     keep += [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]

@@ -38,7 +38,7 @@ def machine_slug(m: dict[str, Any]) -> str:
 def model_cells(entry: dict[str, Any], store: Path, subset: int, zoo_folder: Path | None,
                 device: torch.device) -> dict[str, float]:
     """The verification cells of one zoo model, evaluated here (its run restored into ``store``)."""
-    from pclc.config import compose
+    from pclc.config import compose, quoted
     from pclc.data import eval_tensors
     from pclc.evaluate import evaluate, percent
     from pclc.metrics import predict
@@ -46,8 +46,8 @@ def model_cells(entry: dict[str, Any], store: Path, subset: int, zoo_folder: Pat
 
     run = zoo.restore(entry["key"], store, zoo_folder)
     cfg, model = load_run(run, device)
-    ec = compose("evaluate", [f"dataset={cfg.dataset.name}", f"run_dir={run.path}", "attack/suite=verify",
-                              "logger=none", f"store={store}", f"eval.subset={subset}", f"device={device.type}"])
+    ec = compose("evaluate", [f"dataset={cfg.dataset.name}", f"run_dir={quoted(run.path)}", "attack/suite=verify",
+                              "logger=none", f"store={quoted(store)}", f"eval.subset={subset}", f"device={device.type}"])
     cfg.dataset.root = ec.dataset.root
     x, y = eval_tensors(cfg.dataset, None, device)
     cells = {"clean (full test set)": percent(predict(model, x, 1000).argmax(1) == y)}

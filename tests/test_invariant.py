@@ -127,3 +127,16 @@ def test_a_kill_between_the_two_table_writes_loses_no_cell(table, tmp_path, monk
     reproduce(_cfg(tmp, f"out_dir={tmp / 'k'}", "stage=tables"))  # nothing in the store: every cell kept
     df = pd.read_csv(tmp / "k" / "tiny" / "table1.csv", comment="#", dtype={"param": str})
     assert (df[df.attack.isin(["fgsm", "pgd"])].status == "kept").all()
+
+
+def test_a_store_path_with_hydra_grammar_characters_works(tmp_path):
+    """Issue 28, defect 7: the store path is rebuilt into each cell's overrides; a space, ü, ',', quote, '=' or
+    '[ ]' in it broke every table with a Hydra lexer error."""
+    from pclc.config import quoted
+
+    weird = tmp_path / "a b ü,c'd=e[f]"
+    cfg = compose("reproduce", ["experiment=table1", "profile=tiny", "logger=none", f"store={quoted(weird / 'runs')}",
+                                f"out_dir={quoted(weird / 'results')}", "datasets=[fmnist]", FAKE, "attacks=[fgsm]"])
+    out = reproduce(cfg)
+    assert Path(out["outputs"][1]).parent == weird / "results" / "tiny"
+    assert list((weird / "runs").glob("fake-lenet5-ce-s0-*/eval/*.json"))
