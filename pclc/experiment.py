@@ -225,7 +225,8 @@ def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
     keep = [f"profile={cfg.profile}", f"store={quoted(cfg.store)}", f"out_dir={quoted(cfg.out_dir)}", f"device={cfg.device}",
             f"logger={cfg.logger.name}", f"stage={cfg.stage}"]
     keep += [f"bench={quoted(cfg.bench)}"] if cfg.get("bench") else []
-    keep += [f"dataset_map={json.dumps(OmegaConf.to_container(cfg.dataset_map))}"] if cfg.get("dataset_map") else []
+    if cfg.get("dataset_map"):  # Hydra's dict syntax (JSON's quoted keys are not in its grammar)
+        keep.append("dataset_map={" + ", ".join(f"{k}: {quoted(v)}" for k, v in cfg.dataset_map.items()) + "}")
     keep += ["extra=" + json.dumps(list(cfg.extra))] if cfg.get("extra") else []
     keep += [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
     keep += zoo_overrides(cfg)
@@ -234,6 +235,13 @@ def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
         sub = compose("reproduce", [f"experiment={name}", *keep])
         if sub.experiment.kind == "table":  # several seeds: tables only
             sub.seeds = list(cfg.get("seeds") or [0])
+        if cfg.get("attacks") is not None:  # tables keep the attacks their suite has; the rest is skipped
+            if sub.experiment.kind != "table":
+                continue
+            suite = {e.attack for e in compose("evaluate", [f"attack/suite={sub.experiment.suite}"]).suite.entries}
+            if not suite & set(cfg.attacks):
+                continue
+            sub.attacks = sorted(suite & set(cfg.attacks))
         if cfg.get("datasets"):  # tables keep the datasets they have a column for (skipped if none);
             exp = sub.experiment  # figures are drawn for any dataset
             chosen = [d for d in cfg.datasets if exp.kind != "table" or d in set(table_rows(exp.table).dataset)]
@@ -242,5 +250,6 @@ def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
             sub.datasets = chosen
         out.append(sub)
     if not out:
-        raise ValueError(f"no experiment of {list(cfg.experiment.experiments)} has datasets {list(cfg.datasets)}")
+        raise ValueError(f"no experiment of {list(cfg.experiment.experiments)} has datasets "
+                         f"{list(cfg.get('datasets') or [])} and attacks {list(cfg.get('attacks') or [])}")
     return out

@@ -172,7 +172,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     if cfg.experiment.kind == "all":
         if cfg.plan:
             return plan(cfg)
-        return {sub.experiment.name: reproduce(sub) for sub in sub_experiments(cfg)}
+        return reproduce_all(cfg)
     cells = experiment_cells(cfg)  # validates the restrictions before any work
     check_attacks(cfg)
     if cfg.plan:
@@ -216,6 +216,32 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         raise
     tracker.finish(0)
     return {"cells": [c.label for c in cells], "ran": len(results), "outputs": [str(p) for p in paths]}
+
+
+def reproduce_all(cfg: DictConfig) -> dict[str, Any]:
+    """``experiment=all``: every experiment in turn; for a launcher its cells are numbered across experiments
+    (``stage=count`` prints their total, ``stage=cell cell=i`` runs the i-th), and ``stage=timeout`` is the
+    largest of theirs."""
+    subs = sub_experiments(cfg)
+    if cfg.stage in ("count", "cell"):
+        counts = [len(experiment_cells(s)) for s in subs]
+        if cfg.stage == "count":
+            print(sum(counts))
+            return {"cells": sum(counts)}
+        i = cfg.cell
+        if i is None or isinstance(i, bool) or not 0 <= int(i) < sum(counts):
+            raise ValueError(f"stage=cell needs cell in [0, {sum(counts)}), got {i}")
+        i = int(i)
+        for sub, n in zip(subs, counts):
+            if i < n:
+                sub.cell = i
+                return reproduce(sub)
+            i -= n
+    if cfg.stage == "timeout":
+        minutes = [m for s in subs if (m := cell_timeout_minutes(s)) is not None]
+        print(max(minutes) if minutes else "")
+        return {"timeout_min": max(minutes) if minutes else None}
+    return {sub.experiment.name: reproduce(sub) for sub in subs}
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="reproduce", version_base="1.3")

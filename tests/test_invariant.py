@@ -140,3 +140,25 @@ def test_a_store_path_with_hydra_grammar_characters_works(tmp_path):
     out = reproduce(cfg)
     assert Path(out["outputs"][1]).parent == weird / "results" / "tiny"
     assert list((weird / "runs").glob("fake-lenet5-ce-s0-*/eval/*.json"))
+
+
+def test_experiment_all_keeps_restrictions_and_numbers_cells_for_a_launcher(tmp_path, capsys):
+    """Issue 28, defect 6: experiment=all dropped attacks=, had no global cell index or single count, and a
+    dataset_map was a Hydra parse error."""
+    from pclc.experiment import sub_experiments
+
+    def cfg(*over):
+        return compose("reproduce", ["experiment=all", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
+                                     f"out_dir={tmp_path / 'results'}", "datasets=[mnist]",
+                                     "dataset_map={mnist: fake}", "attacks=[fgsm]", *over])
+
+    subs = sub_experiments(cfg())
+    assert subs and all(s.experiment.kind == "table" and list(s.attacks) == ["fgsm"] for s in subs)
+    assert all(dict(s.dataset_map) == {"mnist": "fake"} for s in subs)
+    total = reproduce(cfg("stage=count"))["cells"]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(total) and total >= 2
+    out = reproduce(cfg("stage=cell", f"cell={total - 1}"))  # the last cell of the last experiment
+    assert out["cell"].startswith("mnist/") and [r["attack"] for r in out["evaluations"][0]["results"]] == \
+        ["fgsm"] * 3
+    with pytest.raises(ValueError, match=rf"stage=cell needs cell in \[0, {total}\), got {total}"):
+        reproduce(cfg("stage=cell", f"cell={total}"))
