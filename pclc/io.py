@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -30,10 +31,19 @@ def _umask() -> int:
     return mask
 
 
+class ReadOnlyStoreError(UserError, OSError):
+    """A write into a folder that cannot be written (a read-only store)."""
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ReadOnlyStoreError(f"cannot write {path}: {e.strerror}; pass a writable store= or out_dir=") from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -82,7 +92,7 @@ def remove_stale_temp(folder: Path) -> list[Path]:
     that long). A name without a host (older code) is taken as another host's."""
     import time
 
-    removed, me = [], _host()
+    removed = []
     for tmp in Path(folder).glob(".*.tmp") if Path(folder).exists() else []:
         parts = tmp.name[:-len(".tmp")].rsplit(".", 3)  # [.<name>, <host>, <pid>, <random>]
         host, pid = (parts[1], parts[2]) if len(parts) == 4 else (None, None)
@@ -92,12 +102,23 @@ def remove_stale_temp(folder: Path) -> list[Path]:
             age = time.time() - tmp.stat().st_mtime
         except FileNotFoundError:
             continue
-        mine = host == me
-        dead = mine and int(pid) != os.getpid() and not _alive(int(pid))
-        if dead or (not mine and age > STALE_FOREIGN_SECONDS):
+        if writer_gone(host, int(pid), age):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def writer_gone(host: str | None, pid: int, age_seconds: float) -> bool:
+    """Whether the writer (host, PID) of a temp file or folder this old is gone: on this host, its PID is dead;
+    on another (a shared store), the file is older than any write takes."""
+    if host == _host():
+        return pid != os.getpid() and not _alive(pid)
+    return age_seconds > STALE_FOREIGN_SECONDS
+
+
+def writer_tag() -> str:
+    """``<host>.<pid>``: who writes a temp file or folder, as :func:`writer_gone` reads it back."""
+    return f"{_host()}.{os.getpid()}"
 
 
 def _alive(pid: int) -> bool:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pclc.errors import UserError
 from pclc.io import CorruptFileError, atomic_write_json, atomic_write_text, load_tensors, \
-    read_json, remove_stale_temp
+    read_json, remove_stale_temp, writer_gone, writer_tag
 from pclc.store import RunDir, identity, model_state, run_key
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,12 @@ def _rebuild_warmup(src_cfg: DictConfig, src: RunDir, T: int, train: Callable) -
     was written first): train its first T epochs again, elsewhere, and keep their checkpoint (same seed, same
     weights); the finished run itself is untouched."""
     log.warning("%s is finished but has no warmup.pt; training its first %d epochs again to rebuild it", src.key, T)
-    with tempfile.TemporaryDirectory(dir=src.path.parent, prefix=f".{src.key}.rebuild-") as tmp:
+    for old in src.path.parent.glob(f".{src.key}.rebuild-*"):  # left by a killed rebuild: .<key>.rebuild-<host>.<pid>-x
+        tag = old.name.split(".rebuild-", 1)[1].rsplit("-", 1)[0]
+        host, _, pid = tag.rpartition(".")
+        if pid.isdigit() and writer_gone(host, int(pid), time.time() - old.stat().st_mtime):
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=src.path.parent, prefix=f".{src.key}.rebuild-{writer_tag()}-") as tmp:
         train(OmegaConf.merge(src_cfg, {"store": tmp, "force": False}), until_epoch=T)
         shutil.copyfile(RunDir(tmp, src.key).warmup, src.warmup.with_suffix(".rebuilt.tmp"))
         src.warmup.with_suffix(".rebuilt.tmp").replace(src.warmup)

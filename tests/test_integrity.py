@@ -85,6 +85,19 @@ def test_a_finished_warmup_run_without_warmup_pt_is_rebuilt(tmp_path, reference)
     assert not [p for p in tmp_path.iterdir() if "rebuild" in p.name]  # the rebuild's scratch run is gone
 
 
+def test_a_killed_rebuilds_scratch_folder_is_removed_by_the_next(tmp_path, reference):
+    """Issue 28, item 9: a SIGKILL during the warm-up rebuild left its .<key>.rebuild-*/ folder for good."""
+    from pclc.io import _host
+
+    _, _, pc_ref = reference
+    ce = train(cfg_for(tmp_path))
+    (Path(ce["path"]) / "warmup.pt").unlink()
+    left = tmp_path / f".{Path(ce['path']).name}.rebuild-{_host()}.999999999-abc"  # a dead writer's folder
+    (left / "x").mkdir(parents=True)
+    assert same(weights(train(cfg_for(tmp_path, loss="pclc"))), pc_ref)
+    assert not [p for p in tmp_path.iterdir() if "rebuild" in p.name]
+
+
 # 2 --------------------------------------------------------------------------------------------------------
 def _edit_config(run: RunDir, edit) -> None:
     conf = yaml.safe_load(run.config.read_text())

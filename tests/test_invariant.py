@@ -162,3 +162,37 @@ def test_experiment_all_keeps_restrictions_and_numbers_cells_for_a_launcher(tmp_
         ["fgsm"] * 3
     with pytest.raises(ValueError, match=rf"stage=cell needs cell in \[0, {total}\), got {total}"):
         reproduce(cfg("stage=cell", f"cell={total}"))
+
+
+def test_a_read_only_store_serves_finished_work_and_refuses_writes_in_one_line(table, tmp_path, monkeypatch):
+    """Issue 28, item 9: a read-only store crashed stage=all and evaluate (EROFS on a lock file) with nothing
+    left to compute."""
+    import errno
+    import tempfile
+
+    import pclc.io as io
+    import pclc.locks as locks
+    from pclc.io import ReadOnlyStoreError
+
+    tmp = _copy(table, tmp_path)
+    store = str(tmp / "runs")
+
+    class ReadOnlyLock(locks.FileLock):
+        def acquire(self, *a, **k):
+            if self.lock_file.startswith(store):
+                raise OSError(errno.EROFS, "Read-only file system")
+            return super().acquire(*a, **k)
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if str(dir).startswith(store):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(locks, "FileLock", ReadOnlyLock)
+    monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp)
+    out = reproduce(_cfg(tmp, f"out_dir={tmp / 'elsewhere'}"))  # every cell is done: nothing to write there
+    assert out["ran"] == 2 and Path(out["outputs"][1]).exists()
+    with pytest.raises(ReadOnlyStoreError, match="cannot write .*: Read-only file system; pass a writable store="):
+        reproduce(_cfg(tmp, f"out_dir={tmp / 'elsewhere2'}", "attacks=[pgd]"))  # PGD is missing: it must write
