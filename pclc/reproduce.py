@@ -28,7 +28,7 @@ from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment
 from pclc.plan import cell_timeout_minutes, plan
 from pclc.headers import config_yaml, trained_on_notes
 from pclc.reports import check_table_file, write_table
-from pclc.store import RunDir, run_key
+from pclc.store import RunDir, checked_config, run_key
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
             restore(run.key, cfg.store, cfg.get("zoo_dir"))
         if not run.finished:
             raise ValueError(f"run {run.key} ({cell.label}) is not trained; run stage=all first")
+        checked_config(run)  # an edited config.yaml is refused before its reference run is trained
         ref = None
         if exp.get("reference"):
             ref_cell = make_cell(cfg, cell.dataset, cell.model, exp.reference)

@@ -196,3 +196,21 @@ def test_a_read_only_store_serves_finished_work_and_refuses_writes_in_one_line(t
     assert out["ran"] == 2 and Path(out["outputs"][1]).exists()
     with pytest.raises(ReadOnlyStoreError, match="cannot write .*: Read-only file system; pass a writable store="):
         reproduce(_cfg(tmp, f"out_dir={tmp / 'elsewhere2'}", "attacks=[pgd]"))  # PGD is missing: it must write
+
+
+def test_the_audit_refuses_an_edited_config_before_training_its_reference(table, tmp_path):
+    """Issue 28, item 9: the audit trained a reference run from an edited config.yaml before refusing it."""
+    import yaml
+
+    from pclc.audit.cli import audit
+
+    tmp = _copy(table, tmp_path)
+    run = _run(tmp, "pclc")
+    conf = yaml.safe_load((run / "config.yaml").read_text())
+    conf["resolved"]["trainer"]["batch_size"] = 64
+    (run / "config.yaml").write_text(yaml.safe_dump(conf))
+    before = sorted(p.name for p in (tmp / "runs").iterdir())
+    with pytest.raises(RunIntegrityError, match="was edited"):
+        audit(compose("audit", [f"audit.run={run.name}", f"store={tmp / 'runs'}", "logger=none",
+                                f"audit.out_dir={tmp / 'audit'}"]))
+    assert sorted(p.name for p in (tmp / "runs").iterdir()) == before

@@ -17,7 +17,7 @@ from pclc.audit.report import paper_rows, write_audit_report
 from pclc.audit.run import audit_run
 from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.headers import config_yaml
-from pclc.store import RunDir, run_key
+from pclc.store import RunDir, checked_config, run_key
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _named_run(cfg: DictConfig) -> tuple[DictConfig, RunDir]:
     run = RunDir.at(a.run) if "/" in str(a.run) else RunDir(cfg.store, str(a.run))
     if not run.config.exists():
         raise ValueError(f"audit.run={a.run}: no run at {run.path} (expected {run.config})")
-    cfg, resolved, root = cfg.copy(), run.stored_config(), cfg.dataset.root
+    cfg, resolved, root = cfg.copy(), checked_config(run), cfg.dataset.root  # an edited config.yaml: refused now
     with open_dict(cfg):
         for k in ("dataset", "model", "loss", "trainer", "seed"):
             cfg[k] = resolved[k]
@@ -58,6 +58,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     if not run.finished:
         raise ValueError(f"run {run.key} is not finished; train it first: python -m pclc.train "
                          f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
+    checked_config(run)  # before a reference run is trained from it
     ref_run = None
     if a.reference and (a.reference != cfg.loss.name or cfg.trainer.get("adversarial")):
         ref = variant(cfg, loss=a.reference, trainer=a.get("reference_trainer"))
