@@ -132,9 +132,11 @@ def test_a_kill_between_the_two_table_writes_loses_no_cell(table, tmp_path, monk
 def test_a_store_path_with_hydra_grammar_characters_works(tmp_path):
     """Issue 28, defect 7: the store path is rebuilt into each cell's overrides; a space, ü, ',', quote, '=' or
     '[ ]' in it broke every table with a Hydra lexer error."""
-    from pclc.config import quoted
-
     weird = tmp_path / "a b ü,c'd=e[f]"
+
+    def quoted(p):  # as a user quotes it on the command line
+        return "'" + str(p).replace("'", "\\'") + "'"
+
     cfg = compose("reproduce", ["experiment=table1", "profile=tiny", "logger=none", f"store={quoted(weird / 'runs')}",
                                 f"out_dir={quoted(weird / 'results')}", "datasets=[fmnist]", FAKE, "attacks=[fgsm]"])
     out = reproduce(cfg)
@@ -172,7 +174,6 @@ def test_a_read_only_store_serves_finished_work_and_refuses_writes_in_one_line(t
 
     import pclc.io as io
     import pclc.locks as locks
-    from pclc.io import ReadOnlyStoreError
 
     tmp = _copy(table, tmp_path)
     store = str(tmp / "runs")
@@ -194,7 +195,7 @@ def test_a_read_only_store_serves_finished_work_and_refuses_writes_in_one_line(t
     monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp)
     out = reproduce(_cfg(tmp, f"out_dir={tmp / 'elsewhere'}"))  # every cell is done: nothing to write there
     assert out["ran"] == 2 and Path(out["outputs"][1]).exists()
-    with pytest.raises(ReadOnlyStoreError, match="cannot write .*: Read-only file system; pass a writable store="):
+    with pytest.raises(OSError, match="cannot write .*: Read-only file system; pass a writable store="):
         reproduce(_cfg(tmp, f"out_dir={tmp / 'elsewhere2'}", "attacks=[pgd]"))  # PGD is missing: it must write
 
 
@@ -214,3 +215,15 @@ def test_the_audit_refuses_an_edited_config_before_training_its_reference(table,
         audit(compose("audit", [f"audit.run={run.name}", f"store={tmp / 'runs'}", "logger=none",
                                 f"audit.out_dir={tmp / 'audit'}"]))
     assert sorted(p.name for p in (tmp / "runs").iterdir()) == before
+
+
+def test_a_truncated_result_is_set_aside_naming_its_file(table, tmp_path, caplog):
+    """Issue 28, item 9: stage=tables on a truncated result printed a JSON error without the file's name."""
+    tmp = _copy(table, tmp_path)
+    f = next((_run(tmp, "pclc") / "eval").glob("white-fgsm-eps0.2-*.json"))
+    f.write_text(f.read_text()[:95])
+    with caplog.at_level(logging.WARNING):
+        reproduce(_cfg(tmp, "stage=tables"))
+    assert f"result set aside: cannot read {f}" in caplog.text
+    cell = _csv(tmp).query("method == 'pclc' and attack == 'fgsm' and param == '0.2'").iloc[0]
+    assert cell.status == "not run"
