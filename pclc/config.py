@@ -116,8 +116,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def quoted(value) -> str:
-    """``value`` as a Hydra override value: as it is when plain, else single-quoted with ``'`` escaped, so a path with a space, ``,``, ``'``, ``=``, ``[ ]`` or non-ASCII letters survives the override
-    grammar (``f"store={quoted(path)}"``)."""
+    """``value`` as a Hydra override value: as it is when plain, else single-quoted with ``'`` escaped, so a path
+    with a space, ``,``, ``'``, ``=``, ``[ ]`` or non-ASCII letters survives the override grammar
+    (``f"store={quoted(path)}"``)."""
     import re
 
     v = str(value)

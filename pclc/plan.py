@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ from pclc.train import warmup_source
 # Cost model
 # ------------------------------------------------------------------------------------------
 def device_slug(device: torch.device) -> str:
-    """``cpu``, or the GPU's model (``h100``): the suffix of ``results/bench-<slug>.json``."""
-    return "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1].lower()
+    """``cpu``, or the GPU's whole name as a file name (``nvidia-h100-80gb-hbm3``; its last word alone made
+    "A100 80GB PCIe" and "H100 PCIe" both ``pcie``): the suffix of ``results/bench-<slug>.json``."""
+    if device.type == "cpu":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-") or "cuda"
 
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:

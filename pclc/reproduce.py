@@ -191,7 +191,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         minutes = cell_timeout_minutes(cfg)
         if minutes is None:
             log.warning("some cells have no predicted time on this device (run `make bench`, or pass "
-                        "bench=<bench-cuda.json from a GPU node>); keeping the launcher's timeout_min")
+                        "bench=results/bench-<gpu>.json written by make bench on a GPU node); keeping the launcher's timeout_min")
         print(minutes if minutes is not None else "")
         return {"timeout_min": minutes}
     if cfg.stage == "cell":

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Dataset fields that say where the data is and how large its files are, not what it is: never part of a
 # run's identity.
@@ -37,12 +37,31 @@ def _without_hydra_keys(d: Any) -> Any:
     return d
 
 
+def accel_numerics(accel: Any, device_type: str) -> dict[str, bool]:
+    """Whether training runs in bf16 autocast and channels_last: ``auto`` means on for CUDA, off on CPU. Both
+    change the trained weights (CE's float32 saturation is this project's central finding), so they are part
+    of a run's identity when on."""
+    accel = accel or {}
+    pick = lambda v: device_type == "cuda" if v in (None, "auto") else bool(v)  # noqa: E731
+    return {"bf16": pick(accel.get("bf16")), "channels_last": pick(accel.get("channels_last"))}
+
+
+def _device_type(name: Any) -> str:
+    name = str(name or "auto")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name).type
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The parts of a training config that determine the trained weights (not logging or paths)."""
+    """The parts of a training config that determine the trained weights (not logging or paths): fp32 runs keep
+    the keys they always had; bf16 or channels_last training adds ``numerics`` (another key, another run)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     dataset = {k: v for k, v in c["dataset"].items() if k not in _DATASET_LOCATION}
-    return {"dataset": dataset, "model": c["model"], "loss": _without_hydra_keys(c["loss"]), "trainer": c["trainer"],
-            "seed": c["seed"]}
+    out = {"dataset": dataset, "model": c["model"], "loss": _without_hydra_keys(c["loss"]), "trainer": c["trainer"],
+           "seed": c["seed"]}
+    # from_zoo: "auto" means the zoo's fp32 weights on any machine (a GPU would otherwise look for a bf16 run)
+    dev = "cpu" if c.get("from_zoo") else _device_type(c.get("device"))
+    numerics = {k: v for k, v in accel_numerics(c.get("accel"), dev).items() if v}
+    return {**out, "numerics": numerics} if numerics else out
 
 
 def digest(obj: Any, n: int = 12) -> str:
@@ -105,8 +124,16 @@ class RunDir:
         return OmegaConf.to_container(OmegaConf.load(self.config).identity)
 
     def stored_config(self) -> DictConfig:
-        """The resolved training config the run was trained with (``config.yaml``'s ``resolved``)."""
-        return OmegaConf.create(OmegaConf.load(self.config).resolved)
+        """The resolved training config the run was trained with (``config.yaml``'s ``resolved``), its bf16 and
+        channels_last pinned to what its identity records (``auto`` would resolve to bf16 on a GPU machine and
+        give a CPU-trained run another key there)."""
+        stored = OmegaConf.load(self.config)
+        cfg = OmegaConf.create(stored.resolved)
+        numerics = (OmegaConf.to_container(stored.identity) or {}).get("numerics") or {}
+        with open_dict(cfg):
+            cfg.accel = {**(OmegaConf.to_container(cfg.accel) if cfg.get("accel") else {}),
+                         "bf16": bool(numerics.get("bf16")), "channels_last": bool(numerics.get("channels_last"))}
+        return cfg
 
 
 class RunIntegrityError(ValueError):

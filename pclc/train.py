@@ -33,7 +33,7 @@ from pclc.locks import held, lock_path
 from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
 from pclc.resume import CheckpointMismatchError, open_run, record_config, start_state
-from pclc.store import RunDir, build_model, digest, provenance, run_key, weights_digest
+from pclc.store import RunDir, accel_numerics, build_model, digest, provenance, run_key, weights_digest
 from pclc.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ class Accel:
     def build(cls, cfg: DictConfig | None, model: torch.nn.Module, device: torch.device) -> "Accel":
         cfg = cfg or {}
         cuda = device.type == "cuda"
-        pick = lambda v: cuda if v in (None, "auto") else bool(v)  # noqa: E731
-        acc = cls(bf16=pick(cfg.get("bf16")), channels_last=pick(cfg.get("channels_last")))
+        acc = cls(**accel_numerics(cfg, device.type))  # as the run's key has them (pclc.store.identity)
         if cuda:
             torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
         if acc.channels_last:

@@ -16,7 +16,7 @@ from pclc.config import compose, group_config
 from pclc.evaluate import evaluate
 from pclc.io import CorruptFileError
 from pclc.resume import CheckpointMismatchError
-from pclc.store import RunDir, RunIntegrityError, load_run, weights_digest
+from pclc.store import RunDir, RunIntegrityError, load_run, run_key, weights_digest
 from pclc.train import train
 
 FAKE = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase=2"]
@@ -170,8 +170,10 @@ def test_a_resume_keeps_the_runs_thread_count_and_refuses_other_numerics(tmp_pat
     monkeypatch.undo()
     seen, real = [], train_mod.train_epoch
     monkeypatch.setattr(train_mod, "train_epoch", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
-    with pytest.raises(CheckpointMismatchError, match="accel.bf16"):
-        train(cfg_for(tmp_path, "accel.bf16=true"))
+    # bf16 training is another run (issue 33: precision is part of the key), never a resume of the fp32 one
+    assert run_key(cfg_for(tmp_path, "accel.bf16=true")) != run_key(cfg_for(tmp_path))
+    assert run_key(cfg_for(tmp_path, "accel.channels_last=true")) != run_key(cfg_for(tmp_path))
+    assert run_key(cfg_for(tmp_path, "accel.bf16=false")) == run_key(cfg_for(tmp_path))  # fp32 keys unchanged
     torch.set_num_threads(1)
     s = train(cfg_for(tmp_path))
     assert seen == [2, 2, 2] and s["threads"] == 2 and torch.get_num_threads() == 1  # restored afterwards
@@ -325,3 +327,14 @@ def test_atomic_files_get_the_umasks_permissions(tmp_path, umask):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_cpu_runs_stored_config_keeps_its_key_on_a_gpu_machine(tmp_path, monkeypatch):
+    """Issue 33: ``accel.bf16: auto`` resolved on a GPU machine would give a CPU-trained (fp32) run's stored config
+    another key there, and evaluating it would call it edited; the stored numerics are pinned."""
+    s = train(cfg_for(tmp_path))
+    run = RunDir(tmp_path, s["key"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert run_key(run.stored_config()) == s["key"]  # checked_config passes on the GPU machine
+    assert run_key(cfg_for(tmp_path)) != s["key"]  # while a fresh config there trains in bf16: another run
+    assert run_key(cfg_for(tmp_path, "from_zoo=true")) == s["key"]  # FROM=zoo on a GPU: the zoo's fp32 weights
