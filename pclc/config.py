@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -108,7 +109,10 @@ def validate_data_model(cfg: DictConfig) -> None:
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        _warn_unusable_gpu()
+        return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda requested but no CUDA device is available")
@@ -126,3 +130,16 @@ def quoted(value) -> str:
         return v
     v = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, v)  # Hydra unescapes backslashes only before a quote
     return "'" + v.replace("'", "\\'") + "'"
+
+
+@functools.cache
+def _warn_unusable_gpu() -> None:
+    """One line when a GPU is there (``nvidia-smi``) but torch cannot use it (a driver older than its CUDA build,
+    or an unsupported GPU): ``device=auto`` then runs on the CPU, which should not happen silently."""
+    import logging
+    import shutil
+
+    if shutil.which("nvidia-smi") or os.path.exists("/proc/driver/nvidia/version"):
+        logging.getLogger(__name__).warning(
+            "a GPU is present but torch %s (CUDA %s) cannot use it (driver too old for this build, or an unsupported "
+            "GPU): device=auto runs on the CPU", torch.__version__, torch.version.cuda)

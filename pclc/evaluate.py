@@ -248,6 +248,7 @@ def _substitute(cfg: DictConfig, run: RunDir, run_cfg: DictConfig, device) -> tu
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one finished run under ``cfg.suite``; returns clean and per-cell accuracies."""
     device = resolve_device(cfg.device)
+    torch.backends.cudnn.benchmark = False  # the engine drops finished rows: every new batch shape would be autotuned
     run = RunDir.at(cfg.run_dir) if cfg.get("run_dir") else RunDir(cfg.store, run_key(cfg))
     if cfg.get("from_zoo") and not cfg.get("run_dir"):  # the weights from results/zoo: nothing trains
         restore(run.key, cfg.store, cfg.get("zoo_dir"))

@@ -135,3 +135,22 @@ def start_state(cfg: DictConfig, run: RunDir, model: torch.nn.Module, T: int, st
     state["metrics"] = [dict(m, source=src.key) for m in state["metrics"]]
     log.info("reusing the epoch-%d warm-up of %s", T, src.key)
     return state, src.key
+
+
+def has_cuda() -> bool:
+    """Whether CUDA's generators exist to be saved with a checkpoint and restored on resume."""
+    return torch.cuda.is_available()
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a checkpoint keeps: the data generator's, torch's CPU generator and, on CUDA, every
+    GPU's (VGG-13's Dropout draws there): a resumed run ends with the uninterrupted weights."""
+    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if has_cuda() else None}
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and has_cuda():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])

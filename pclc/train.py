@@ -1,10 +1,9 @@
 """Training: the paper's two-phase protocol through the run store.
 
-Every run has two phases of ``T`` epochs, each with a fresh Adam and learning-rate schedule
-(Experiments: "we first warm up ... for T epochs using CE loss, and then train the model using our
-method ... for another T epochs whereas we directly train the baseline using CE loss for 2T epochs").
-Phase 1 uses ``loss.warmup`` when the loss names one (PC+LC: CE), else the loss itself. A PC+LC
-run therefore starts from the matching CE run's epoch-T checkpoint, which is trained once.
+Every run has two phases of ``T`` epochs, each with a fresh Adam and learning-rate schedule (Experiments: "we
+first warm up ... for T epochs using CE loss, and then train the model using our method ... for another T epochs
+whereas we directly train the baseline using CE loss for 2T epochs"). Phase 1 uses ``loss.warmup`` when the loss
+names one (PC+LC: CE): a PC+LC run starts from the matching CE run's epoch-T checkpoint, trained once.
 
 ``python -m pclc.train dataset=fmnist model=lenet5 loss=pclc`` (Hydra overrides; ``-m`` for sweeps).
 """
@@ -13,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -32,7 +32,7 @@ from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.locks import held, lock_path
 from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
-from pclc.resume import CheckpointMismatchError, open_run, record_config, start_state
+from pclc.resume import CheckpointMismatchError, open_run, record_config, restore_rng, rng_state, start_state
 from pclc.store import RunDir, accel_numerics, build_model, digest, provenance, run_key, weights_digest
 from pclc.tracking import build_tracker
 
@@ -80,7 +80,8 @@ def build_adversary(trainer: DictConfig) -> HalfAdversarial | None:
 
 @dataclass
 class Accel:
-    """Speed options (``accel`` config): not part of a run's identity; recorded in its summary."""
+    """Speed options (``accel`` config): bf16 and channels_last change the weights and are part of the run's key
+    when on (pclc.store.accel_numerics); compile is speed only. Recorded in the run's summary."""
 
     bf16: bool = False
     channels_last: bool = False
@@ -89,10 +90,13 @@ class Accel:
     @classmethod
     def build(cls, cfg: DictConfig | None, model: torch.nn.Module, device: torch.device) -> "Accel":
         cfg = cfg or {}
-        cuda = device.type == "cuda"
         acc = cls(**accel_numerics(cfg, device.type))  # as the run's key has them (pclc.store.identity)
-        if cuda:
-            torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
+        if cfg.get("deterministic"):  # bit-for-bit on one GPU type, at a cost (README: the GPU path)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True)) and not cfg.get("deterministic")
         if acc.channels_last:
             model.to(memory_format=torch.channels_last)
         comp = cfg.get("compile") or False
@@ -247,8 +251,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
     start = int(state["epoch"]) if state else 0
     metrics: list[dict[str, Any]] = list(state["metrics"]) if state else []
     if state:
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng(state, generator)
 
     phase_loss = [build_loss(c.loss, check_inputs=False) for c in (warmup_source(cfg) if cfg.loss.get("warmup")
                                                                    else cfg, cfg)]
@@ -286,7 +289,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                    "seconds": time.perf_counter() - te}
             metrics.append(row)
             ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    **rng_state(generator),
                     "metrics": metrics, "warmup_from": warmup_from, "threads": threads, "accel": accel.describe()}
             if epoch + 1 == T:  # the warm-up first: a kill between the two writes leaves a resumable run
                 atomic_torch_save(ckpt, run.warmup)

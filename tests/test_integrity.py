@@ -15,7 +15,6 @@ import pclc.train as train_mod
 from pclc.config import compose, group_config
 from pclc.evaluate import evaluate
 from pclc.io import CorruptFileError
-from pclc.resume import CheckpointMismatchError
 from pclc.store import RunDir, RunIntegrityError, load_run, run_key, weights_digest
 from pclc.train import train
 

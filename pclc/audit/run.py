@@ -308,6 +308,7 @@ def audit_run(run: RunDir, device: torch.device, attacks: dict, profile: dict, t
     """Audit a finished run on its test set (or a class-balanced subset); ``eps_list`` None = the dataset's
     grid. ``reference_run`` (the CE run of the same architecture and data) is the transfer source and sets
     the reference level. Per-attack results are cached in ``run.audit``."""
+    torch.backends.cudnn.benchmark = False  # attacks change batch shapes as rows finish: no autotuning per shape
     for e in eps_list or []:
         check_eps(e, "audit")
     run_cfg, model = load_run(run, device)
