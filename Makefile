@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints test clean demo plan bench summary audit audit-run verify-zoo table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints test clean demo plan bench summary audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
@@ -97,6 +97,8 @@ bench: $(STAMP) ## Benchmark ours vs reference: results/bench-<device>.*, and th
 	$(BIN)/python scripts/bench_column.py
 audit: $(STAMP) ## Robustness audit of every Table 1/5 model (default DATASETS=fmnist) -> results/audit.{md,csv,png}
 	$(call reproduce,audit)
+gpu-check: $(STAMP) ## GPU: tests, bench, Table 1 from the zoo, whole-paper plan -> results/gpu-check-<gpu>/ (GPU_CHECK_DEVICE=cpu: tiny)
+	$(BIN)/python scripts/gpu_check.py
 verify-zoo: $(STAMP) ## Re-evaluate every zoo model here (clean, FGSM, PGD) against its manifest -> results/verify-<machine>.md
 	$(BIN)/python -m pclc.verify $(ARGS)
 audit-run: $(STAMP) ## Audit one run: make audit-run ARGS="audit.run=<key>" (or dataset=.. model=.. loss=..)

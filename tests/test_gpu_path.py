@@ -81,3 +81,22 @@ def test_deterministic_mode_requests_deterministic_algorithms(monkeypatch):
 
     assert calls == [True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not acc.bf16
     torch.backends.cudnn.deterministic = False
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_at_a_tiny_size_on_cpu(tmp_path):
+    """make gpu-check with GPU_CHECK_DEVICE=cpu: tests, bench, Table 1 (fake data), the whole-paper plan."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "gpu_check.py"), "--device", "cpu", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["step"] for s in summary["steps"]] == ["tests", "bench", "table1", "plan"]
+    assert all(s["exit"] == 0 for s in summary["steps"]) and "predicted time" in summary["steps"][3]["last_line"]
+    assert json.loads((tmp_path / "bench-cpu.json").read_text())["models"][0]["model"] == "lenet5"
+    assert (tmp_path / "tables" / "tiny" / "table1.csv").exists() and "| table1 | 0 |" in \
+        (tmp_path / "summary.md").read_text()

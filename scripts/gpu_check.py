@@ -1,0 +1,93 @@
+"""make gpu-check: one command that shows what the single-GPU path does on the machine at hand.
+
+    make gpu-check                          # on a GPU: under 10 minutes on one H100/H200
+    GPU_CHECK_DEVICE=cpu make gpu-check     # the same steps at a tiny size on the CPU (CI runs this)
+
+Steps, each timed, everything written under ``results/gpu-check-<device>/`` with a summary.md:
+1. the test suite on this device (``-m "not slow"`` on a GPU; the GPU-path tests on the CPU);
+2. ``scripts/bench.py`` on this device: ``bench-<device>.{md,json}``, the schema the planner reads;
+3. the Fashion-MNIST Table 1 column from the zoo's weights (no training; on the CPU: tiny, on fake data);
+4. the planner's whole-paper prediction from the bench just measured (``experiment=all plan=true``).
+A step that fails is recorded and the rest still run; the command exits non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(name: str, cmd: list[str], folder: Path, env: dict, timeout: int) -> dict:
+    t0 = time.perf_counter()
+    log = folder / f"{name}.log"
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        code, out = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired as e:
+        code, out = 124, f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {timeout} s"
+    log.write_text(f"$ {' '.join(cmd)}\n{out}")
+    tail = [ln for ln in out.strip().splitlines() if ln.strip()][-1:] or [""]
+    step = {"step": name, "command": " ".join(cmd), "exit": code, "seconds": round(time.perf_counter() - t0, 1),
+            "last_line": tail[0][:300], "log": log.name}
+    print(f"[gpu-check] {name}: exit {code} in {step['seconds']} s: {step['last_line']}", flush=True)
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/gpu_check.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default=os.environ.get("GPU_CHECK_DEVICE", "cuda"), choices=["cuda", "cpu"])
+    ap.add_argument("--out", default=None, help="folder (default results/gpu-check-<device>)")
+    ap.add_argument("--timeout", type=int, default=540, help="seconds per step at most")
+    a = ap.parse_args(argv)
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from pclc.plan import device_slug
+    from pclc.store import machine, machine_line
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("error: GPU_CHECK_DEVICE=cuda but torch sees no usable GPU; GPU_CHECK_DEVICE=cpu runs the tiny check",
+              file=sys.stderr)
+        return 2
+    device = torch.device(a.device)
+    tiny = a.device == "cpu"
+    slug = device_slug(device)
+    folder = Path(a.out or ROOT / "results" / f"gpu-check-{slug}").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PCLC_RUNS": str(folder / "runs"), "PYTHONUNBUFFERED": "1"}
+    py = sys.executable
+    common = ["logger=none", f"device={a.device}", f"store={folder / 'runs'}", f"out_dir={folder / 'tables'}"]
+    table = ["experiment=table1", "datasets=[fmnist]", *common]
+    table += ["profile=tiny", "dataset_map={fmnist: fake}"] if tiny else ["from_zoo=true"]
+    steps = [
+        ("tests", [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                   *(["tests/test_gpu_path.py"] if tiny else ["-m", "not slow"])]),
+        ("bench", [py, "scripts/bench.py", *(["--tiny", "--models", "fmnist:lenet5", "--root",
+                                               str(folder / "no-data")] if tiny else []),
+                   "--out", str(folder / f"bench-{slug}")]),
+        ("table1", [py, "-m", "pclc.reproduce", *table]),
+        ("plan", [py, "-m", "pclc.reproduce", "experiment=all", "plan=true", *common,
+                  f"bench={folder / f'bench-{slug}.json'}", *(["datasets=[fmnist]"] if tiny else [])]),
+    ]
+    done = [_run(name, cmd, folder, env, a.timeout) for name, cmd in steps]
+    summary = {"device": machine_line(machine(device)), "mode": "tiny (CPU)" if tiny else "full",
+               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "steps": done}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"# gpu-check on {summary['device']} ({summary['mode']})", "", f"- date: {summary['date']}",
+             f"- folder: {folder}", "", "| step | exit | seconds | last line |", "|---|---|---|---|"]
+    lines += [f"| {s['step']} | {s['exit']} | {s['seconds']} | {s['last_line'].replace('|', '/')} |" for s in done]
+    (folder / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if all(s["exit"] == 0 for s in done) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
