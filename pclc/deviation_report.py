@@ -48,15 +48,19 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
         .drop_duplicates(["table", "attack", "param", "method"])
     best.loc[best.verdict == "baseline", "verdict"] = "not run"  # only the paper arm ran: no test yet
     lines += [f"## Every cell outside tolerance ({int(cells.outside.sum())} of {len(cells)} committed cells)", "",
-              "| table | method | cell | paper | ours | ours − paper | verdict | by |", "|---|---|---|---|---|---|---|---|"]
+              "| table | method | cell | paper | ours | ours − paper | verdict | by | arms tried |",
+              "|---|---|---|---|---|---|---|---|---|"]
     claims = judged.groupby(["table", "attack", "param", "method"]).study.agg(lambda s: ", ".join(dict.fromkeys(s)))
+    tried = judged[judged.n_seeds > 0].groupby(["table", "attack", "param", "method"]).size()
     for r in best.sort_values(["table", "method", "attack", "param"]).itertuples():
         cell = _cell_name(r.attack, r.param)
         studies = claims[(r.table, r.attack, r.param, r.method)]
         by = f"{r.study}: {r.arm}" if r.verdict in ("explained", "partly") else \
             ("no study claims it" if studies == "—" else f"studies: {studies}")
+        n = int(tried.get((r.table, r.attack, r.param, r.method), 0))
         lines.append(f"| {r.table} | {r.method} | {cell} | {r.paper:.1f} | {r.ours:.1f} | {r.diff:+.1f} | "
-                     f"**{r.verdict}** | {by} |")
+                     f"**{r.verdict}** | {by}{'' if r.verdict != 'partly' or r.primary is not False else ' (exploratory)'}"
+                     f" | {n} |")
     for name in chosen_studies(cfg):
         st, mine = exp.studies[name], judged[judged.study == name]
         lines += ["", f"## {st.finding}", "", f"Hypothesis: {st.hypothesis}.", ""]
@@ -125,7 +129,8 @@ def full_rows(cfg: DictConfig, name: str, cells: pd.DataFrame, res: pd.DataFrame
                          f"{'✓' if near[2] else '✗'} |")
         out += ["", f"Arm `{arm_name}` on every cell this study covers, inside tolerance too: within tolerance of the "
                 f"paper in {counts[3]} of {counts[0]} cells (the paper arm on this machine: {counts[2]}; the committed "
-                f"tables: {counts[1]}).", "",
+                f"tables: {counts[1]}). Each number: mean ± sd [95% t interval of the mean, not a prediction "
+                f"interval] (n seeds).", "",
                 f"| cell | paper | ours | paper arm | {arm_name} | within tolerance |", "|---|---|---|---|---|---|",
                 *lines]
     return out
@@ -153,7 +158,10 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         "least half the gap left by its study's `paper` arm (the same runs under the paper's settings, on this "
         "machine: a baseline, explained only if itself within tolerance); seeds: explained if the paper's number "
         "(one run) lies in the 95% prediction interval for one more seed, mean ± t(0.975, n-1) sd sqrt(1 + 1/n); "
-        "a cell's verdict is the best of its arms'",
+        "a cell's verdict is the best of its arms'; only a study's primary arms (declared in configs/experiment/"
+        "deviations.yaml: the arms its hypothesis names) can make it explained, an exploratory arm at most partly; "
+        f"where the paper reports at most {exp.near_zero.paper_at_most:g}%, ours must be at most "
+        f"{exp.near_zero.ours_at_most:g}% to count as within tolerance; 'arms tried': arms with a number for the cell",
         *trained_on_notes(cfg.store, [run_key(train_cfg(c, cfg)) for c in experiment_cells(cfg)])])
     paths = [folder / "deviations.md", folder / "deviations.csv"]
     from pclc.deviation_figures import cw_lr_figure, saturation_figure

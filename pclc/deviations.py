@@ -117,17 +117,21 @@ def _applies(arm, cell, table_rows: dict) -> bool:
         (e["attack"], e.get("source", "white")) for e in OmegaConf.to_container(arm.entries)}
 
 
-def verdict(paper: float, ours: float, values: list[float], tolerance: float, seeds: bool = False) -> str:
-    """explained / partly / not explained / not run (the rules in configs/experiment/deviations.yaml)."""
-    if seeds:
-        if len(values) < 2:
-            return "not run"
-        return "explained" if abs(statistics.fmean(values) - paper) <= seed_interval(values) else "not explained"
-    if not values:
+def verdict(paper: float, ours: float, values: list[float], tolerance: float, seeds: bool = False,
+            primary: bool = True, near_zero: dict | None = None) -> str:
+    """explained / partly / not explained / not run (the rules in configs/experiment/deviations.yaml): an
+    exploratory (not ``primary``) arm is at most "partly"; where the paper is near zero (``near_zero``) ours must
+    be too to lie "within tolerance"."""
+    if len(values) < (2 if seeds else 1):
         return "not run"
     v = statistics.fmean(values)
-    if abs(v - paper) <= tolerance:
-        return "explained"
+    close = abs(v - paper) <= (seed_interval(values) if seeds else tolerance)
+    if near_zero and paper <= float(near_zero["paper_at_most"]) and v > float(near_zero["ours_at_most"]):
+        close = False  # 9% is not 0% for robustness
+    if close:
+        return "explained" if primary else "partly"
+    if seeds:
+        return "not explained"
     return "partly" if abs(v - paper) <= abs(ours - paper) / 2 else "not explained"
 
 
@@ -150,7 +154,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                             & (paper.attack == c.attack) & (paper.param == c.param) & (paper.method == st.reference.method)]
                 val = [float(ref.accuracy.iloc[0])] if len(ref) else []
                 v = ("explained" if val and abs(c.ours - val[0]) <= c.tolerance else "not explained") if val else "not run"
-                out.append({**key, "study": name, "arm": f"paper {st.reference.table}", "n_seeds": len(val),
+                out.append({**key, "study": name, "arm": f"paper {st.reference.table}", "primary": True, "n_seeds": len(val),
                             "value": val[0] if val else None, "sd": None, "pi95": None, "verdict": v})
                 continue
             arms = [a for a in st.get("arms") or [] if _applies(a, c, rows_of[c.table])]
@@ -164,19 +168,22 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
             base = statistics.fmean(got["paper"]) if got.get("paper") else c.ours  # the same runs' paper settings
             for arm in arms:
                 vals = got[arm.name]
-                v = verdict(c.paper, base, vals, c.tolerance, seeds=name == "seeds")
+                primary = arm.name == "paper" or arm.name in list(st.get("primary") or [])
+                v = verdict(c.paper, base, vals, c.tolerance, seeds=st.get("rule") == "seeds", primary=primary,
+                            near_zero=exp.get("near_zero"))
                 if arm.name == "paper" and v != "explained":  # the baseline explains nothing by itself
                     v = "baseline" if vals else "not run"
-                out.append({**key, "study": name, "arm": arm.name, "n_seeds": len(vals),
+                out.append({**key, "study": name, "arm": arm.name, "primary": primary, "n_seeds": len(vals),
                             "value": round(statistics.fmean(vals), 2) if vals else None,
                             "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
-                            "pi95": round(seed_interval(vals), 2) if name == "seeds" and len(vals) > 1 else None,
-                            "verdict": v})
+                            "pi95": round(seed_interval(vals), 2) if st.get("rule") == "seeds" and len(vals) > 1
+                            else None, "verdict": v})
         if not claimed:
             out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "pi95": None,
                         "verdict": "not run"})
     return pd.DataFrame(out, columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours", "diff",
-                                      "tolerance", "study", "arm", "n_seeds", "value", "sd", "pi95", "verdict"])
+                                      "tolerance", "study", "arm", "primary", "n_seeds", "value", "sd", "pi95",
+                                      "verdict"])
 
 
 def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
