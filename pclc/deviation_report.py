@@ -58,7 +58,9 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
         by = f"{r.study}: {r.arm}" if r.verdict in ("explained", "partly") else \
             ("no study claims it" if studies == "—" else f"studies: {studies}")
         n = int(tried.get((r.table, r.attack, r.param, r.method), 0))
-        lines.append(f"| {r.table} | {r.method} | {cell} | {r.paper:.1f} | {r.ours:.1f} | {r.diff:+.1f} | "
+        src = getattr(r, "ours_from", "seed 0")
+        mark = "" if src in ("seed 0", None) or (isinstance(src, float) and math.isnan(src)) else f" ({src})"
+        lines.append(f"| {r.table} | {r.method} | {cell} | {r.paper:.1f} | {r.ours:.1f}{mark} | {r.diff:+.1f} | "
                      f"**{r.verdict}** | {by}{'' if r.verdict != 'partly' or r.primary is not False else ' (exploratory)'}"
                      f" | {n} |")
     for name in chosen_studies(cfg):

@@ -41,17 +41,39 @@ def committed_cells(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"{table}: no committed {path} (make {table}); its cells are not listed")
             continue
         df = pd.read_csv(path, comment="#", dtype={"param": str})
-        frames.append(df[df.dataset.isin(datasets) & df.status.isin(["run", "kept"])].assign(table=table))
+        df = df[df.dataset.isin(datasets) & df.status.isin(["run", "kept"])].assign(table=table, ours_from="seed 0")
         p = csv_provenance(path)
         notes.append(f"{table}: `{path}` (commit `{p.get('commit', '?')}`, {p.get('date', '?')})")
+        seeds = Path(cfg.out_dir) / "seeds" / f"{table}.csv"
+        if seeds.exists():  # "ours" is the mean over seeds wherever the cell has seeds (issue 29)
+            df = _with_seed_means(df, pd.read_csv(seeds, comment="#", dtype={"param": str}))
+            p = csv_provenance(seeds)
+            notes.append(f"{table} over seeds: `{seeds}` (commit `{p.get('commit', '?')}`, {p.get('date', '?')})")
+        frames.append(df)
     if not frames:
         return pd.DataFrame(columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours",
-                                     "diff", "tolerance", "outside"]), notes
+                                     "diff", "tolerance", "outside", "ours_from"]), notes
     df = pd.concat(frames, ignore_index=True)
     tol = exp.tolerance
     df["tolerance"] = [float(tol.clean if a == "clean" else tol.attacked) for a in df.attack]
     df["outside"] = df["diff"].abs() > df.tolerance
     return df, notes
+
+
+def _with_seed_means(df: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+    """``df``'s cells with ours, diff, n and the prediction interval from the seeds table where it has two or more
+    seeds for the cell (``ours_from`` says which)."""
+    key = ["dataset", "model", "method", "attack", "param"]
+    have = {tuple(r[k] for k in key): r for r in seeds.to_dict("records")
+            if r.get("status") in ("run", "kept") and (r.get("n_seeds") or 0) > 1}
+    out = []
+    for r in df.to_dict("records"):
+        m = have.get(tuple(r[k] for k in key))
+        if m is not None:
+            r = {**r, "ours": float(m["ours"]), "diff": round(float(m["ours"]) - float(r["paper"]), 2),
+                 "n_seeds": int(m["n_seeds"]), "pi95": m.get("pi95"), "ours_from": f"mean of {int(m['n_seeds'])} seeds"}
+        out.append(r)
+    return pd.DataFrame(out, columns=list(dict.fromkeys([*df.columns, "n_seeds", "pi95", "ours_from"])))
 
 
 def _matches(claim, row) -> bool:
@@ -142,7 +164,8 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
     rows_of = {t: _rows_of(t) for t in exp.tables}
     for c in cells[cells.outside].itertuples():
         key = {"table": c.table, "dataset": c.dataset, "model": c.model, "attack": c.attack, "param": c.param,
-               "method": c.method, "paper": c.paper, "ours": c.ours, "diff": c.diff, "tolerance": c.tolerance}
+               "method": c.method, "paper": c.paper, "ours": c.ours, "diff": c.diff, "tolerance": c.tolerance,
+               "ours_from": getattr(c, "ours_from", "seed 0")}
         claimed = False
         for name in chosen_studies(cfg):
             st = exp.studies[name]
@@ -182,7 +205,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
             out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "pi95": None,
                         "verdict": "not run"})
     return pd.DataFrame(out, columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours", "diff",
-                                      "tolerance", "study", "arm", "primary", "n_seeds", "value", "sd", "pi95",
+                                      "tolerance", "ours_from", "study", "arm", "primary", "n_seeds", "value", "sd", "pi95",
                                       "verdict"])
 
 

@@ -105,7 +105,7 @@ def to_markdown(df: pd.DataFrame) -> str:
                 mark = "†" if getattr(r, "status", "run") == KEPT else ""
                 n = getattr(r, "n_seeds", 1)
                 if n is not None and not pd.isna(n) and int(n) > 1:  # mean ± sd over seeds, judged by the 95% PI
-                    inside = "✓" if r.in_pi95 else "✗"
+                    inside = ("✓" if r.in_pi95 else "✗") if int(n) >= 3 else "n<3: no verdict"  # [0, 100] says nothing
                     lo, hi = max(0.0, r.ours - r.pi95), min(100.0, r.ours + r.pi95)  # accuracy's own range
                     vals.append(f"**{r.ours:.1f}** ± {r.sd:.1f} [{lo:.1f}, {hi:.1f}] "
                                 f"n={int(n)}{mark} ({r.paper:.1f}, {r.diff:+.1f} {inside})")
