@@ -64,15 +64,16 @@ def ce_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float, rand_init:
 
 @register_attack("margin-pgd", bounded=True, passes=_steps)
 def margin_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float | None = None, restarts: int = 1,
-               eps_iter: float | None = None, decay: bool = True, keep_first: bool = True):
+               eps_iter: float | None = None, decay: bool = True, keep_first: bool = True, rand_init: bool = True):
     """PGD on the C&W margin loss max_{k!=y} a_k - a_y (no softmax: cannot saturate); first step
-    ``rel_eps_iter * eps`` (or ``eps_iter``), cosine-decayed (``decay``), random start; per example the first
-    iterate that fools the model (``keep_first``, else the last, as the paper's PGD)."""
+    ``rel_eps_iter * eps`` (or ``eps_iter``), cosine-decayed (``decay``), random start (``rand_init``; off, one
+    step of eps is FGSM's update and 10 of 0.01 BIM's); per example the first iterate that fools the model
+    (``keep_first``, else the last, as the paper's PGD)."""
     if (rel_eps_iter is None) == (eps_iter is None):
         raise ValueError("margin_pgd takes one of rel_eps_iter and eps_iter")
     step = float(eps_iter) if eps_iter is not None else float(rel_eps_iter) * eps
     once = partial(sign_pgd, model, eps=eps, nb_iter=int(nb_iter), step=step, loss=margin_loss,
-                   decay=bool(decay), keep_first=bool(keep_first))
+                   decay=bool(decay), keep_first=bool(keep_first), rand_init=bool(rand_init))
     with seeded(seed, x.device):
         return _restarts(model, x, y, restarts, once)
 
