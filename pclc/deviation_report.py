@@ -100,12 +100,16 @@ def to_markdown(cfg: DictConfig, cells: pd.DataFrame, judged: pd.DataFrame, sat:
     if len(sat):
         lines += ["", "## Saturation of the trained runs (float32, full test set; mean ± sd [95% t interval of the mean] over "
                   "seeds)", "",
-                  "| training | method | p_y == 1.0 (%) | all-zero CE gradient (%) | logit margin: 10% | median | 90% |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| training | method | p_y == 1.0 (%) | all-zero CE gradient (%) | logit margin: 10% | median | 90% "
+                  "| PGD ε 0.1 survivors: with p_y == 1.0 / all-zero gradient / all (summed over seeds) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for (arm, meth), g in sat.groupby(["training", "method"], sort=False):
             shares = f"{_ms(g.share_p_y_one, 0, 100)} | {_ms(g.share_zero_grad, 0, 100)}"  # percentages
+            s = g.dropna(subset=["pgd01_survivors"]) if "pgd01_survivors" in g else g.iloc[:0]
+            surv = "—" if s.empty else (f"{int(s.pgd01_survivors_p_y_one.sum())} / {int(s.pgd01_survivors_zero_grad.sum())}"
+                                        f" / {int(s.pgd01_survivors.sum())} ({len(s)} runs)")
             lines.append(f"| {arm} | {meth} | {shares} | {_ms(g.margin_q10)} | "
-                         f"{_ms(g.margin_median)} | {_ms(g.margin_q90)} |")
+                         f"{_ms(g.margin_median)} | {_ms(g.margin_q90)} | {surv} |")
     return "\n".join(lines) + "\n"
 
 

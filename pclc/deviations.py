@@ -216,14 +216,30 @@ def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
     from pclc.data import eval_tensors
 
     path = run.path / "saturation.json"
-    if path.exists() and (cached := json.loads(path.read_text())).get("weights") == run_weights(run):
-        return {k: v for k, v in cached.items() if k != "weights"}
-    run_cfg, model = load_run(run, device)
-    run_cfg.dataset.root = root
-    x, y = eval_tensors(run_cfg.dataset, None, device)
-    sat = {k: v for k, v in saturation_probe(model, x, y).items() if k != "margin_hist"}
-    atomic_write_json(path, {**sat, "weights": run.read_summary().get("weights")})
-    return sat
+    if path.exists() and (cached := json.loads(path.read_text())).get("weights") == run_weights(run) \
+            and "p_y_one_idx" in cached:
+        sat = {k: v for k, v in cached.items() if k != "weights"}
+    else:
+        run_cfg, model = load_run(run, device)
+        run_cfg.dataset.root = root
+        x, y = eval_tensors(run_cfg.dataset, None, device)
+        sat = {k: v for k, v in saturation_probe(model, x, y, indices=True).items() if k != "margin_hist"}
+        atomic_write_json(path, {**sat, "weights": run.read_summary().get("weights")})
+    return {**sat, **_survivors(run, sat)}
+
+
+def _survivors(run: RunDir, sat: dict) -> dict[str, int]:
+    """Of the examples the paper's PGD at eps 0.1 (full test set) leaves correct, how many have p_y == 1.0 and an
+    all-zero CE gradient: whether CE's survival is float32 saturation, per example (issue 29)."""
+    for f in sorted(run.eval.glob("white-pgd-eps0.1-*.json")) if run.eval.exists() else []:
+        r = read_result(f, run)
+        if r is None or r.get("subset") is not None or (r.get("params") or {}).get("nb_iter") != 40:
+            continue
+        rec = r["records"]
+        alive = {i for i, (a, lab) in enumerate(zip(rec["adv_pred"], rec["label"])) if a == lab}
+        return {"pgd01_survivors": len(alive), "pgd01_survivors_p_y_one": len(alive & set(sat["p_y_one_idx"])),
+                "pgd01_survivors_zero_grad": len(alive & set(sat["zero_grad_idx"]))}
+    return {}
 
 
 def saturation(cfg: DictConfig) -> pd.DataFrame:
@@ -246,6 +262,9 @@ def saturation(cfg: DictConfig) -> pd.DataFrame:
             rows.append({"training": training, "method": method, "seed": cell.seed, "run": run.key,
                          "share_p_y_one": 100 * sat["share_p_y_one"], "share_zero_grad": 100 * sat["share_zero_grad"],
                          "margin_q10": sat["margin_q10"], "margin_median": sat["margin_median"],
-                         "margin_q90": sat["margin_q90"]})
+                         "margin_q90": sat["margin_q90"], **{k: sat.get(k) for k in SURVIVORS}})
     return pd.DataFrame(rows, columns=["training", "method", "seed", "run", "share_p_y_one", "share_zero_grad",
-                                       "margin_q10", "margin_median", "margin_q90"])
+                                       "margin_q10", "margin_median", "margin_q90", *SURVIVORS])
+
+
+SURVIVORS = ["pgd01_survivors", "pgd01_survivors_p_y_one", "pgd01_survivors_zero_grad"]

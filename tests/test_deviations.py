@@ -296,3 +296,31 @@ def test_ours_is_the_mean_over_seeds_where_a_cell_has_seeds(tmp_path):
         got.loc["mim", "ours_from"] == "mean of 5 seeds"
     assert got.loc["fgsm", "ours"] == 25.0 and not bool(got.loc["fgsm", "outside"])  # 17.4 at seed 0 was outside
     assert any("over seeds" in n for n in notes)
+
+
+def test_the_survivor_analysis_counts_saturated_survivors_of_the_papers_pgd(tmp_path):
+    """Issue 29, item 4: of the examples the paper's PGD at eps 0.1 leaves correct, how many have p_y == 1.0 and
+    an all-zero CE gradient, from the result's own per-example records and the probe of the same weights."""
+    import torch
+
+    from pclc.audit.run import saturation_probe
+    from pclc.data import eval_tensors
+    from pclc.deviations import _saturation_of
+    from pclc.evaluate import evaluate
+    from pclc.store import load_run
+    from pclc.train import train
+
+    over = ["dataset=fake", "model=lenet5", "loss=ce", "logger=none", "trainer.epochs_per_phase=2",
+            f"store={tmp_path}"]
+    s = train(compose("train", over))
+    evaluate(compose("evaluate", [*over, "suite.entries=[{attack: pgd, eps: [0.1]}]"]))
+    run = RunDir(tmp_path, s["key"])
+    got = _saturation_of(run, compose("train", over).dataset.root, torch.device("cpu"))
+    cfg, model = load_run(run, torch.device("cpu"))
+    x, y = eval_tensors(cfg.dataset, None, "cpu")
+    probe = saturation_probe(model, x, y, indices=True)
+    r = json.loads(next(run.eval.glob("white-pgd-eps0.1-*.json")).read_text())["records"]
+    alive = {i for i, (a, b) in enumerate(zip(r["adv_pred"], r["label"])) if a == b}
+    assert got["pgd01_survivors"] == len(alive)
+    assert got["pgd01_survivors_p_y_one"] == len(alive & set(probe["p_y_one_idx"]))
+    assert got["pgd01_survivors_zero_grad"] == len(alive & set(probe["zero_grad_idx"]))

@@ -72,8 +72,10 @@ def attack_specs(attacks: dict[str, dict], num_classes: int, source: tuple | Non
     return out
 
 
-def saturation_probe(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, bins: int = 20) -> dict:
-    """Float32 saturation: share with p_y == 1.0 exactly, share with an all-zero CE input gradient, margins.
+def saturation_probe(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, bins: int = 20,
+                     indices: bool = False) -> dict:
+    """Float32 saturation: share with p_y == 1.0 exactly, share with an all-zero CE input gradient, margins
+    (``indices``: also which examples, ``p_y_one_idx`` and ``zero_grad_idx``).
 
     The CE is summed (not averaged) so that a tiny per-example gradient is not scaled into underflow.
     """
@@ -94,7 +96,9 @@ def saturation_probe(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 
             "margin_median": float(np.median(finite)) if len(finite) else math.nan,
             "margin_q10": float(np.quantile(finite, 0.1)) if len(finite) else math.nan,
             "margin_q90": float(np.quantile(finite, 0.9)) if len(finite) else math.nan,
-            "margin_hist": {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]}}
+            "margin_hist": {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]},
+            **({"p_y_one_idx": p1.nonzero().flatten().tolist(), "zero_grad_idx": zero.nonzero().flatten().tolist()}
+               if indices else {})}
 
 
 def attack_correct(model, x, y, attack: Callable, eps: float, batch_size: int, seed: int = 0) -> torch.Tensor:
