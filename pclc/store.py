@@ -239,11 +239,12 @@ def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; else the platform's processor or architecture): the same seed
     trains other weights on another CPU type, so every result names it."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name") and ":" in line:
-                return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    for line in lines:
+        if line.lower().startswith("model name") and ":" in line:
+            return " ".join(line.split(":", 1)[1].split())
     return platform.processor() or platform.machine() or "unknown cpu"
 
 
