@@ -320,3 +320,27 @@ def test_bad_inputs_fail_before_any_attack(store, monkeypatch):
     cfg.suite = suite({"attack": "pgd", "eps": [0.1], "source": "transfer"})
     with pytest.raises(ValueError, match="5"):
         evaluate(cfg)
+
+
+def test_the_reference_autoattack_runs_through_the_evaluation_and_refuses_a_changed_standard(tmp_path):
+    """Issue 30: pyautoattack's AutoAttack as a registered attack (custom budgets for the test; "standard" keeps
+    the published ones and refuses others)."""
+    import json
+    from pathlib import Path
+
+    from pclc.config import compose
+    from pclc.evaluate import evaluate
+    from pclc.train import train
+
+    over = ["dataset=fake", "model=lenet5", "loss=ce", "logger=none", "trainer.epochs_per_phase=1",
+            f"store={tmp_path}"]
+    train(compose("train", over))
+    aa = ["attack/suite=autoattack", "eval.subset=20", "suite.entries=[{attack: autoattack_ref, eps: [0.1]}]"]
+    custom = ["suite.attacks.autoattack_ref.version=custom", "+suite.attacks.autoattack_ref.nb_iter=2",
+              "+suite.attacks.autoattack_ref.targets=2", "+suite.attacks.autoattack_ref.queries=10"]
+    out = evaluate(compose("evaluate", [*over, *aa, *custom]))
+    r = json.loads(Path(out["results"][0]["file"]).read_text())
+    assert r["attack"] == "autoattack_ref" and r["params"]["version"] == "custom" and r["n"] == 20
+    assert r["adv_accuracy"] <= r["clean_accuracy"] and r["max_linf"] <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match="version=standard runs the published budgets"):
+        evaluate(compose("evaluate", [*over, *aa, "+suite.attacks.autoattack_ref.nb_iter=2"]))

@@ -3,7 +3,8 @@
 - :mod:`pclc.attacks.paper`: the paper's attacks through advertorch 0.2.3 (FGSM, BIM, PGD, MIM, C&W, SPSA);
 - :mod:`pclc.attacks.linf`: one projection and one sign-gradient PGD (adversarial training, the audit);
 - :mod:`pclc.attacks.adaptive`: the audit's stronger attacks (CE-PGD ladder, margin and temperature PGD,
-  APGD, targeted APGD, Square, transfer).
+  APGD, targeted APGD, Square, transfer);
+- :mod:`pclc.attacks.reference`: the authors' reference AutoAttack (pyautoattack), the standard evaluation.
 
 An attack config is ``{_target_: <registered function>, <params>}`` (``configs/attack/``, the audit's in
 ``configs/audit.yaml``); :func:`build_attack` checks it before any work (unknown or missing parameters,
@@ -99,10 +100,10 @@ def list_attacks() -> list[str]:
     return ATTACKS.names()
 
 
-from pclc.attacks import adaptive, linf, paper  # noqa: E402  (registers the attacks)
+from pclc.attacks import adaptive, linf, paper, reference  # noqa: E402  (registers the attacks)
 
 __all__ = ["ATTACKS", "Attack", "attack_config", "register_attack", "build_attack", "attack_entry", "check_eps", "list_attacks",
-           "adaptive", "linf", "paper"]
+           "adaptive", "linf", "paper", "reference"]
 
 
 def attack_config(name: str, **params) -> dict[str, Any]:
