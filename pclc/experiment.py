@@ -101,12 +101,32 @@ def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Cell]:
     return out
 
 
+def _autoattack_cells(cfg: DictConfig, dataset: str) -> list[Cell]:
+    """``experiment=autoattack``: each method at its seeds, and the deviations study's retraining arms named in
+    ``arms`` (their overrides and seeds read from configs/experiment/deviations.yaml: one home)."""
+    exp = cfg.experiment
+    model = exp.model_for[family_of(cfg, dataset)]
+    spec = json.dumps({"subset": int(exp.subset)}) if exp.get("subset") is not None else ""
+    out = [replace(make_cell(cfg, dataset, model, m, seed=int(s)), evaluation=spec)
+           for m in exp.methods for s in exp.seeds[m]]
+    studies = compose("reproduce", ["experiment=deviations"]).experiment.studies
+    for name in exp.get("arms") or []:
+        study, arm_name = name.split(".", 1)
+        arm = next(a for a in studies[study].arms if a.name == arm_name)
+        out += [replace(make_cell(cfg, dataset, model, m, seed=int(s)), arm=name,
+                        train_extra=tuple(arm.get("train") or ()), evaluation=spec)
+                for s in list(arm.get("seeds") or [0]) for m in arm.methods if m in exp.methods]
+    return out
+
+
 def experiment_cells(cfg: DictConfig) -> list[Cell]:
     """Cells of the experiment, restricted to ``cfg.datasets`` when given."""
     exp = cfg.experiment
     datasets = list(cfg.datasets) if cfg.get("datasets") else None
     if exp.kind == "deviations":
         return [c for d in (datasets or list(exp.datasets)) for c in _arm_cells(cfg, d, exp.model_for[family_of(cfg, d)])]
+    if exp.kind == "autoattack":
+        return [c for d in (datasets or list(exp.datasets)) for c in _autoattack_cells(cfg, d)]
     if exp.kind == "table":
         rows = table_rows(exp.table, datasets, exp.get("attacks"))
         triples = list(dict.fromkeys(zip(rows.dataset, rows.model, rows.method)))

@@ -162,6 +162,10 @@ def write_outputs(cfg: DictConfig, tracker=None) -> list[Path]:
         from pclc import deviation_report
 
         return deviation_report.write(cfg, tracker)
+    if kind == "autoattack":
+        from pclc import autoattack_report
+
+        return autoattack_report.write(cfg, tracker)
     from pclc import figures
 
     return figures.write(cfg, experiment_cells(cfg), tracker)

@@ -25,7 +25,9 @@ FAKE_MAP = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake
 # one paper dataset per experiment (mapped to synthetic data): keeps the smoke test to a few minutes
 SMOKE = {"table1": "mnist", "table2": "mnist", "table3": "mnist", "table4": "cifar100", "table5": "mnist",
          "demo": "fmnist", "figure1": "cifar10", "figure2": "mnist", "figure3": "mnist", "gaps": "cifar100",
-         "audit": "fmnist", "deviations": "fmnist"}
+         "audit": "fmnist", "deviations": "fmnist", "autoattack": "fmnist"}
+SMOKE_OVER = {"autoattack": ["experiment.methods=[ce,pclc]", "experiment.seeds.ce=[0]", "experiment.seeds.pclc=[0,1]",
+                             "experiment.arms=[]", "experiment.subset=20"]}  # a few models
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
@@ -42,7 +44,7 @@ def test_every_experiment_has_a_smoke_case():
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
-    out = reproduce(repro_cfg(tmp_path, name, SMOKE[name]))
+    out = reproduce(repro_cfg(tmp_path, name, SMOKE[name], *SMOKE_OVER.get(name, [])))
     assert out["outputs"] and all(Path(p).exists() and Path(p).stat().st_size > 0 for p in out["outputs"])
     text = {Path(p).suffix: Path(p).read_text() for p in out["outputs"] if Path(p).suffix in (".md", ".txt")}
     assert any("tiny" in t and "NOT the" in t for t in text.values())  # "NOT the paper's protocol / full audit"
@@ -289,3 +291,19 @@ def test_plan_counts_a_shared_warm_up_once_and_costs_epochs_at_their_batch_size(
     _, work = plan_items(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", "seeds=[1]",
                                    "extra=['trainer.batch_size=7']"), CostModel(tmp_path / "runs", None))
     assert all(v is None for k, v in work.items() if k[0] == "train")  # no epoch measured at batch 7, no bench
+
+
+def test_autoattack_covers_every_model_of_the_result_set_with_the_deviations_recipes():
+    """Issue 30: Table 1 and 5 methods at the tables' seeds, and GCE's recipe as the deviations study trains it
+    (its overrides and seeds read from there, so both name the same runs)."""
+    from pclc.experiment import experiment_cells
+
+    cfg = compose("reproduce", ["experiment=autoattack", "logger=none", "datasets=[fmnist]"])
+    cells = experiment_cells(cfg)
+    plain = {(c.method, c.seed) for c in cells if not c.arm}
+    assert plain == {(m, s) for m in ("ce", "gce", "pclc") for s in range(5)} | {(m, 0) for m in ("ce+at", "gce+at", "pclc+at")}
+    dev = compose("reproduce", ["experiment=deviations", "logger=none"])
+    recipe = next(a for a in dev.experiment.studies.ce_baseline.arms if a.name == "gce_recipe")
+    arm = [c for c in cells if c.arm == "ce_baseline.gce_recipe"]
+    assert {(c.method, c.seed) for c in arm} == {(m, s) for m in ("ce", "pclc") for s in recipe.seeds}
+    assert all(c.train_extra == tuple(recipe.train) for c in arm)
