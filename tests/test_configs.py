@@ -91,7 +91,7 @@ def test_attack_suites_compose_and_expand(name):
 def test_experiment_configs_compose(name):
     cfg = compose("reproduce", [f"experiment={name}"])
     assert cfg.experiment.name == name and cfg.experiment.kind in ("table", "all", "tsne", "behaviour", "gaps", "audit",
-                                                                 "deviations")
+                                                                 "deviations", "autoattack")
 
 
 @pytest.mark.parametrize("model,dataset", [("vgg13", "cifar10"), ("resnet56", "tinyimagenet"), ("lenet5", "kmnist")])

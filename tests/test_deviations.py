@@ -180,7 +180,9 @@ def test_an_arm_is_judged_only_on_the_methods_it_runs():
                                                                ("gce_recipe", 1, 55.0)]])
     judged = judge(cfg, cells, res)
     pclc = judged[judged.method == "pclc"].set_index("arm")
-    assert sorted(pclc.index) == ["gce_recipe", "paper"]  # lr_decay trains CE only; margin_pgd has no FGSM
+    # lr_decay trains CE only; margin_pgd has no FGSM; margin_fgsm_bim stands for FGSM but has no number here
+    assert sorted(pclc.index) == ["gce_recipe", "margin_fgsm_bim", "paper"]
+    assert pclc.loc["margin_fgsm_bim", "verdict"] == "not run"
     assert (pclc.loc["gce_recipe", "value"], pclc.loc["gce_recipe", "n_seeds"]) == (53.0, 2)  # the seeds' mean
     assert pclc.loc["gce_recipe", "verdict"] == "explained" and pclc.loc["paper", "verdict"] == "baseline"
     gce = judged[judged.method == "gce"]  # claimed by bim_step, whose arms do not train GCE: listed, not run
