@@ -35,6 +35,10 @@ def held(path: Path, what: str, report_every: float = 60.0):
             path.parent.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0 if waited == 0 else report_every)
             break
+        except Timeout:  # before OSError: filelock's Timeout is a TimeoutError, an OSError
+            holder = owner.read_text().strip() if owner.exists() else "another process"
+            log.info("waiting for %s: held by %s (%.0f s so far)", what, holder, waited)
+            waited += report_every if waited else 1e-9
         except OSError as e:
             if e.errno not in READ_ONLY:
                 raise
@@ -43,10 +47,6 @@ def held(path: Path, what: str, report_every: float = 60.0):
             log.info("%s: the store is read-only (%s); reading without a lock", what, e.strerror)
             yield
             return
-        except Timeout:
-            holder = owner.read_text().strip() if owner.exists() else "another process"
-            log.info("waiting for %s: held by %s (%.0f s so far)", what, holder, waited)
-            waited += report_every if waited else 1e-9
     try:
         owner.write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%H:%M:%S"),
                                      "command": " ".join(sys.argv)[:200]}))
