@@ -62,14 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     slug = device_slug(device)
     folder = Path(a.out or ROOT / "results" / f"gpu-check-{slug}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WANDB_MODE": "disabled", "PCLC_RUNS": str(folder / "runs"), "PYTHONUNBUFFERED": "1"}
+    if os.environ.get("PCLC_IN_GPU_CHECK"):  # its own test suite step must never start another gpu-check
+        print("error: gpu_check.py started from inside gpu-check's test step", file=sys.stderr)
+        return 2
+    env = {**os.environ, "WANDB_MODE": "disabled", "PCLC_RUNS": str(folder / "runs"), "PYTHONUNBUFFERED": "1",
+           "PCLC_IN_GPU_CHECK": "1"}
     py = sys.executable
     common = ["logger=none", f"device={a.device}", f"store={folder / 'runs'}", f"out_dir={folder / 'tables'}"]
     table = ["experiment=table1", "datasets=[fmnist]", *common]
     table += ["profile=tiny", "dataset_map={fmnist: fake}"] if tiny else ["from_zoo=true"]
     steps = [
         ("tests", [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                   *(["tests/test_gpu_path.py"] if tiny else ["-m", "not slow"])]),
+                   *(["tests/test_gpu_path.py"] if tiny else []), "-m", "not slow"]),  # not slow: not itself
         ("bench", [py, "scripts/bench.py", *(["--tiny", "--models", "fmnist:lenet5", "--root",
                                                str(folder / "no-data")] if tiny else []),
                    "--out", str(folder / f"bench-{slug}")]),

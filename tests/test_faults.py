@@ -149,7 +149,7 @@ def test_a_two_worker_joblib_sweep_leaves_consistent_runs(tmp_path):
 def _train_cli(store: Path, epochs: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "pclc.train", "dataset=fake", "model=lenet5", "loss=pclc",
-                             "logger=none", f"trainer.epochs_per_phase={epochs}", "trainer.batch_size=64",
+                             "logger=none", f"trainer.epochs_per_phase={epochs}", "trainer.batch_size=8",
                              f"store={store}", f"hydra.run.dir={store / 'hydra'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -161,11 +161,11 @@ def test_sigint_and_sigterm_exit_cleanly_and_the_run_resumes_to_the_same_weights
 
     from filelock import FileLock
 
-    ref = _train_cli(tmp_path / "ref", 3)
+    ref = _train_cli(tmp_path / "ref", 10)  # 64 batches an epoch: the signal lands long before the end
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         store = tmp_path / sig.name
-        p = _train_cli(store, 3)
+        p = _train_cli(store, 10)
         deadline = time.time() + 300
         while not list(store.glob("*/checkpoint.pt")) and time.time() < deadline and p.poll() is None:
             time.sleep(0.05)
@@ -178,7 +178,7 @@ def test_sigint_and_sigterm_exit_cleanly_and_the_run_resumes_to_the_same_weights
         assert not list(store.rglob("*.tmp"))
         for lock in store.glob(".locks/*.lock"):
             FileLock(str(lock)).acquire(timeout=0)  # not held by anyone
-        again = _train_cli(store, 3)
+        again = _train_cli(store, 10)
         assert again.wait(timeout=600) == 0, again.stderr.read()
         a, b = (torch.load(next(s.glob("fake-lenet5-pclc-*/model.pt")), weights_only=True)
                 for s in (tmp_path / "ref", store))
