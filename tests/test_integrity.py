@@ -256,7 +256,7 @@ def test_a_class_count_the_data_does_not_have_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("over,match", [
     (["trainer.lr=inf"], "finite"),
-    (["seed=abc"], "seed must be an integer"),
+    (["seed=abc"], "seed must be a whole number"),
 ])
 def test_bad_training_settings_fail_before_a_run_folder_exists(tmp_path, over, match):
     with pytest.raises(ValueError, match=match):

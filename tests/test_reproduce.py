@@ -224,7 +224,8 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
     lo, hi = max(0.0, cell.ours - cell.pi95), min(100.0, cell.ours + cell.pi95)  # shown within accuracy's range
     assert f"**{cell.ours:.1f}** ± {cell.sd:.1f} [{lo:.1f}, {hi:.1f}] n=2" in md and "95% prediction interval" in md
     assert "[-" not in md
-    assert "n<3: no verdict" in md and "✓" not in md and "✗" not in md  # 2 seeds: an interval that says nothing
+    table = md[md.index("| attack |"):]
+    assert "n<3: no verdict" in table and "✓" not in table and "✗" not in table  # 2 seeds: the interval says nothing
     notes = substitute_notes(repro_cfg(tmp_path, "table3", "mnist", "seeds=[0,1]"))  # one substitute per seed
     assert [n.split(":")[0] for n in notes] == ["substitute for `mnist/lenet5`", "substitute for `mnist/lenet5/s1`"]
     assert all(n.endswith("(not trained)") for n in notes) and len({n.split("run ")[1] for n in notes}) == 2
