@@ -151,7 +151,10 @@ def _train_cli(store: Path, epochs: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pclc.train", "dataset=fake", "model=lenet5", "loss=pclc",
                              "logger=none", f"trainer.epochs_per_phase={epochs}", "trainer.batch_size=8",
                              f"store={store}", f"hydra.run.dir={store / 'hydra'}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background
+    # runner (nohup, `cmd &`) starts with SIGINT ignored, and Python then keeps ignoring it: give the child the
+    # default, as a terminal's foreground command has
 
 
 def test_sigint_and_sigterm_exit_cleanly_and_the_run_resumes_to_the_same_weights(tmp_path):
