@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.errors import UserError
 from pclc.io import CorruptFileError, atomic_write_json, atomic_write_text, load_tensors, \
     read_json, remove_stale_temp, writer_gone, writer_tag
-from pclc.store import RunDir, accel_numerics, identity, model_state, run_key
+from pclc.store import RunDir, identity, model_state, run_key, run_numerics
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,7 @@ def record_config(cfg: DictConfig, run: RunDir) -> None:
     from pclc.tracking import scrub
 
     resolved = scrub(OmegaConf.to_container(cfg, resolve=True))
-    dev = "cuda" if str(resolved.get("device")) == "auto" and torch.cuda.is_available() else \
-        torch.device(str(resolved.get("device")).replace("auto", "cpu")).type
-    resolved["accel"] = {**(resolved.get("accel") or {}), **accel_numerics(resolved.get("accel"), dev)}  # "auto" pinned
+    resolved["accel"] = {**(resolved.get("accel") or {}), **run_numerics(resolved)}  # "auto" pinned, as the key has it
     atomic_write_text(run.config, OmegaConf.to_yaml(OmegaConf.create(
         {"key": run.key, "identity": identity(cfg), "choices": resolved.pop("choices", None), "resolved": resolved})))
 

@@ -51,6 +51,12 @@ def _device_type(name: Any) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name).type
 
 
+def run_numerics(c: dict[str, Any]) -> dict[str, bool]:
+    """bf16 / channels_last of a resolved training config, ``auto`` resolved for this machine's device; with
+    ``from_zoo``, ``auto`` means the zoo's fp32 weights on any machine (a GPU would otherwise look for a bf16 run)."""
+    return accel_numerics(c.get("accel"), "cpu" if c.get("from_zoo") else _device_type(c.get("device")))
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The parts of a training config that determine the trained weights (not logging or paths): fp32 runs keep
     the keys they always had; bf16 or channels_last training adds ``numerics`` (another key, another run)."""
@@ -58,9 +64,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     dataset = {k: v for k, v in c["dataset"].items() if k not in _DATASET_LOCATION}
     out = {"dataset": dataset, "model": c["model"], "loss": _without_hydra_keys(c["loss"]), "trainer": c["trainer"],
            "seed": c["seed"]}
-    # from_zoo: "auto" means the zoo's fp32 weights on any machine (a GPU would otherwise look for a bf16 run)
-    dev = "cpu" if c.get("from_zoo") else _device_type(c.get("device"))
-    numerics = {k: v for k, v in accel_numerics(c.get("accel"), dev).items() if v}
+    numerics = {k: v for k, v in run_numerics(c).items() if v}
     return {**out, "numerics": numerics} if numerics else out
 
 

@@ -169,8 +169,8 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
                            f"({entry['weights']}), trained elsewhere; use another store= for zoo runs, or move it "
                            f"aside")
         return run
-    cfg_path = _checked_file(zoo_dir(zoo) / entry["config"], entry["config_sha256"], f"{entry['name']}'s config")
-    entry_config(entry, zoo)
+    entry_config(entry, zoo)  # hash-checked, and hashing to the entry's key
+    cfg_path = zoo_dir(zoo) / entry["config"]
     state = load_state(entry, zoo, Path(store) / ".zoo-cache")
     summary = read_json(_checked_file(zoo_dir(zoo) / entry["summary"], entry["summary_sha256"],
                                       f"{entry['name']}'s summary"))
