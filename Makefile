@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints test clean demo plan bench summary audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints lint format test clean demo plan bench summary audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
@@ -54,7 +54,15 @@ constraints: ## Regenerate constraints.txt: fresh venv, newest versions that res
 	  $(FREEZE)/bin/pip freeze --exclude-editable; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt && rm -rf $(FREEZE)
 
-test: $(STAMP) ## Set up if needed, then run the test suite
+lint: $(STAMP) ## ruff format --check and ruff check (configured in pyproject.toml); `make format` rewrites
+	$(BIN)/ruff format --check pclc tests scripts
+	$(BIN)/ruff check pclc tests scripts
+
+format: $(STAMP) ## Format the tree and apply ruff's safe fixes
+	$(BIN)/ruff format pclc tests scripts
+	$(BIN)/ruff check --fix pclc tests scripts
+
+test: $(STAMP) lint ## Set up if needed, lint, then run the test suite
 	$(BIN)/python -m pytest -q
 
 clean: ## Remove .venv and caches (keeps data/ and runs/)

@@ -7,7 +7,7 @@ same augmentation on every device.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,14 @@ def crop_flip(x: torch.Tensor, generator=None, pad: int = 4, flip: bool = True) 
     return out
 
 
-def random_apply_flip_rotate_resized_crop(x: torch.Tensor, generator=None, p: float = 0.8, degrees: float = 10.0,
-                                          scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+def random_apply_flip_rotate_resized_crop(
+    x: torch.Tensor,
+    generator=None,
+    p: float = 0.8,
+    degrees: float = 10.0,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+) -> torch.Tensor:
     """Ours, approximating the official ``TinyImageNet.py``'s ``RandomApply([flip, rotation(10),
     RandomResizedCrop(64)], p=0.8)``: one affine warp per image (bilinear, zero fill) instead of torchvision's
     three resamplings, and a crop that does not fit is clamped where torchvision draws again; applied to a
@@ -54,8 +60,13 @@ def random_apply_flip_rotate_resized_crop(x: torch.Tensor, generator=None, p: fl
     cy = (u[:, 6] * 2 - 1) * (1 - sh)
     cos, sin = torch.cos(theta), torch.sin(theta)
     # output grid -> flip -> crop (scale + shift) -> rotate about the centre
-    a = torch.stack([torch.stack([cos * sw * flip, -sin * sh, cos * cx - sin * cy], 1),
-                     torch.stack([sin * sw * flip, cos * sh, sin * cx + cos * cy], 1)], 1)
+    a = torch.stack(
+        [
+            torch.stack([cos * sw * flip, -sin * sh, cos * cx - sin * cy], 1),
+            torch.stack([sin * sw * flip, cos * sh, sin * cx + cos * cy], 1),
+        ],
+        1,
+    )
     eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=d).expand(b, 2, 3)
     a = torch.where(apply[:, None, None], a, eye)
     grid = F.affine_grid(a, list(x.shape), align_corners=False)
@@ -72,8 +83,11 @@ def build_augment(cfg) -> Callable | None:
     """``cfg`` is None/'none' or a mapping ``{name: ..., **params}``; returns ``f(x, generator) -> x``."""
     if cfg is None or cfg == "none" or (hasattr(cfg, "get") and cfg.get("name") in (None, "none")):
         return None
-    params = {k: (tuple(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
-              for k, v in dict(cfg).items() if k != "name"}
+    params = {
+        k: (tuple(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
+        for k, v in dict(cfg).items()
+        if k != "name"
+    }
     name = cfg["name"]
     if name not in AUGMENTS:
         raise ValueError(f"unknown augmentation {name!r}; known: {sorted(AUGMENTS)} or none")

@@ -23,8 +23,23 @@ from pclc.zoo import zoo_name
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["dataset", "model", "method", "recipe", "seed", "name", "run", "weights", "eps", "n", "clean_accuracy",
-           "autoattack", "pgd_ours", "pgd_n", "pgd_paper"]
+COLUMNS = [
+    "dataset",
+    "model",
+    "method",
+    "recipe",
+    "seed",
+    "name",
+    "run",
+    "weights",
+    "eps",
+    "n",
+    "clean_accuracy",
+    "autoattack",
+    "pgd_ours",
+    "pgd_n",
+    "pgd_paper",
+]
 
 
 def _numbers(cell, cfg: DictConfig, suite: str, attack: str | None = None) -> dict[float, dict]:
@@ -54,16 +69,36 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
         pgd = _numbers(cell, cfg, exp.reported.suite, exp.reported.attack)
         recipe = cell.arm.rsplit(".", 1)[-1] if cell.arm else "paper"
         for eps, r in sorted(aa.items()):
-            p = pgd_paper[(pgd_paper.dataset == cell.dataset) & (pgd_paper.method == cell.method)
-                          & (pgd_paper.param.astype(str) == f"{eps:g}")]
-            rows.append({"dataset": cell.dataset, "model": cell.model, "method": cell.method, "recipe": recipe,
-                         "seed": cell.seed, "run": run.key, "weights": weights, "eps": eps, "n": r["n"],
-                         "name": zoo_name(tc.dataset.name, tc.model.name, cell.method, cell.seed,
-                                          recipe if cell.train_extra else ""),
-                         "clean_accuracy": r["clean_accuracy"], "autoattack": r["adv_accuracy"],
-                         "pgd_ours": pgd[eps]["adv_accuracy"] if eps in pgd else None,
-                         "pgd_n": pgd[eps]["n"] if eps in pgd else None,
-                         "pgd_paper": float(p.accuracy.iloc[0]) if len(p) and recipe == "paper" else None})
+            p = pgd_paper[
+                (pgd_paper.dataset == cell.dataset)
+                & (pgd_paper.method == cell.method)
+                & (pgd_paper.param.astype(str) == f"{eps:g}")
+            ]
+            rows.append(
+                {
+                    "dataset": cell.dataset,
+                    "model": cell.model,
+                    "method": cell.method,
+                    "recipe": recipe,
+                    "seed": cell.seed,
+                    "run": run.key,
+                    "weights": weights,
+                    "eps": eps,
+                    "n": r["n"],
+                    "name": zoo_name(
+                        tc.dataset.name,
+                        tc.model.name,
+                        cell.method,
+                        cell.seed,
+                        recipe if cell.train_extra else "",
+                    ),
+                    "clean_accuracy": r["clean_accuracy"],
+                    "autoattack": r["adv_accuracy"],
+                    "pgd_ours": pgd[eps]["adv_accuracy"] if eps in pgd else None,
+                    "pgd_n": pgd[eps]["n"] if eps in pgd else None,
+                    "pgd_paper": float(p.accuracy.iloc[0]) if len(p) and recipe == "paper" else None,
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -98,29 +133,55 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
     df = collect(cfg)
     prov = provenance(resolve_device(cfg.device))
     subset = exp.get("subset")
-    notes = [f"AutoAttack: pyautoattack 0.2.0, version standard, L-inf, on the "
-             f"{'full test set' if subset is None else f'first {subset} test images (class-balanced)'}; "
-             "robust accuracy counts an example correct both clean and attacked",
-             "each cell: mean ± sd over seeds (n); the paper's PGD here: its own attack on the same weights "
-             f"(`{exp.reported.suite}` suite, full test set); paper: its reported PGD",
-             f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
-             *trained_on_notes(cfg.store, list(df.run.unique()))]
+    notes = [
+        f"AutoAttack: pyautoattack 0.2.0, version standard, L-inf, on the "
+        f"{'full test set' if subset is None else f'first {subset} test images (class-balanced)'}; "
+        "robust accuracy counts an example correct both clean and attacked",
+        "each cell: mean ± sd over seeds (n); the paper's PGD here: its own attack on the same weights "
+        f"(`{exp.reported.suite}` suite, full test set); paper: its reported PGD",
+        f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
+        *trained_on_notes(cfg.store, list(df.run.unique())),
+    ]
     md, csv = folder / "autoattack.md", folder / "autoattack.csv"
     protocol = str(cfg.profile)
-    atomic_write_text(csv, csv_header(exp.title, prov, protocol, {"experiment": exp.name, "subset": subset},
-                                      md.name) + df.to_csv(index=False))
+    atomic_write_text(
+        csv,
+        csv_header(exp.title, prov, protocol, {"experiment": exp.name, "subset": subset}, md.name)
+        + df.to_csv(index=False),
+    )
     body = to_markdown(df) if len(df) else ["No model has an AutoAttack result yet."]
-    atomic_write_text(md, header(exp.title, prov, protocol, notes=notes) + "\n".join(body) + "\n\n"
-                      + "\n".join(config_block(config_yaml(cfg))) + "\n")
+    atomic_write_text(
+        md,
+        header(exp.title, prov, protocol, notes=notes)
+        + "\n".join(body)
+        + "\n\n"
+        + "\n".join(config_block(config_yaml(cfg)))
+        + "\n",
+    )
     paths = [md, csv]
     for name, g in df.groupby("name"):  # RobustBench's model-info record, one per model
         path = folder / "autoattack" / f"{name}.json"
-        atomic_write_json(path, {"name": name, "run": g.run.iloc[0], "weights": g.weights.iloc[0],
-                                 "dataset": g.dataset.iloc[0], "threat_model": "Linf",
-                                 "eps": {f"{r.eps:g}": {"clean_acc": r.clean_accuracy, "reported": _num(r.pgd_paper),
-                                                        "pgd_here": _num(r.pgd_ours), "autoattack_acc": r.autoattack,
-                                                        "n": int(r.n)} for r in g.itertuples()},
-                                 "provenance": prov})
+        atomic_write_json(
+            path,
+            {
+                "name": name,
+                "run": g.run.iloc[0],
+                "weights": g.weights.iloc[0],
+                "dataset": g.dataset.iloc[0],
+                "threat_model": "Linf",
+                "eps": {
+                    f"{r.eps:g}": {
+                        "clean_acc": r.clean_accuracy,
+                        "reported": _num(r.pgd_paper),
+                        "pgd_here": _num(r.pgd_ours),
+                        "autoattack_acc": r.autoattack,
+                        "n": int(r.n),
+                    }
+                    for r in g.itertuples()
+                },
+                "provenance": prov,
+            },
+        )
         paths.append(path)
     if tracker is not None:
         tracker.log_table(exp.name, df)

@@ -9,8 +9,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -47,14 +47,17 @@ def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     from pclc.config import hydra_choices
     from pclc.io import atomic_write_json
 
-    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
-        else None
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return fn(hydra_choices(cfg))
     except (KeyboardInterrupt, Terminated) as e:  # finally blocks ran: locks released, temp files removed
         name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-        print(f"error: stopped by {name}; what finished is kept and the same command resumes from there",
-              file=sys.stderr)
+        print(
+            f"error: stopped by {name}; what finished is kept and the same command resumes from there",
+            file=sys.stderr,
+        )
         raise SystemExit(code) from None
     except Exception as e:
         hc = HydraConfig.get() if HydraConfig.initialized() else None
@@ -64,8 +67,10 @@ def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
                 raise SystemExit(2) from None
             raise
         log.exception("job %s failed; the sweep goes on", hc.job.num)
-        atomic_write_json(Path(hc.sweep.dir) / "failures" / f"job{hc.job.num}.json",
-                          {"job": hc.job.num, "overrides": list(hc.overrides.task), "error": f"{type(e).__name__}: {e}"})
+        atomic_write_json(
+            Path(hc.sweep.dir) / "failures" / f"job{hc.job.num}.json",
+            {"job": hc.job.num, "overrides": list(hc.overrides.task), "error": f"{type(e).__name__}: {e}"},
+        )
         return {"failed": True, "error": str(e)}
     finally:
         if previous is not None:

@@ -28,12 +28,13 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
     attack) beside configs/, as Hydra's ``hydra.searchpath`` does for the command-line apps."""
     import copy
 
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     extra = [d for d in os.environ.get("PCLC_CONFIG_PATH", "").split(os.pathsep) if d]
     search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in extra)}]"] if extra else []
-    key = (config_name, tuple([*search, *(overrides or [])]))
+    key = (config_name, (*search, *(overrides or [])))
     if key not in _COMPOSED:
         if len(_COMPOSED) > 1024:
             _COMPOSED.clear()
@@ -42,8 +43,11 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
         else:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
                 full = hydra_compose(config_name=config_name, overrides=list(key[1]), return_hydra_config=True)
-        choices = {g: full.hydra.runtime.choices[g] for g in ("dataset", "model", "loss", "trainer")
-                   if g in full.hydra.runtime.choices}
+        choices = {
+            g: full.hydra.runtime.choices[g]
+            for g in ("dataset", "model", "loss", "trainer")
+            if g in full.hydra.runtime.choices
+        }
         with open_dict(full):
             del full["hydra"]
             if choices and config_name in ("train", "evaluate", "audit"):
@@ -63,8 +67,14 @@ def group_config(group: str, name: str) -> DictConfig:
     return compose("train", [f"{add}{group}={name}"])[group]
 
 
-def variant(cfg: DictConfig, *, loss: str | None = None, model: str | None = None, trainer: str | None = None,
-            values: dict | None = None) -> DictConfig:
+def variant(
+    cfg: DictConfig,
+    *,
+    loss: str | None = None,
+    model: str | None = None,
+    trainer: str | None = None,
+    values: dict | None = None,
+) -> DictConfig:
     """The one way to derive a config: ``cfg`` with whole groups swapped for other configs of the group (the
     warm-up's loss, the black-box substitute's model, the audit reference's trainer), composed by Hydra, and
     ``values`` set at dotted keys. A swapped group's own overrides are not carried over (they were for
@@ -142,4 +152,7 @@ def _warn_unusable_gpu() -> None:
     if shutil.which("nvidia-smi") or os.path.exists("/proc/driver/nvidia/version"):
         logging.getLogger(__name__).warning(
             "a GPU is present but torch %s (CUDA %s) cannot use it (driver too old for this build, or an unsupported "
-            "GPU): device=auto runs on the CPU", torch.__version__, torch.version.cuda)
+            "GPU): device=auto runs on the CPU",
+            torch.__version__,
+            torch.version.cuda,
+        )

@@ -13,9 +13,9 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ CLASSES: dict[str, int] = {}  # the class count of each real dataset (synthetic 
 
 def register_loader(name: str, classes: int | None = None):
     """Register ``loader(root, download, cfg) -> (train, test)``; ``classes``: the dataset's class count."""
+
     def wrap(fn):
         LOADERS[name] = fn
         if classes is not None:
@@ -128,8 +129,13 @@ def _cifar(cls_name: str, title: str, folder: str):
                 x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
                 splits.append(Split(x, torch.as_tensor(ds.targets, dtype=torch.long)))
         except Exception as e:
-            raise _not_found(title, root / folder, files, "Download it on a machine with a network "
-                             "(dataset.download=true) and copy the folder here.", e) from e
+            raise _not_found(
+                title,
+                root / folder,
+                files,
+                "Download it on a machine with a network (dataset.download=true) and copy the folder here.",
+                e,
+            ) from e
         return splits[0], splits[1]
 
     return load
@@ -148,10 +154,20 @@ def _svhn(root: Path, download: bool, cfg) -> tuple[Split, Split]:
         splits = []
         for split in ("train", "test"):
             ds = tvd.SVHN(str(folder), split=split, download=download)
-            splits.append(Split(torch.from_numpy(np.ascontiguousarray(ds.data)), torch.as_tensor(ds.labels, dtype=torch.long)))
+            splits.append(
+                Split(
+                    torch.from_numpy(np.ascontiguousarray(ds.data)),
+                    torch.as_tensor(ds.labels, dtype=torch.long),
+                )
+            )
     except Exception as e:
-        raise _not_found("SVHN", folder, ["train_32x32.mat", "test_32x32.mat"],
-                         "Download them on a machine with a network (dataset.download=true).", e) from e
+        raise _not_found(
+            "SVHN",
+            folder,
+            ["train_32x32.mat", "test_32x32.mat"],
+            "Download them on a machine with a network (dataset.download=true).",
+            e,
+        ) from e
     return splits[0], splits[1]
 
 
@@ -225,6 +241,7 @@ def _check(name: str, split: Split, cfg) -> None:
 
 def _without_leftovers(root: Path, load: Callable):
     """``load()``; when it fails, the empty folders it made (a failed download's) are removed again."""
+
     def dirs() -> set[Path]:
         below = {p for p in root.rglob("*") if p.is_dir()} if root.exists() else set()
         return below | {p for p in (root, *root.parents) if p.exists()}
@@ -245,8 +262,10 @@ def load_splits(cfg) -> tuple[Split, Split]:
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}")
     if name in CLASSES and int(cfg.num_classes) != CLASSES[name]:
-        raise ValueError(f"dataset {name} has {CLASSES[name]} classes, but num_classes={cfg.num_classes}; "
-                         f"leave dataset.num_classes at the dataset's count")
+        raise ValueError(
+            f"dataset {name} has {CLASSES[name]} classes, but num_classes={cfg.num_classes}; "
+            f"leave dataset.num_classes at the dataset's count"
+        )
     root = Path(cfg.root).expanduser()
     if name == "fake":
         train, test = LOADERS[name](root, False, cfg)
@@ -305,8 +324,9 @@ class DeviceData:
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x float in [0, 1], y)``; ``start`` skips the first batches (resuming mid-epoch)."""
         n = len(self)
         order = torch.randperm(n, generator=generator, device="cpu").to(self.device) if shuffle else None

@@ -42,7 +42,13 @@ def cw_lr_figure(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame, path: 
         ax.plot([lr[i] for i in order], [list(g.accuracy)[i] for i in order], "o-", label=f"{meth} (ours)")
         base = cells[(cells.table == "table1") & (cells.attack == "cw") & (cells.method == meth)]
         if len(base):
-            ax.axhline(float(base.paper.iloc[0]), ls="--", lw=0.8, color=ax.lines[-1].get_color(), label=f"{meth} (paper)")
+            ax.axhline(
+                float(base.paper.iloc[0]),
+                ls="--",
+                lw=0.8,
+                color=ax.lines[-1].get_color(),
+                label=f"{meth} (paper)",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("C&W learning rate (100 iterations)")
     ax.set_ylabel("accuracy under C&W (%)")
@@ -61,17 +67,30 @@ def saturation_figure(cfg: DictConfig, sat: pd.DataFrame, res: pd.DataFrame, pat
     import matplotlib.pyplot as plt
 
     studies = cfg.experiment.studies
-    plain = {(n, a.name) for n in studies for a in studies[n].get("arms") or [] if not a.get("params") and not a.get("subset")}
-    pgd = res[(res.attack == "pgd") & (res.source == "white") & (res.eps == 0.1)
-              & pd.Series([(s, a) in plain for s, a in zip(res.study, res.arm)], index=res.index, dtype=bool)] \
-        .drop_duplicates("run")
+    plain = {
+        (n, a.name)
+        for n in studies
+        for a in studies[n].get("arms") or []
+        if not a.get("params") and not a.get("subset")
+    }
+    pgd = res[
+        (res.attack == "pgd")
+        & (res.source == "white")
+        & (res.eps == 0.1)
+        & pd.Series([(s, a) in plain for s, a in zip(res.study, res.arm)], index=res.index, dtype=bool)
+    ].drop_duplicates("run")
     pts = sat.merge(pgd[["run", "accuracy"]], on="run")  # targets only: a substitute is never attacked white-box
     if pts.empty:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for (training, meth), g in pts.groupby(["training", "method"], sort=False):
-        ax.plot(g.share_p_y_one, g.accuracy, "o" if training == "the paper's protocol" else "s", ls="none",
-                label=f"{meth}, {training} (n={len(g)})")
+        ax.plot(
+            g.share_p_y_one,
+            g.accuracy,
+            "o" if training == "the paper's protocol" else "s",
+            ls="none",
+            label=f"{meth}, {training} (n={len(g)})",
+        )
     ax.set_xlabel("test images with p_y == 1.0 in float32 (%)")
     ax.set_ylabel("accuracy under PGD-40, eps 0.1 (%)")
     ax.legend(fontsize=6)

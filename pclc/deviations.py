@@ -17,10 +17,18 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import compose, resolve_device
-from pclc.experiment import cell_suites, chosen_studies, entries, eval_cfg, eval_name, experiment_cells, train_cfg
+from pclc.experiment import (
+    cell_suites,
+    chosen_studies,
+    entries,
+    eval_cfg,
+    eval_name,
+    experiment_cells,
+    train_cfg,
+)
+from pclc.headers import csv_provenance
 from pclc.io import atomic_write_json
 from pclc.paper_data import paper_tables
-from pclc.headers import csv_provenance
 from pclc.reports import seed_interval, substitute_run
 from pclc.results import read_result, run_weights
 from pclc.store import RunDir, load_run, run_key
@@ -51,8 +59,22 @@ def committed_cells(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"{table} over seeds: `{seeds}` (commit `{p.get('commit', '?')}`, {p.get('date', '?')})")
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours",
-                                     "diff", "tolerance", "outside", "ours_from"]), notes
+        return pd.DataFrame(
+            columns=[
+                "table",
+                "dataset",
+                "model",
+                "attack",
+                "param",
+                "method",
+                "paper",
+                "ours",
+                "diff",
+                "tolerance",
+                "outside",
+                "ours_from",
+            ]
+        ), notes
     df = pd.concat(frames, ignore_index=True)
     tol = exp.tolerance
     df["tolerance"] = [float(tol.clean if a == "clean" else tol.attacked) for a in df.attack]
@@ -64,14 +86,23 @@ def _with_seed_means(df: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
     """``df``'s cells with ours, diff, n and the prediction interval from the seeds table where it has two or more
     seeds for the cell (``ours_from`` says which)."""
     key = ["dataset", "model", "method", "attack", "param"]
-    have = {tuple(r[k] for k in key): r for r in seeds.to_dict("records")
-            if r.get("status") in ("run", "kept") and (r.get("n_seeds") or 0) > 1}
+    have = {
+        tuple(r[k] for k in key): r
+        for r in seeds.to_dict("records")
+        if r.get("status") in ("run", "kept") and (r.get("n_seeds") or 0) > 1
+    }
     out = []
     for r in df.to_dict("records"):
         m = have.get(tuple(r[k] for k in key))
         if m is not None:
-            r = {**r, "ours": float(m["ours"]), "diff": round(float(m["ours"]) - float(r["paper"]), 2),
-                 "n_seeds": int(m["n_seeds"]), "pi95": m.get("pi95"), "ours_from": f"mean of {int(m['n_seeds'])} seeds"}
+            r = {
+                **r,
+                "ours": float(m["ours"]),
+                "diff": round(float(m["ours"]) - float(r["paper"]), 2),
+                "n_seeds": int(m["n_seeds"]),
+                "pi95": m.get("pi95"),
+                "ours_from": f"mean of {int(m['n_seeds'])} seeds",
+            }
         out.append(r)
     return pd.DataFrame(out, columns=list(dict.fromkeys([*df.columns, "n_seeds", "pi95", "ours_from"])))
 
@@ -96,18 +127,57 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
         run = RunDir(cfg.store, run_key(train_cfg(cell, cfg)))
         if run_weights(run) is None:  # not finished, or not the weights it was trained to
             continue
-        base = {"study": study, "arm": arm, "dataset": cell.dataset, "method": cell.method, "seed": cell.seed,
-                "run": run.key}
-        rows.append({**base, "attack": "clean", "source": "white", "eps": None, "n": None,
-                     "accuracy": run.read_summary()["test_accuracy"], "max_linf": None})
+        base = {
+            "study": study,
+            "arm": arm,
+            "dataset": cell.dataset,
+            "method": cell.method,
+            "seed": cell.seed,
+            "run": run.key,
+        }
+        rows.append(
+            {
+                **base,
+                "attack": "clean",
+                "source": "white",
+                "eps": None,
+                "n": None,
+                "accuracy": run.read_summary()["test_accuracy"],
+                "max_linf": None,
+            }
+        )
         for ec in [eval_cfg(cell, cfg, suite) for suite in cell_suites(cell, cfg)]:
             for e in entries(ec):
                 f = run.eval / f"{eval_name(ec, e)}.json"
                 if f.exists() and (r := read_result(f, run)) is not None:
-                    rows.append({**base, "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
-                                 "accuracy": r["adv_accuracy"], "max_linf": r.get("max_linf")})
-    return pd.DataFrame(rows, columns=["study", "arm", "dataset", "method", "seed", "run", "attack", "source", "eps",
-                                       "n", "accuracy", "max_linf"])
+                    rows.append(
+                        {
+                            **base,
+                            "attack": e.config,
+                            "source": e.source,
+                            "eps": e.eps,
+                            "n": r["n"],
+                            "accuracy": r["adv_accuracy"],
+                            "max_linf": r.get("max_linf"),
+                        }
+                    )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "study",
+            "arm",
+            "dataset",
+            "method",
+            "seed",
+            "run",
+            "attack",
+            "source",
+            "eps",
+            "n",
+            "accuracy",
+            "max_linf",
+        ],
+    )
 
 
 def _row_attack(arm, cell, table_rows: dict) -> tuple[str, str]:
@@ -123,8 +193,12 @@ def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
         return [float(v) for v in hit.accuracy]
     attack, source = _row_attack(arm, cell, table_rows)
     eps = None if cell.param in ("-", "0.0") else float(cell.param)
-    hit = res[(res.method == cell.method) & (res.attack == attack) & (res.source == source)
-              & (res.eps.isna() if eps is None else res.eps == eps)]
+    hit = res[
+        (res.method == cell.method)
+        & (res.attack == attack)
+        & (res.source == source)
+        & (res.eps.isna() if eps is None else res.eps == eps)
+    ]
     return [float(v) for v in hit.accuracy]
 
 
@@ -136,11 +210,19 @@ def _applies(arm, cell, table_rows: dict) -> bool:
     if cell.attack == "clean":
         return True
     return not arm.get("entries") or _row_attack(arm, cell, table_rows) in {
-        (e["attack"], e.get("source", "white")) for e in OmegaConf.to_container(arm.entries)}
+        (e["attack"], e.get("source", "white")) for e in OmegaConf.to_container(arm.entries)
+    }
 
 
-def verdict(paper: float, ours: float, values: list[float], tolerance: float, seeds: bool = False,
-            primary: bool = True, near_zero: dict | None = None) -> str:
+def verdict(
+    paper: float,
+    ours: float,
+    values: list[float],
+    tolerance: float,
+    seeds: bool = False,
+    primary: bool = True,
+    near_zero: dict | None = None,
+) -> str:
     """explained / partly / not explained / not run (the rules in configs/experiment/deviations.yaml): an
     exploratory (not ``primary``) arm is at most "partly"; where the paper is near zero (``near_zero``) ours must
     be too to lie "within tolerance"."""
@@ -163,9 +245,19 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
     exp, paper, out = cfg.experiment, paper_tables(), []
     rows_of = {t: _rows_of(t) for t in exp.tables}
     for c in cells[cells.outside].itertuples():
-        key = {"table": c.table, "dataset": c.dataset, "model": c.model, "attack": c.attack, "param": c.param,
-               "method": c.method, "paper": c.paper, "ours": c.ours, "diff": c.diff, "tolerance": c.tolerance,
-               "ours_from": getattr(c, "ours_from", "seed 0")}
+        key = {
+            "table": c.table,
+            "dataset": c.dataset,
+            "model": c.model,
+            "attack": c.attack,
+            "param": c.param,
+            "method": c.method,
+            "paper": c.paper,
+            "ours": c.ours,
+            "diff": c.diff,
+            "tolerance": c.tolerance,
+            "ours_from": getattr(c, "ours_from", "seed 0"),
+        }
         claimed = False
         for name in chosen_studies(cfg):
             st = exp.studies[name]
@@ -173,17 +265,47 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                 continue
             claimed = True
             if st.get("reference"):
-                ref = paper[(paper.table == st.reference.table) & (paper.dataset == c.dataset)
-                            & (paper.attack == c.attack) & (paper.param == c.param) & (paper.method == st.reference.method)]
+                ref = paper[
+                    (paper.table == st.reference.table)
+                    & (paper.dataset == c.dataset)
+                    & (paper.attack == c.attack)
+                    & (paper.param == c.param)
+                    & (paper.method == st.reference.method)
+                ]
                 val = [float(ref.accuracy.iloc[0])] if len(ref) else []
-                v = ("explained" if val and abs(c.ours - val[0]) <= c.tolerance else "not explained") if val else "not run"
-                out.append({**key, "study": name, "arm": f"paper {st.reference.table}", "primary": True, "n_seeds": len(val),
-                            "value": val[0] if val else None, "sd": None, "pi95": None, "verdict": v})
+                v = (
+                    ("explained" if val and abs(c.ours - val[0]) <= c.tolerance else "not explained")
+                    if val
+                    else "not run"
+                )
+                out.append(
+                    {
+                        **key,
+                        "study": name,
+                        "arm": f"paper {st.reference.table}",
+                        "primary": True,
+                        "n_seeds": len(val),
+                        "value": val[0] if val else None,
+                        "sd": None,
+                        "pi95": None,
+                        "verdict": v,
+                    }
+                )
                 continue
             arms = [a for a in st.get("arms") or [] if _applies(a, c, rows_of[c.table])]
             if not arms:  # claimed, but no arm runs this cell: listed as not run
-                out.append({**key, "study": name, "arm": "—", "n_seeds": 0, "value": None, "sd": None, "pi95": None,
-                            "verdict": "not run"})
+                out.append(
+                    {
+                        **key,
+                        "study": name,
+                        "arm": "—",
+                        "n_seeds": 0,
+                        "value": None,
+                        "sd": None,
+                        "pi95": None,
+                        "verdict": "not run",
+                    }
+                )
             got = {}
             for arm in arms:
                 mine = res[(res.study == name) & (res.arm == arm.name) & (res.dataset == c.dataset)]
@@ -192,21 +314,67 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
             for arm in arms:
                 vals = got[arm.name]
                 primary = arm.name == "paper" or arm.name in list(st.get("primary") or [])
-                v = verdict(c.paper, base, vals, c.tolerance, seeds=st.get("rule") == "seeds", primary=primary,
-                            near_zero=exp.get("near_zero"))
+                v = verdict(
+                    c.paper,
+                    base,
+                    vals,
+                    c.tolerance,
+                    seeds=st.get("rule") == "seeds",
+                    primary=primary,
+                    near_zero=exp.get("near_zero"),
+                )
                 if arm.name == "paper" and v != "explained":  # the baseline explains nothing by itself
                     v = "baseline" if vals else "not run"
-                out.append({**key, "study": name, "arm": arm.name, "primary": primary, "n_seeds": len(vals),
-                            "value": round(statistics.fmean(vals), 2) if vals else None,
-                            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
-                            "pi95": round(seed_interval(vals), 2) if st.get("rule") == "seeds" and len(vals) > 1
-                            else None, "verdict": v})
+                out.append(
+                    {
+                        **key,
+                        "study": name,
+                        "arm": arm.name,
+                        "primary": primary,
+                        "n_seeds": len(vals),
+                        "value": round(statistics.fmean(vals), 2) if vals else None,
+                        "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
+                        "pi95": round(seed_interval(vals), 2) if st.get("rule") == "seeds" and len(vals) > 1 else None,
+                        "verdict": v,
+                    }
+                )
         if not claimed:
-            out.append({**key, "study": "—", "arm": "—", "n_seeds": 0, "value": None, "sd": None, "pi95": None,
-                        "verdict": "not run"})
-    return pd.DataFrame(out, columns=["table", "dataset", "model", "attack", "param", "method", "paper", "ours", "diff",
-                                      "tolerance", "ours_from", "study", "arm", "primary", "n_seeds", "value", "sd", "pi95",
-                                      "verdict"])
+            out.append(
+                {
+                    **key,
+                    "study": "—",
+                    "arm": "—",
+                    "n_seeds": 0,
+                    "value": None,
+                    "sd": None,
+                    "pi95": None,
+                    "verdict": "not run",
+                }
+            )
+    return pd.DataFrame(
+        out,
+        columns=[
+            "table",
+            "dataset",
+            "model",
+            "attack",
+            "param",
+            "method",
+            "paper",
+            "ours",
+            "diff",
+            "tolerance",
+            "ours_from",
+            "study",
+            "arm",
+            "primary",
+            "n_seeds",
+            "value",
+            "sd",
+            "pi95",
+            "verdict",
+        ],
+    )
 
 
 def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
@@ -216,8 +384,11 @@ def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
     from pclc.data import eval_tensors
 
     path = run.path / "saturation.json"
-    if path.exists() and (cached := json.loads(path.read_text())).get("weights") == run_weights(run) \
-            and "p_y_one_idx" in cached:
+    if (
+        path.exists()
+        and (cached := json.loads(path.read_text())).get("weights") == run_weights(run)
+        and "p_y_one_idx" in cached
+    ):
         sat = {k: v for k, v in cached.items() if k != "weights"}
     else:
         run_cfg, model = load_run(run, device)
@@ -237,8 +408,11 @@ def _survivors(run: RunDir, sat: dict) -> dict[str, int]:
             continue
         rec = r["records"]
         alive = {i for i, (a, lab) in enumerate(zip(rec["adv_pred"], rec["label"])) if a == lab}
-        return {"pgd01_survivors": len(alive), "pgd01_survivors_p_y_one": len(alive & set(sat["p_y_one_idx"])),
-                "pgd01_survivors_zero_grad": len(alive & set(sat["zero_grad_idx"]))}
+        return {
+            "pgd01_survivors": len(alive),
+            "pgd01_survivors_p_y_one": len(alive & set(sat["p_y_one_idx"])),
+            "pgd01_survivors_zero_grad": len(alive & set(sat["zero_grad_idx"])),
+        }
     return {}
 
 
@@ -248,7 +422,13 @@ def saturation(cfg: DictConfig) -> pd.DataFrame:
     device, rows, seen = resolve_device(cfg.device), [], set()
     for cell in experiment_cells(cfg):
         tc = train_cfg(cell, cfg)
-        runs = [(cell.arm if cell.train_extra else "the paper's protocol", cell.method, RunDir(cfg.store, run_key(tc)))]
+        runs = [
+            (
+                cell.arm if cell.train_extra else "the paper's protocol",
+                cell.method,
+                RunDir(cfg.store, run_key(tc)),
+            )
+        ]
         for suite in cell_suites(cell, cfg):
             found = substitute_run(cell, cfg, suite)
             if found is not None:
@@ -259,12 +439,35 @@ def saturation(cfg: DictConfig) -> pd.DataFrame:
                 continue
             seen.add(run.key)
             sat = _saturation_of(run, tc.dataset.root, device)
-            rows.append({"training": training, "method": method, "seed": cell.seed, "run": run.key,
-                         "share_p_y_one": 100 * sat["share_p_y_one"], "share_zero_grad": 100 * sat["share_zero_grad"],
-                         "margin_q10": sat["margin_q10"], "margin_median": sat["margin_median"],
-                         "margin_q90": sat["margin_q90"], **{k: sat.get(k) for k in SURVIVORS}})
-    return pd.DataFrame(rows, columns=["training", "method", "seed", "run", "share_p_y_one", "share_zero_grad",
-                                       "margin_q10", "margin_median", "margin_q90", *SURVIVORS])
+            rows.append(
+                {
+                    "training": training,
+                    "method": method,
+                    "seed": cell.seed,
+                    "run": run.key,
+                    "share_p_y_one": 100 * sat["share_p_y_one"],
+                    "share_zero_grad": 100 * sat["share_zero_grad"],
+                    "margin_q10": sat["margin_q10"],
+                    "margin_median": sat["margin_median"],
+                    "margin_q90": sat["margin_q90"],
+                    **{k: sat.get(k) for k in SURVIVORS},
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "training",
+            "method",
+            "seed",
+            "run",
+            "share_p_y_one",
+            "share_zero_grad",
+            "margin_q10",
+            "margin_median",
+            "margin_q90",
+            *SURVIVORS,
+        ],
+    )
 
 
 SURVIVORS = ["pgd01_survivors", "pgd01_survivors_p_y_one", "pgd01_survivors_zero_grad"]

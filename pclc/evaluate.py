@@ -27,8 +27,15 @@ from pclc.attacks.paper import check_engine
 from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.data import eval_tensors
 from pclc.inputs import optional_whole
-from pclc.io import CorruptFileError, atomic_torch_save, atomic_write_json, cached_tensor, load_tensors, read_json, \
-    remove_stale_temp
+from pclc.io import (
+    CorruptFileError,
+    atomic_torch_save,
+    atomic_write_json,
+    cached_tensor,
+    load_tensors,
+    read_json,
+    remove_stale_temp,
+)
 from pclc.locks import held, lock_path
 from pclc.metrics import predict, with_precision
 from pclc.registry import params_of
@@ -45,10 +52,10 @@ DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): resul
 class Entry:
     """One cell of a suite: an attack config at one eps, white-box or transferred from the substitute."""
 
-    config: str                 # the attack config's name (configs/attack/<config>.yaml)
-    kind: str                   # the registered attack (fgsm, bim, pgd, mim, cw, spsa)
+    config: str  # the attack config's name (configs/attack/<config>.yaml)
+    kind: str  # the registered attack (fgsm, bim, pgd, mim, cw, spsa)
     eps: float | None
-    source: str                 # white | transfer
+    source: str  # white | transfer
     params: dict = field(hash=False, compare=False)
     attack: dict = field(hash=False, compare=False, default_factory=dict)  # the config to build it from
 
@@ -91,16 +98,22 @@ def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -
     """
     families = list(suite.get("families") or [])
     if families and dataset.family not in families:
-        raise ValueError(f"this attack suite is for {families} datasets; {dataset.name} is {dataset.family!r} "
-                         f"(its eps grid is {list(dataset.eps)})")
+        raise ValueError(
+            f"this attack suite is for {families} datasets; {dataset.name} is {dataset.family!r} "
+            f"(its eps grid is {list(dataset.eps)})"
+        )
     attacks = suite.get("attacks") or {}
     out = []
     for e in suite.entries:
         if e.attack not in attacks:
-            raise ValueError(f"suite entry {e.attack!r} has no attack config (the suite's defaults list "
-                             f"`/attack@attacks.{e.attack}: {e.attack}`); known: {sorted(attacks)}")
-        cfg = {**OmegaConf.to_container(attacks[e.attack], resolve=True),
-               **dict((param_overrides or {}).get(e.attack, {}))}
+            raise ValueError(
+                f"suite entry {e.attack!r} has no attack config (the suite's defaults list "
+                f"`/attack@attacks.{e.attack}: {e.attack}`); known: {sorted(attacks)}"
+            )
+        cfg = {
+            **OmegaConf.to_container(attacks[e.attack], resolve=True),
+            **dict((param_overrides or {}).get(e.attack, {})),
+        }
         try:
             spec = attack_entry(cfg)
         except ValueError as err:
@@ -122,29 +135,55 @@ def substitute_cfg(cfg: DictConfig, substitutes: DictConfig) -> DictConfig:
     """The black-box substitute's training config: same data, trainer (without adversarial training) and
     seed; CE; the mapped model (``eval.substitute``)."""
     if cfg.model.name not in substitutes:
-        raise ValueError(f"no black-box substitute is defined for model {cfg.model.name!r} "
-                         f"(eval.substitute maps {dict(substitutes)})")
+        raise ValueError(
+            f"no black-box substitute is defined for model {cfg.model.name!r} "
+            f"(eval.substitute maps {dict(substitutes)})"
+        )
     return variant(cfg, model=substitutes[cfg.model.name], loss="ce", values={"trainer.adversarial": None})
 
 
-def craft(attack, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, lo: int, hi: int, batch_size: int,
-          cache: Path | None = None) -> torch.Tensor:
+def craft(
+    attack,
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | None,
+    lo: int,
+    hi: int,
+    batch_size: int,
+    cache: Path | None = None,
+) -> torch.Tensor:
     """Adversarial examples for ``x[lo:hi]``, batch by batch (batch at offset i seeded 1000 + i).
 
     With ``cache`` (a directory; transfer attacks use one in the substitute's run) the group is saved as
     ``<lo>-<hi>.pt`` and reused: every target attacked from the same substitute gets the same examples,
     crafted once.
     """
+
     def run() -> torch.Tensor:
-        return torch.cat([attack(model, x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)], eps, 1000 + i)
-                          for i in range(lo, hi, batch_size)])
+        return torch.cat(
+            [
+                attack(model, x[i : min(i + batch_size, hi)], y[i : min(i + batch_size, hi)], eps, 1000 + i)
+                for i in range(lo, hi, batch_size)
+            ]
+        )
 
     return cached_tensor(None if cache is None else cache / f"{lo}-{hi}.pt", run, x.device)
 
 
-def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-              group_batches: int, out: Path, header: dict[str, Any], cache: Path | None = None,
-              engine: dict | None = None) -> dict[str, Any]:
+def run_entry(
+    entry: Entry,
+    target,
+    crafter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    group_batches: int,
+    out: Path,
+    header: dict[str, Any],
+    cache: Path | None = None,
+    engine: dict | None = None,
+) -> dict[str, Any]:
     """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``.
 
     An attack's own ``batch_size`` parameter (SPSA's: it forwards ``nb_sample`` copies of each example)
@@ -159,12 +198,17 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
             log.warning("%s; set aside, recomputing", e)
             done = None
         # results written before weights were recorded (no "weights" key) are taken as they are
-        if done is not None and all(done.get(k, header.get(k)) == header.get(k)
-                                    for k in ("run", "weights", "substitute_weights")):
+        if done is not None and all(
+            done.get(k, header.get(k)) == header.get(k) for k in ("run", "weights", "substitute_weights")
+        ):
             return done
         if done is not None:
-            log.warning("%s was computed with other weights (%s, now %s); set aside, recomputing", out,
-                        done.get("weights"), header["weights"])
+            log.warning(
+                "%s was computed with other weights (%s, now %s); set aside, recomputing",
+                out,
+                done.get("weights"),
+                header["weights"],
+            )
         out.rename(out.with_name(f"{out.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.json"))
     batch_size = int(entry.params.get("batch_size", batch_size))
     if cache is not None:  # the crafted examples depend on the substitute's weights and the batches
@@ -183,19 +227,32 @@ def run_entry(entry: Entry, target, crafter, x: torch.Tensor, y: torch.Tensor, b
         adv = craft(attack, crafter, x, y, entry.eps, lo, hi, batch_size, cache)
         pred = predict(target, adv, batch_size).argmax(1)
         linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
-        done = {"n": hi, "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
-                "linf": done["linf"] + linf.cpu().tolist(), "weights": header["weights"],
-                "seconds": done["seconds"] + time.perf_counter() - t0}
+        done = {
+            "n": hi,
+            "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
+            "linf": done["linf"] + linf.cpu().tolist(),
+            "weights": header["weights"],
+            "seconds": done["seconds"] + time.perf_counter() - t0,
+        }
         atomic_torch_save(done, partial)
         if hi < n:  # progress over batch groups (the finished line is logged by evaluate)
             log.info("%s: %d/%d examples attacked (%.1fs)", out.stem, hi, n, done["seconds"])
     adv_pred = torch.tensor(done["adv_pred"])
-    result = {**header, "attack": entry.config, "kind": entry.kind, "eps": entry.eps, "source": entry.source,
-              "params": entry.params, "n": n, "seconds": done["seconds"], "batch_size": batch_size,
-              "engine": dict(engine or {}),
-              "adv_accuracy": percent(adv_pred == y.cpu()),
-              "max_linf": max(done["linf"]) if done["linf"] else 0.0,
-              "records": {**header["records"], "adv_pred": done["adv_pred"]}}
+    result = {
+        **header,
+        "attack": entry.config,
+        "kind": entry.kind,
+        "eps": entry.eps,
+        "source": entry.source,
+        "params": entry.params,
+        "n": n,
+        "seconds": done["seconds"],
+        "batch_size": batch_size,
+        "engine": dict(engine or {}),
+        "adv_accuracy": percent(adv_pred == y.cpu()),
+        "max_linf": max(done["linf"]) if done["linf"] else 0.0,
+        "records": {**header["records"], "adv_pred": done["adv_pred"]},
+    }
     atomic_write_json(out, result)
     partial.unlink(missing_ok=True)
     return result
@@ -206,19 +263,29 @@ def sanity_warnings(results: list[dict[str, Any]]) -> list[str]:
     warn = []
     by = {(r["source"], r["kind"], r["eps"]): r["adv_accuracy"] for r in results}
     for (src, kind, eps), acc in by.items():
-        if src == "white" and kind in ("bim", "pgd", "mim") and ("white", "fgsm", eps) in by \
-                and acc > by[("white", "fgsm", eps)] + 1.0:
-            warn.append(f"{kind} at eps {eps:g} ({acc:.1f}%) is weaker than FGSM ({by[('white', 'fgsm', eps)]:.1f}%): "
-                        "iterative attacks should be at least as strong; gradients may be masked")
+        if (
+            src == "white"
+            and kind in ("bim", "pgd", "mim")
+            and ("white", "fgsm", eps) in by
+            and acc > by[("white", "fgsm", eps)] + 1.0
+        ):
+            warn.append(
+                f"{kind} at eps {eps:g} ({acc:.1f}%) is weaker than FGSM ({by[('white', 'fgsm', eps)]:.1f}%): "
+                "iterative attacks should be at least as strong; gradients may be masked"
+            )
         if src == "transfer" and ("white", kind, eps) in by and acc < by[("white", kind, eps)] - 1.0:
-            warn.append(f"transferred {kind} at eps {eps:g} ({acc:.1f}%) beats white-box {kind} "
-                        f"({by[('white', kind, eps)]:.1f}%): white-box gradients may be masked")
+            warn.append(
+                f"transferred {kind} at eps {eps:g} ({acc:.1f}%) beats white-box {kind} "
+                f"({by[('white', kind, eps)]:.1f}%): white-box gradients may be masked"
+            )
     spsa = [(eps, acc) for (src, kind, eps), acc in by.items() if kind == "spsa"]
     for eps, acc in spsa:
         white = [a for (s, k, e), a in by.items() if s == "white" and k in ("pgd", "bim", "mim") and e == eps]
         if white and acc < min(white) - 1.0:
-            warn.append(f"gradient-free SPSA at eps {eps:g} ({acc:.1f}%) beats gradient attacks ({min(white):.1f}%): "
-                        "gradients may be masked")
+            warn.append(
+                f"gradient-free SPSA at eps {eps:g} ({acc:.1f}%) beats gradient attacks ({min(white):.1f}%): "
+                "gradients may be masked"
+            )
     for w in warn:
         log.warning(w)
     return warn
@@ -233,15 +300,28 @@ def _substitute(cfg: DictConfig, run: RunDir, run_cfg: DictConfig, device) -> tu
         sub_run = RunDir(run.path.parent, run_key(sc))
         if not sub_run.finished:
             from pclc.train import train  # (imports this module)
+
             log.info("training (with from_zoo: restoring) the black-box substitute %s", sub_run.key)
-            train(OmegaConf.merge(sc, {"store": str(sub_run.path.parent), "logger": cfg.logger,
-                                       **{k: cfg.get(k) for k in ("from_zoo", "zoo_dir")}}))
+            train(
+                OmegaConf.merge(
+                    sc,
+                    {
+                        "store": str(sub_run.path.parent),
+                        "logger": cfg.logger,
+                        **{k: cfg.get(k) for k in ("from_zoo", "zoo_dir")},
+                    },
+                )
+            )
     sub_cfg, model = load_run(sub_run, device)
-    if int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes) or \
-            sub_cfg.dataset.name != run_cfg.dataset.name:
-        raise ValueError(f"substitute {sub_run.key} was trained on {sub_cfg.dataset.name} with "
-                         f"{sub_cfg.dataset.num_classes} classes; the target uses {run_cfg.dataset.name} with "
-                         f"{run_cfg.dataset.num_classes}")
+    if (
+        int(sub_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes)
+        or sub_cfg.dataset.name != run_cfg.dataset.name
+    ):
+        raise ValueError(
+            f"substitute {sub_run.key} was trained on {sub_cfg.dataset.name} with "
+            f"{sub_cfg.dataset.num_classes} classes; the target uses {run_cfg.dataset.name} with "
+            f"{run_cfg.dataset.num_classes}"
+        )
     return sub_run, model
 
 
@@ -253,8 +333,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("from_zoo") and not cfg.get("run_dir"):  # the weights from results/zoo: nothing trains
         restore(run.key, cfg.store, cfg.get("zoo_dir"))
     if not run.path.exists():
-        raise ValueError(f"no run {run.key} in {run.path.parent}; train it first (python -m pclc.train dataset="
-                         f"{cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}) or pass from_zoo=true")
+        raise ValueError(
+            f"no run {run.key} in {run.path.parent}; train it first (python -m pclc.train dataset="
+            f"{cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}) or pass from_zoo=true"
+        )
     precision = cfg.eval.get("precision") or "fp32"
     subset = optional_whole("eval.subset", cfg.eval.get("subset"))  # 1.5 is refused, never rounded
     for k in ("batch_size", "group_batches"):
@@ -282,39 +364,100 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     logits = predict(target, x, bs)
     top5 = logits.topk(min(5, logits.shape[1]), 1).indices
     clean_acc = percent(logits.argmax(1) == y)
-    records = {"label": y.cpu().tolist(), "clean_pred": logits.argmax(1).cpu().tolist(),
-               "clean_top5": top5.cpu().tolist()}
+    records = {
+        "label": y.cpu().tolist(),
+        "clean_pred": logits.argmax(1).cpu().tolist(),
+        "clean_top5": top5.cpu().tolist(),
+    }
     prov = provenance(device)
     results = []
     for e in entries:
         transfer = e.source == "transfer"
-        header = {**tie, "substitute": sub_run.key if transfer else None, "precision": precision,
-                  "substitute_weights": sub_tie if transfer else None,
-                  "subset": subset, "clean_accuracy": clean_acc, "device": prov["device"],
-                  "provenance": prov, "records": records}
+        header = {
+            **tie,
+            "substitute": sub_run.key if transfer else None,
+            "precision": precision,
+            "substitute_weights": sub_tie if transfer else None,
+            "subset": subset,
+            "clean_accuracy": clean_acc,
+            "device": prov["device"],
+            "provenance": prov,
+            "records": records,
+        }
         out = run.eval / f"{e.name(subset, precision, bs)}.json"
         t0 = time.perf_counter()
         with held(lock_path(run.path.parent, f"{run.key}.eval.{out.stem}"), f"evaluation {out.name}"):
-            r = run_entry(e, target, crafter if transfer else target, x, y, bs, int(cfg.eval.group_batches), out,
-                          header, sub_run.adv / out.stem if transfer else None, engine)
-        log.info("%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)", run.key, e.config, e.eps, r["adv_accuracy"],
-                 clean_acc, time.perf_counter() - t0)
+            r = run_entry(
+                e,
+                target,
+                crafter if transfer else target,
+                x,
+                y,
+                bs,
+                int(cfg.eval.group_batches),
+                out,
+                header,
+                sub_run.adv / out.stem if transfer else None,
+                engine,
+            )
+        log.info(
+            "%s %s eps=%s: %.2f%% (clean %.2f%%, %.1fs)",
+            run.key,
+            e.config,
+            e.eps,
+            r["adv_accuracy"],
+            clean_acc,
+            time.perf_counter() - t0,
+        )
         results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})
     warnings = sanity_warnings(results)
-    summary = {"run": run.key, "clean_accuracy": clean_acc, "n": len(y), "subset": subset,
-               "results": results, "warnings": warnings}
+    summary = {
+        "run": run.key,
+        "clean_accuracy": clean_acc,
+        "n": len(y),
+        "subset": subset,
+        "results": results,
+        "warnings": warnings,
+    }
     d = run_cfg.dataset
-    tracker = build_tracker(cfg.logger, name=f"eval-{run.key}", group=cfg.get("run_group") or run.key,
-                            config={"run": run.key, "dataset": d.name, "model": run_cfg.model.name,
-                                    "loss": run_cfg.loss.name, "adversarial": run_cfg.trainer.get("adversarial"),
-                                    "seed": run_cfg.seed, "n": len(y), "precision": precision,
-                                    "suite": OmegaConf.to_container(cfg.suite, resolve=True)}, job_type="eval")
+    tracker = build_tracker(
+        cfg.logger,
+        name=f"eval-{run.key}",
+        group=cfg.get("run_group") or run.key,
+        config={
+            "run": run.key,
+            "dataset": d.name,
+            "model": run_cfg.model.name,
+            "loss": run_cfg.loss.name,
+            "adversarial": run_cfg.trainer.get("adversarial"),
+            "seed": run_cfg.seed,
+            "n": len(y),
+            "precision": precision,
+            "suite": OmegaConf.to_container(cfg.suite, resolve=True),
+        },
+        job_type="eval",
+    )
     import pandas as pd
 
-    tracker.log_table("results", pd.DataFrame([{  # one row per (attack, eps, source): plot accuracy against eps
-        "attack": r["attack"], "kind": r["kind"], "source": r["source"], "eps": r["eps"],
-        "budget": json.dumps(r["params"], sort_keys=True), "n": r["n"], "adv_accuracy": r["adv_accuracy"],
-        "clean_accuracy": r["clean_accuracy"], "run": run.key} for r in results]))
+    tracker.log_table(
+        "results",
+        pd.DataFrame(
+            [
+                {  # one row per (attack, eps, source): plot accuracy against eps
+                    "attack": r["attack"],
+                    "kind": r["kind"],
+                    "source": r["source"],
+                    "eps": r["eps"],
+                    "budget": json.dumps(r["params"], sort_keys=True),
+                    "n": r["n"],
+                    "adv_accuracy": r["adv_accuracy"],
+                    "clean_accuracy": r["clean_accuracy"],
+                    "run": run.key,
+                }
+                for r in results
+            ]
+        ),
+    )
     tracker.summary({"clean_accuracy": clean_acc, **{Path(r["file"]).stem: r["adv_accuracy"] for r in results}})
     tracker.log_artifact(f"eval-{run.key}", "evaluation", [r["file"] for r in results], {"run": run.key, **tie})
     tracker.finish(0)

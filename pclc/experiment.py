@@ -11,10 +11,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import compose, group_config, quoted
-from pclc.inputs import file_name, not_empty, seed
 from pclc.evaluate import expand_suite
-from pclc.store import RunDir, run_key
+from pclc.inputs import file_name, not_empty, seed
 from pclc.paper_data import table_rows
+from pclc.store import RunDir, run_key
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,17 @@ class Cell:
     loss: str
     trainer: str
     seed: int = 0
-    arm: str = ""                       # "<study>.<arm>" (deviations only)
-    train_extra: tuple[str, ...] = ()   # Hydra overrides of the training config
-    evaluation: str = ""                # JSON {entries, params, subset} applied to the evaluation config
+    arm: str = ""  # "<study>.<arm>" (deviations only)
+    train_extra: tuple[str, ...] = ()  # Hydra overrides of the training config
+    evaluation: str = ""  # JSON {entries, params, subset} applied to the evaluation config
 
     @property
     def label(self) -> str:
-        return (f"{self.dataset}/{self.model}/{self.method}" + (f"/s{self.seed}" if self.seed else "")
-                + (f"/{self.arm}" if self.arm else ""))
+        return (
+            f"{self.dataset}/{self.model}/{self.method}"
+            + (f"/s{self.seed}" if self.seed else "")
+            + (f"/{self.arm}" if self.arm else "")
+        )
 
 
 def dataset_config(cfg: DictConfig, dataset: str) -> str:
@@ -64,8 +67,10 @@ def experiment_seeds(cfg: DictConfig) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     if len(seeds) > 1 and cfg.experiment.kind != "table":
-        raise ValueError(f"seeds={seeds}: several seeds apply to tables (mean ± sd per cell); "
-                         f"{cfg.experiment.name} is a {cfg.experiment.kind}: pass one seed")
+        raise ValueError(
+            f"seeds={seeds}: several seeds apply to tables (mean ± sd per cell); "
+            f"{cfg.experiment.name} is a {cfg.experiment.kind}: pass one seed"
+        )
     return seeds
 
 
@@ -91,13 +96,21 @@ def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Cell]:
         for arm in cfg.experiment.studies[name].get("arms") or []:
             if only and f"{name}.{arm.name}" not in only:
                 continue
-            spec = {k: OmegaConf.to_container(arm[k]) if OmegaConf.is_config(arm[k]) else arm[k]
-                    for k in ("entries", "params", "subset") if arm.get(k) is not None}
+            spec = {
+                k: OmegaConf.to_container(arm[k]) if OmegaConf.is_config(arm[k]) else arm[k]
+                for k in ("entries", "params", "subset")
+                if arm.get(k) is not None
+            }
             for s in list(arm.get("seeds") or [0]):  # seed by seed: an interrupted study has whole seeds
                 for meth in arm.methods:
-                    out.append(replace(make_cell(cfg, dataset, model, meth, seed=int(s)), arm=f"{name}.{arm.name}",
-                                       train_extra=tuple(arm.get("train") or ()),
-                                       evaluation=json.dumps(spec, sort_keys=True) if spec else ""))
+                    out.append(
+                        replace(
+                            make_cell(cfg, dataset, model, meth, seed=int(s)),
+                            arm=f"{name}.{arm.name}",
+                            train_extra=tuple(arm.get("train") or ()),
+                            evaluation=json.dumps(spec, sort_keys=True) if spec else "",
+                        )
+                    )
     return out
 
 
@@ -107,15 +120,26 @@ def _autoattack_cells(cfg: DictConfig, dataset: str) -> list[Cell]:
     exp = cfg.experiment
     model = exp.model_for[family_of(cfg, dataset)]
     spec = json.dumps({"subset": int(exp.subset)}) if exp.get("subset") is not None else ""
-    out = [replace(make_cell(cfg, dataset, model, m, seed=int(s)), evaluation=spec)
-           for m in exp.methods for s in exp.seeds[m]]
+    out = [
+        replace(make_cell(cfg, dataset, model, m, seed=int(s)), evaluation=spec)
+        for m in exp.methods
+        for s in exp.seeds[m]
+    ]
     studies = compose("reproduce", ["experiment=deviations"]).experiment.studies
     for name in exp.get("arms") or []:
         study, arm_name = name.split(".", 1)
         arm = next(a for a in studies[study].arms if a.name == arm_name)
-        out += [replace(make_cell(cfg, dataset, model, m, seed=int(s)), arm=name,
-                        train_extra=tuple(arm.get("train") or ()), evaluation=spec)
-                for s in list(arm.get("seeds") or [0]) for m in arm.methods if m in exp.methods]
+        out += [
+            replace(
+                make_cell(cfg, dataset, model, m, seed=int(s)),
+                arm=name,
+                train_extra=tuple(arm.get("train") or ()),
+                evaluation=spec,
+            )
+            for s in list(arm.get("seeds") or [0])
+            for m in arm.methods
+            if m in exp.methods
+        ]
     return out
 
 
@@ -124,7 +148,9 @@ def experiment_cells(cfg: DictConfig) -> list[Cell]:
     exp = cfg.experiment
     datasets = list(cfg.datasets) if cfg.get("datasets") else None
     if exp.kind == "deviations":
-        return [c for d in (datasets or list(exp.datasets)) for c in _arm_cells(cfg, d, exp.model_for[family_of(cfg, d)])]
+        return [
+            c for d in (datasets or list(exp.datasets)) for c in _arm_cells(cfg, d, exp.model_for[family_of(cfg, d)])
+        ]
     if exp.kind == "autoattack":
         return [c for d in (datasets or list(exp.datasets)) for c in _autoattack_cells(cfg, d)]
     if exp.kind == "table":
@@ -138,9 +164,21 @@ def experiment_cells(cfg: DictConfig) -> list[Cell]:
 
 def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
     prof = cfg.profiles[cfg.profile]
-    return [f"dataset={dataset_config(cfg, cell.dataset)}", f"model={cell.model}", f"loss={cell.loss}",
-            f"trainer={cell.trainer}", f"seed={cell.seed}", f"store={quoted(cfg.store)}", f"device={cfg.device}", f"run_group={cfg.experiment.name}",
-            f"logger={cfg.logger.name}", *cell.train_extra, *prof.train, *cfg.extra, *zoo_overrides(cfg)]
+    return [
+        f"dataset={dataset_config(cfg, cell.dataset)}",
+        f"model={cell.model}",
+        f"loss={cell.loss}",
+        f"trainer={cell.trainer}",
+        f"seed={cell.seed}",
+        f"store={quoted(cfg.store)}",
+        f"device={cfg.device}",
+        f"run_group={cfg.experiment.name}",
+        f"logger={cfg.logger.name}",
+        *cell.train_extra,
+        *prof.train,
+        *cfg.extra,
+        *zoo_overrides(cfg),
+    ]
 
 
 def zoo_overrides(cfg: DictConfig) -> list[str]:
@@ -157,8 +195,10 @@ def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
 def eval_cfg(cell: Cell, cfg: DictConfig, suite: str, restrict: bool = False) -> DictConfig:
     """The cell's evaluation config; ``restrict`` keeps only the suite entries of ``cfg.attacks`` (when set)."""
     engine = [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
-    ec = compose("evaluate", [*cell_overrides(cell, cfg), f"attack/suite={suite}", *engine,
-                              *cfg.profiles[cfg.profile].eval])
+    ec = compose(
+        "evaluate",
+        [*cell_overrides(cell, cfg), f"attack/suite={suite}", *engine, *cfg.profiles[cfg.profile].eval],
+    )
     if cell.evaluation:
         _apply_arm(ec, json.loads(cell.evaluation))
     if restrict and cfg.get("attacks"):
@@ -173,8 +213,9 @@ def _apply_arm(ec: DictConfig, spec: dict) -> None:
         ec.suite.entries = spec["entries"]
     if spec.get("params"):
         prof = OmegaConf.to_container(ec.eval.param_overrides) if ec.eval.get("param_overrides") else {}
-        ec.eval.param_overrides = {a: {**spec["params"].get(a, {}), **prof.get(a, {})}
-                                   for a in {*spec["params"], *prof}}
+        ec.eval.param_overrides = {
+            a: {**spec["params"].get(a, {}), **prof.get(a, {})} for a in {*spec["params"], *prof}
+        }
     if spec.get("subset") is not None:
         sub = ec.eval.subset
         ec.eval.subset = int(spec["subset"]) if sub is None else min(int(sub), int(spec["subset"]))
@@ -206,8 +247,10 @@ def check_attacks(cfg: DictConfig) -> None:
     known = {e.attack for e in compose("evaluate", [f"attack/suite={cfg.experiment.suite}"]).suite.entries}
     unknown = sorted(set(cfg.attacks) - known)
     if unknown:
-        raise ValueError(f"attacks={list(cfg.attacks)}: {unknown} not in suite {cfg.experiment.suite!r} "
-                         f"(its attacks: {sorted(known)})")
+        raise ValueError(
+            f"attacks={list(cfg.attacks)}: {unknown} not in suite {cfg.experiment.suite!r} "
+            f"(its attacks: {sorted(known)})"
+        )
 
 
 def eval_name(ec: DictConfig, e) -> str:
@@ -242,8 +285,14 @@ def out_dir(cfg: DictConfig) -> Path:
 
 def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
     """The configs of ``experiment=all``'s experiments, with this run's settings."""
-    keep = [f"profile={cfg.profile}", f"store={quoted(cfg.store)}", f"out_dir={quoted(cfg.out_dir)}", f"device={cfg.device}",
-            f"logger={cfg.logger.name}", f"stage={cfg.stage}"]
+    keep = [
+        f"profile={cfg.profile}",
+        f"store={quoted(cfg.store)}",
+        f"out_dir={quoted(cfg.out_dir)}",
+        f"device={cfg.device}",
+        f"logger={cfg.logger.name}",
+        f"stage={cfg.stage}",
+    ]
     keep += [f"bench={quoted(cfg.bench)}"] if cfg.get("bench") else []
     if cfg.get("dataset_map"):  # Hydra's dict syntax (JSON's quoted keys are not in its grammar)
         keep.append("dataset_map={" + ", ".join(f"{k}: {quoted(v)}" for k, v in cfg.dataset_map.items()) + "}")
@@ -270,6 +319,8 @@ def sub_experiments(cfg: DictConfig) -> list[DictConfig]:
             sub.datasets = chosen
         out.append(sub)
     if not out:
-        raise ValueError(f"no experiment of {list(cfg.experiment.experiments)} has datasets "
-                         f"{list(cfg.get('datasets') or [])} and attacks {list(cfg.get('attacks') or [])}")
+        raise ValueError(
+            f"no experiment of {list(cfg.experiment.experiments)} has datasets "
+            f"{list(cfg.get('datasets') or [])} and attacks {list(cfg.get('attacks') or [])}"
+        )
     return out

@@ -23,7 +23,14 @@ from pclc.store import RunDir, load_run, provenance, provenance_lines, run_key
 
 log = logging.getLogger(__name__)
 
-NAMES = {"ce": "CE", "pclc": "PC+LC", "gce": "GCE", "ce+at": "CE+AT", "gce+at": "GCE+AT", "pclc+at": "PC+LC+AT"}
+NAMES = {
+    "ce": "CE",
+    "pclc": "PC+LC",
+    "gce": "GCE",
+    "ce+at": "CE+AT",
+    "gce+at": "GCE+AT",
+    "pclc+at": "PC+LC+AT",
+}
 
 
 def _grid(spec: DictConfig) -> list[float]:
@@ -49,12 +56,23 @@ def _figure_path(cfg: DictConfig, name: str) -> Path:
 
 def _caption(path: Path, title: str, runs: dict[str, str], cfg: DictConfig, extra: list[str] = ()) -> Path:
     prov = provenance(resolve_device(cfg.device))
-    lines = [f"{path.name}: {title}", f"protocol: {cfg.profile}" + ("" if cfg.profile == "full" else
-                                                                      " (NOT the paper's protocol)"),
-             *[f"run {k}: {v}" for k, v in runs.items()], *extra, *provenance_lines(prov),
-             "config (experiment, resolved):",
-             OmegaConf.to_yaml(OmegaConf.create({"experiment": OmegaConf.to_container(cfg.experiment, resolve=True),
-                                                 "profile": cfg.profile, "datasets": cfg.get("datasets")})).rstrip()]
+    lines = [
+        f"{path.name}: {title}",
+        f"protocol: {cfg.profile}" + ("" if cfg.profile == "full" else " (NOT the paper's protocol)"),
+        *[f"run {k}: {v}" for k, v in runs.items()],
+        *extra,
+        *provenance_lines(prov),
+        "config (experiment, resolved):",
+        OmegaConf.to_yaml(
+            OmegaConf.create(
+                {
+                    "experiment": OmegaConf.to_container(cfg.experiment, resolve=True),
+                    "profile": cfg.profile,
+                    "datasets": cfg.get("datasets"),
+                }
+            )
+        ).rstrip(),
+    ]
     cap = path.with_suffix(".caption.txt")
     atomic_write_text(cap, "\n".join(lines) + "\n")
     return cap
@@ -74,8 +92,13 @@ def behaviour(cfg: DictConfig, cells, tracker) -> list[Path]:
     for cell in cells:
         ec = eval_cfg(cell, cfg, "demo")
         grid = _grid(exp.grid[ec.dataset.family])
-        ec.suite = OmegaConf.create({"families": [], "entries": [{"attack": a, "eps": grid} for a in exp.attacks],
-                                     "attacks": {a: group_config("attack", a) for a in exp.attacks}})
+        ec.suite = OmegaConf.create(
+            {
+                "families": [],
+                "entries": [{"attack": a, "eps": grid} for a in exp.attacks],
+                "attacks": {a: group_config("attack", a) for a in exp.attacks},
+            }
+        )
         res = evaluate(ec)
         panels = []
         for a in exp.attacks:
@@ -83,12 +106,20 @@ def behaviour(cfg: DictConfig, cells, tracker) -> list[Path]:
             panels.append((a.upper(), behaviour_from_eval_files(files)))
         name = f"{exp.name}-{cell.dataset}-{cell.model}-{cell.method}"
         path = _figure_path(cfg, name)
-        title = (f"Predictive behaviour (paper Fig. 2) redone on {cell.dataset} / {cell.model} "
-                 f"({NAMES.get(cell.method, cell.method)})")
+        title = (
+            f"Predictive behaviour (paper Fig. 2) redone on {cell.dataset} / {cell.model} "
+            f"({NAMES.get(cell.method, cell.method)})"
+        )
         plot_behaviour(panels, path, title)
-        atomic_write_json(path.with_suffix(".json"), {"provenance": provenance(resolve_device(cfg.device)),
-                                                      "run": res["run"], "eps_grid": grid,
-                                                      "panels": [{"attack": a, "rows": r} for a, r in panels]})
+        atomic_write_json(
+            path.with_suffix(".json"),
+            {
+                "provenance": provenance(resolve_device(cfg.device)),
+                "run": res["run"],
+                "eps_grid": grid,
+                "panels": [{"attack": a, "rows": r} for a, r in panels],
+            },
+        )
         out += [path, _caption(path, title, {cell.label: res["run"]}, cfg, [f"eps grid: {grid}"])]
         tracker.log_image(name, path)
     return out
@@ -114,18 +145,31 @@ def tsne(cfg: DictConfig, cells, tracker) -> list[Path]:
                 x_adv = build_attack(group_config("attack", a.attack))(model, x, y, float(a.eps), 0)
                 with torch.no_grad():
                     success = (model(x).argmax(1) == y) & (model(x_adv).argmax(1) != y)
-            for p in tsne_panels(model, x.cpu(), y.cpu(), None if x_adv is None else x_adv.cpu(),
-                             None if success is None else success.cpu(), n=int(exp.n_points), seed=int(exp.seed)):
+            for p in tsne_panels(
+                model,
+                x.cpu(),
+                y.cpu(),
+                None if x_adv is None else x_adv.cpu(),
+                None if success is None else success.cpu(),
+                n=int(exp.n_points),
+                seed=int(exp.seed),
+            ):
                 p["title"] = f"{NAMES.get(cell.method, cell.method)}: {p['title']}"
                 panels.append(p)
             runs[cell.label] = run.key
         name = f"{exp.name}-{dataset}-{group[0].model}"
         path = _figure_path(cfg, name)
         adv = exp.get("adversarial")
-        title = (f"t-SNE of penultimate features ({exp.paper_figure} redone on {dataset} / {group[0].model})"
-                 + (f"; '+' = successful {adv.attack.upper()} eps={adv.eps}" if adv else ""))
-        plot_tsne(panels, path, title, list(train_cfg(group[0], cfg).dataset.get("classes") or []))  # the config's names
-        out += [path, _caption(path, title, runs, cfg, [f"points: first {exp.n_points} test images, class-balanced"])]
+        title = f"t-SNE of penultimate features ({exp.paper_figure} redone on {dataset} / {group[0].model})" + (
+            f"; '+' = successful {adv.attack.upper()} eps={adv.eps}" if adv else ""
+        )
+        plot_tsne(
+            panels, path, title, list(train_cfg(group[0], cfg).dataset.get("classes") or [])
+        )  # the config's names
+        out += [
+            path,
+            _caption(path, title, runs, cfg, [f"points: first {exp.n_points} test images, class-balanced"]),
+        ]
         tracker.log_image(name, path)
     return out
 
@@ -141,19 +185,39 @@ def gaps(cfg: DictConfig, cells, tracker) -> list[Path]:
         run, _, model, x, y = _load_cell(cell, cfg, device, None)
         st = gap_stats(model, x, y)
         p = paper[(paper.dataset == cell.dataset) & (paper.model == cell.model) & (paper.method == cell.method)]
-        rows.append({"dataset": cell.dataset, "model": cell.model, "method": cell.method, "ours": st["mean"],
-                     "median": st["median"], "negative_share": st["negative_share"],
-                     "paper": float(p.mean_probability_gap.iloc[0]) if len(p) else None, "run": run.key})
+        rows.append(
+            {
+                "dataset": cell.dataset,
+                "model": cell.model,
+                "method": cell.method,
+                "ours": st["mean"],
+                "median": st["median"],
+                "negative_share": st["negative_share"],
+                "paper": float(p.mean_probability_gap.iloc[0]) if len(p) else None,
+                "run": run.key,
+            }
+        )
         series[f"{cell.dataset} {NAMES.get(cell.method, cell.method)}"] = probability_gaps(model, x, y)
         runs[cell.label] = run.key
     folder = out_dir(cfg)
     prov = provenance(device)
-    md = ["# Mean probability gap p_y − max_{k≠y} p_k on the test set", "",
-          f"- protocol: {cfg.profile}", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
-          f"- device: {prov['device']}", f"- date: {prov['date']}", "",
-          "| dataset | model | method | ours | paper | run |", "|---|---|---|---|---|---|"]
-    md += [f"| {r['dataset']} | {r['model']} | {NAMES.get(r['method'], r['method'])} | {r['ours']:.3f} | "
-           f"{'—' if r['paper'] is None else format(r['paper'], '.3f')} | `{r['run']}` |" for r in rows]
+    md = [
+        "# Mean probability gap p_y − max_{k≠y} p_k on the test set",
+        "",
+        f"- protocol: {cfg.profile}",
+        f"- command: `{prov['command']}`",
+        f"- commit: `{prov['commit']}`",
+        f"- device: {prov['device']}",
+        f"- date: {prov['date']}",
+        "",
+        "| dataset | model | method | ours | paper | run |",
+        "|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['dataset']} | {r['model']} | {NAMES.get(r['method'], r['method'])} | {r['ours']:.3f} | "
+        f"{'—' if r['paper'] is None else format(r['paper'], '.3f')} | `{r['run']}` |"
+        for r in rows
+    ]
     atomic_write_text(folder / "gaps.md", "\n".join(md) + "\n")
     atomic_write_json(folder / "gaps.json", {"provenance": prov, "rows": rows})
     out = [folder / "gaps.md", folder / "gaps.json"]

@@ -4,7 +4,6 @@ trained the weights behind it (markdown headers, CSV comment lines, the resolved
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,17 @@ from pclc.store import RunDir, provenance_lines
 
 def header(title: str, prov: dict[str, Any], protocol: str, notes: list[str] = ()) -> str:
     """The provenance block every results file opens with (its resolved config follows the table)."""
-    lines = [f"# {title}", "",
-             f"- protocol: **{protocol}**" + ("" if protocol == "full" else " (NOT the paper's protocol)"),
-             f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
-             f"- torch: {prov['torch']}", f"- date: {prov['date']}",
-             "- cells: **ours** (paper, ours − paper); accuracy in % on the test set"]
+    lines = [
+        f"# {title}",
+        "",
+        f"- protocol: **{protocol}**" + ("" if protocol == "full" else " (NOT the paper's protocol)"),
+        f"- command: `{prov['command']}`",
+        f"- commit: `{prov['commit']}`",
+        f"- device: {prov['device']}",
+        f"- torch: {prov['torch']}",
+        f"- date: {prov['date']}",
+        "- cells: **ours** (paper, ours − paper); accuracy in % on the test set",
+    ]
     lines += [f"- {n}" for n in notes]
     return "\n".join([*lines, ""]) + "\n"
 
@@ -33,8 +38,16 @@ def config_yaml(cfg: DictConfig) -> str:
 
 def config_block(config_yaml: str) -> list[str]:
     """The resolved config as a collapsed markdown block."""
-    return ["<details><summary>resolved config</summary>", "", "```yaml", config_yaml.rstrip(), "```", "",
-            "</details>", ""]
+    return [
+        "<details><summary>resolved config</summary>",
+        "",
+        "```yaml",
+        config_yaml.rstrip(),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
 
 
 def trained_on_notes(store: str | Path, keys: list[str]) -> list[str]:
@@ -50,8 +63,11 @@ def trained_on_notes(store: str | Path, keys: list[str]) -> list[str]:
             continue
         summary = run.read_summary()
         prov = summary.get("provenance") or {}
-        line = machine_line(prov["machine"]) if prov.get("machine") else \
-            f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
+        line = (
+            machine_line(prov["machine"])
+            if prov.get("machine")
+            else f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
+        )
         by.setdefault(line, []).append(key)
         zoo += bool(summary.get("from_zoo"))
     if not by:
@@ -59,19 +75,25 @@ def trained_on_notes(store: str | Path, keys: list[str]) -> list[str]:
     src = f"; {zoo} of {sum(map(len, by.values()))} from the zoo (results/zoo/)" if zoo else ""
     lines = [f"weights trained on: {line} ({len(ks)} runs{src})" for line, ks in by.items()]
     if len(by) > 1:
-        lines = [f"MIXED: the weights behind this table were trained on {len(by)} machine types; its cells are "
-                 f"not one measurement", *lines]
+        lines = [
+            f"MIXED: the weights behind this table were trained on {len(by)} machine types; its cells are "
+            f"not one measurement",
+            *lines,
+        ]
     return lines
 
 
 def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md_name: str) -> str:
     """The comment lines a results CSV opens with (read it with ``pandas.read_csv(..., comment="#")``)."""
-    lines = [title, f"protocol: {protocol}", *provenance_lines(prov),
-             "config: " + json.dumps(config, default=str) + f" (resolved config in {md_name})"]
+    lines = [
+        title,
+        f"protocol: {protocol}",
+        *provenance_lines(prov),
+        "config: " + json.dumps(config, default=str) + f" (resolved config in {md_name})",
+    ]
     return "".join(f"# {ln}\n" for ln in lines)
 
 
 def csv_provenance(path: Path) -> dict[str, str]:
     """The ``# key: value`` lines a results CSV opens with (:func:`csv_header`): command, commit, date, ..."""
-    return {k: v for k, v in (ln[2:].split(": ", 1) for ln in path.read_text().splitlines()
-                              if ln.startswith("# ") and ": " in ln)}
+    return dict(ln[2:].split(": ", 1) for ln in path.read_text().splitlines() if ln.startswith("# ") and ": " in ln)

@@ -94,7 +94,7 @@ def remove_stale_temp(folder: Path) -> list[Path]:
 
     removed = []
     for tmp in Path(folder).glob(".*.tmp") if Path(folder).exists() else []:
-        parts = tmp.name[:-len(".tmp")].rsplit(".", 3)  # [.<name>, <host>, <pid>, <random>]
+        parts = tmp.name[: -len(".tmp")].rsplit(".", 3)  # [.<name>, <host>, <pid>, <random>]
         host, pid = (parts[1], parts[2]) if len(parts) == 4 else (None, None)
         if pid is None or not pid.isdigit():
             continue

@@ -48,8 +48,16 @@ def held(path: Path, what: str, report_every: float = 60.0):
             yield
             return
     try:
-        owner.write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%H:%M:%S"),
-                                     "command": " ".join(sys.argv)[:200]}))
+        owner.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": platform.node(),
+                    "since": time.strftime("%H:%M:%S"),
+                    "command": " ".join(sys.argv)[:200],
+                }
+            )
+        )
         yield
     finally:
         owner.unlink(missing_ok=True)

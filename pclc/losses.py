@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,17 +75,13 @@ def _check_inputs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target must be an integer tensor, got dtype {target.dtype}")
     if target.shape[0] != b:
-        raise ValueError(
-            f"batch size mismatch: logits has B={b} rows but target has {target.shape[0]} entries"
-        )
+        raise ValueError(f"batch size mismatch: logits has B={b} rows but target has {target.shape[0]} entries")
     if b == 0:
         raise ValueError("logits/target: empty batch (B=0), the batch mean is undefined")
     lo, hi = torch.aminmax(target)  # one reduction, one sync
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= k:
-        raise ValueError(
-            f"target values must lie in [0, {k}) for K={k} classes, got range [{lo}, {hi}]"
-        )
+        raise ValueError(f"target values must lie in [0, {k}) for K={k} classes, got range [{lo}, {hi}]")
     return target.to(device=logits.device, dtype=torch.long)
 
 
@@ -153,9 +149,7 @@ def _logit_constraint(logits: torch.Tensor, target: torch.Tensor, mode: str) -> 
     return d.mean()
 
 
-def logit_constraint(
-    logits: torch.Tensor, target: torch.Tensor, mode: str = "soft"
-) -> torch.Tensor:
+def logit_constraint(logits: torch.Tensor, target: torch.Tensor, mode: str = "soft") -> torch.Tensor:
     """Logit constraint ``d_yj = max(0, a_y - a_j)`` of paper Eq. 16, batch mean.
 
     ``mode="hard"``: ``j`` is the false class with the largest logit.
@@ -195,8 +189,9 @@ def _pclc_loss(logits: torch.Tensor, target: torch.Tensor, xi: float, lam: float
 
 
 @LOSSES.register("gce", runtime=("check_inputs",), check=_check_params)
-def gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.333,
-             check_inputs: bool = True) -> torch.Tensor:
+def gce_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.333, check_inputs: bool = True
+) -> torch.Tensor:
     """Guided Complement Entropy (Chen et al., ICCV 2019), as in the official GCE code.
 
     With ``p = softmax(logits)`` and ``q_k = p_k / (1 - p_y + 1e-7)`` for ``k != y``::
@@ -226,6 +221,7 @@ def _gce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> torch
 
 
 # --------------------------------------------------------------------------- building from configs
+
 
 def get_loss(name: str, check_inputs: bool = True, **params) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``functools.partial`` of the registered loss ``name`` with ``params``, as ``fn(logits, target)``.

@@ -15,8 +15,8 @@ def probability_gap(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return p_y - p_false
 
 
-MIN_ROWS = 16        # the smallest row block a model sees (row independence was seen to fail below 6 rows)
-PROBE_ROWS = 256     # examples of a batch used to check row independence
+MIN_ROWS = 16  # the smallest row block a model sees (row independence was seen to fail below 6 rows)
+PROBE_ROWS = 256  # examples of a batch used to check row independence
 
 
 def default_chunk(device: torch.device) -> int | None:
@@ -60,8 +60,9 @@ def _chunk_for(model: torch.nn.Module, x: torch.Tensor, chunk) -> int | None:
 
 
 @torch.no_grad()
-def clean_metrics(model: torch.nn.Module, data: DeviceData, batch_size: int = 2048,
-                  chunk: int | str | None = "auto") -> dict[str, float]:
+def clean_metrics(
+    model: torch.nn.Module, data: DeviceData, batch_size: int = 2048, chunk: int | str | None = "auto"
+) -> dict[str, float]:
     """Accuracy (%) and mean probability gap of ``model`` (in eval mode) on ``data``; each batch's logits are
     computed in row blocks of ``chunk`` rows where that changes no bit (checked on the first batch)."""
     was_training = model.training
@@ -85,7 +86,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, chunk: int
     if len(x) == 0:
         return model(x)
     chunk = _chunk_for(model, x[:batch_size], chunk)
-    return torch.cat([logits_in_blocks(model, x[i:i + batch_size], chunk) for i in range(0, len(x), batch_size)])
+    return torch.cat([logits_in_blocks(model, x[i : i + batch_size], chunk) for i in range(0, len(x), batch_size)])
 
 
 class Autocast(torch.nn.Module):

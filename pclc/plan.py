@@ -49,7 +49,7 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(fc.get_total_flops())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_flops(model: str, num_classes: int, channels: int, size: int) -> float:
     """Forward FLOPs per image of a registered model on this input shape."""
     return forward_flops(create_model(model, num_classes, channels, size).eval(), torch.zeros(1, channels, size, size))
@@ -66,7 +66,7 @@ def load_bench(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _channels(dataset: str) -> int:
     return int(group_config("dataset", dataset).channels)
 
@@ -75,7 +75,11 @@ def _rate(bench: dict, model: str, channels: int, key: str) -> float | None:
     """Measured seconds per FLOP of ``key`` ("epoch" or "pgd"), from the same model, else one of the same
     channel count (same kind of data), else any benchmarked model."""
     rows = bench.get("models", [])
-    for pick in (lambda r: r["model"] == model, lambda r: _channels(r["dataset"]) == channels, lambda r: True):
+    for pick in (
+        lambda r: r["model"] == model,
+        lambda r: _channels(r["dataset"]) == channels,
+        lambda r: True,
+    ):
         for r in rows:
             if pick(r):
                 if key == "epoch":
@@ -293,9 +297,17 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
                 if ("train", skey) not in work and not RunDir(store, skey).finished:
                     sdone = _done_epochs(store, sc, None)
                     work[("train", skey)] = st = cost.training(sc, sdone)
-                    rows.append({"cell": "-", "label": f"{cell.dataset}/{sc.model.name}/ce (substitute)", "key": skey,
-                                 "trained": False, "epochs_done": f"{sdone}/{2 * int(sc.trainer.epochs_per_phase)}",
-                                 "evals_missing": 0, "predicted_seconds": None if st is None else round(st, 1)})
+                    rows.append(
+                        {
+                            "cell": "-",
+                            "label": f"{cell.dataset}/{sc.model.name}/ce (substitute)",
+                            "key": skey,
+                            "trained": False,
+                            "epochs_done": f"{sdone}/{2 * int(sc.trainer.epochs_per_phase)}",
+                            "evals_missing": 0,
+                            "predicted_seconds": None if st is None else round(st, 1),
+                        }
+                    )
                 craft, s = cost.transfer(ec, sc.model.name, e)
                 if ("craft", skey, name) not in work:  # once per substitute: every target reads its cache
                     step = int(e.params.get("batch_size", ec.eval.batch_size)) * int(ec.eval.group_batches)
@@ -306,9 +318,17 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
                 s = cost.attack(ec, cell.model, e)
             work[("eval", key, name)] = s
             eval_s = None if s is None or eval_s is None else eval_s + s
-        rows.append({"cell": i, "label": cell.label, "key": key, "trained": RunDir(store, key).finished,
-                     "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}", "evals_missing": len(todo),
-                     "predicted_seconds": None if train_s is None or eval_s is None else round(train_s + eval_s, 1)})
+        rows.append(
+            {
+                "cell": i,
+                "label": cell.label,
+                "key": key,
+                "trained": RunDir(store, key).finished,
+                "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}",
+                "evals_missing": len(todo),
+                "predicted_seconds": None if train_s is None or eval_s is None else round(train_s + eval_s, 1),
+            }
+        )
     return rows, work
 
 
@@ -327,16 +347,30 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     unknown = sorted({k[1] + (f" {k[2]}" if len(k) > 2 else " training") for k, v in work.items() if v is None})
     print(pd.DataFrame(rows).to_string(index=False))
     src = {"store": "the run store", "bench": f"{bench_path(cfg)} (scaled by FLOPs)"}
-    print(f"predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on this device"
-          + (f", from {' and '.join(src[k] for k in sorted(cost.sources, reverse=True))}" if cost.sources else "")
-          + (f"; not predicted ({len(unknown)} items, no measurement: run `make bench` on this device): "
-             + ", ".join(unknown[:6]) + (" ..." if len(unknown) > 6 else "") if unknown else ""))
+    print(
+        f"predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on this device"
+        + (f", from {' and '.join(src[k] for k in sorted(cost.sources, reverse=True))}" if cost.sources else "")
+        + (
+            f"; not predicted ({len(unknown)} items, no measurement: run `make bench` on this device): "
+            + ", ".join(unknown[:6])
+            + (" ..." if len(unknown) > 6 else "")
+            if unknown
+            else ""
+        )
+    )
     if audited:
-        print(f"not in that figure: the audit's attacks on {len(audited)} runs (their cost depends on how many "
-              "examples survive each attack: the adaptive ones run as a cascade on survivors); finished "
-              "attacks are cached in runs/<key>/audit/")
-    return {"cells": rows, "predicted_seconds": total, "unmeasured": unknown, "sources": sorted(cost.sources),
-            "audits_not_predicted": audited}
+        print(
+            f"not in that figure: the audit's attacks on {len(audited)} runs (their cost depends on how many "
+            "examples survive each attack: the adaptive ones run as a cascade on survivors); finished "
+            "attacks are cached in runs/<key>/audit/"
+        )
+    return {
+        "cells": rows,
+        "predicted_seconds": total,
+        "unmeasured": unknown,
+        "sources": sorted(cost.sources),
+        "audits_not_predicted": audited,
+    }
 
 
 def cell_timeout_minutes(cfg: DictConfig, margin: float = 1.5, floor: int = 10) -> int | None:

@@ -9,8 +9,9 @@ own value checks, then builds it with ``hydra.utils.instantiate``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,10 +22,10 @@ class Entry:
 
     name: str
     fn: Callable
-    params: tuple[str, ...]                           # keyword parameters a config may set
-    required: tuple[str, ...]                         # ... and those it must set (no default)
+    params: tuple[str, ...]  # keyword parameters a config may set
+    required: tuple[str, ...]  # ... and those it must set (no default)
     meta: dict[str, Any] = field(default_factory=dict)
-    flags: tuple[str, ...] = ()                       # parameters that are true/false (annotated or defaulting so)
+    flags: tuple[str, ...] = ()  # parameters that are true/false (annotated or defaulting so)
 
     @property
     def target(self) -> str:
@@ -54,6 +55,7 @@ class Registry:
             flags = tuple(k for k, v in sig.items() if v.annotation in (bool, "bool") or isinstance(v.default, bool))
             self._by_name[name] = Entry(name, fn, tuple(sig), required, meta, flags)
             return fn
+
         return deco
 
     def __iter__(self):
@@ -74,18 +76,21 @@ class Registry:
         """The registered function a component config names, its parameters checked (nothing is run)."""
         target = (cfg or {}).get("_target_")
         if target is None:
-            raise ValueError(f"a {self.kind} config needs `_target_` (one of: "
-                             f"{', '.join(e.target for e in self._by_name.values())}); got {dict(cfg or {})}")
+            raise ValueError(
+                f"a {self.kind} config needs `_target_` (one of: "
+                f"{', '.join(e.target for e in self._by_name.values())}); got {dict(cfg or {})}"
+            )
         found = [e for e in self._by_name.values() if e.target == target]
         if not found:
-            raise ValueError(f"`_target_: {target}` is not a registered {self.kind}; known: "
-                             + ", ".join(f"{e.name} ({e.target})" for e in self._by_name.values()))
+            raise ValueError(
+                f"`_target_: {target}` is not a registered {self.kind}; known: "
+                + ", ".join(f"{e.name} ({e.target})" for e in self._by_name.values())
+            )
         e = found[0]
         params = params_of(cfg)
         unknown = sorted(set(params) - set(e.params))
         if unknown:
-            raise ValueError(f"{self.kind} {e.name!r} got unknown parameter(s) {unknown}; "
-                             f"accepted: {list(e.params)}")
+            raise ValueError(f"{self.kind} {e.name!r} got unknown parameter(s) {unknown}; accepted: {list(e.params)}")
         missing = sorted(set(e.required) - set(params))
         if missing:
             raise ValueError(f"{self.kind} {e.name!r} needs parameter(s) {missing} (accepted: {list(e.params)})")

@@ -10,20 +10,20 @@ a cell we have not run says so, it is never blank or filled.
 from __future__ import annotations
 
 import json
-import statistics
 import logging
+import statistics
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats as scipy_stats
 from omegaconf import DictConfig, OmegaConf
+from scipy import stats as scipy_stats
 
 from pclc.config import resolve_device
 from pclc.evaluate import substitute_cfg
 from pclc.experiment import entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
+from pclc.headers import config_block, config_yaml, csv_header, csv_provenance, header, trained_on_notes
 from pclc.io import atomic_write_text
 from pclc.paper_data import table_rows
-from pclc.headers import config_block, config_yaml, csv_header, csv_provenance, header, trained_on_notes
 from pclc.results import read_result, run_weights
 from pclc.store import RunDir, provenance, run_key
 
@@ -107,8 +107,10 @@ def to_markdown(df: pd.DataFrame) -> str:
                 if n is not None and not pd.isna(n) and int(n) > 1:  # mean ± sd over seeds, judged by the 95% PI
                     inside = ("✓" if r.in_pi95 else "✗") if int(n) >= 3 else "n<3: no verdict"  # [0, 100] says nothing
                     lo, hi = max(0.0, r.ours - r.pi95), min(100.0, r.ours + r.pi95)  # accuracy's own range
-                    vals.append(f"**{r.ours:.1f}** ± {r.sd:.1f} [{lo:.1f}, {hi:.1f}] "
-                                f"n={int(n)}{mark} ({r.paper:.1f}, {r.diff:+.1f} {inside})")
+                    vals.append(
+                        f"**{r.ours:.1f}** ± {r.sd:.1f} [{lo:.1f}, {hi:.1f}] "
+                        f"n={int(n)}{mark} ({r.paper:.1f}, {r.diff:+.1f} {inside})"
+                    )
                 else:
                     vals.append(f"**{r.ours:.1f}**{mark} ({r.paper:.1f}, {r.diff:+.1f})")
         lines.append(f"| {_row_label(a, p)} | " + " | ".join(vals) + " |")
@@ -118,8 +120,19 @@ def to_markdown(df: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------------------------
 # The store's results as one DataFrame, and the tables built from it
 # ------------------------------------------------------------------------------------------
-EVAL_COLUMNS = ["dataset", "model", "method", "run", "attack", "source", "eps", "n", "clean_accuracy",
-                "adv_accuracy", "file"]
+EVAL_COLUMNS = [
+    "dataset",
+    "model",
+    "method",
+    "run",
+    "attack",
+    "source",
+    "eps",
+    "n",
+    "clean_accuracy",
+    "adv_accuracy",
+    "file",
+]
 
 
 def _eps_of(param: str) -> float | None:
@@ -138,9 +151,21 @@ def evaluations(cfg: DictConfig) -> pd.DataFrame:
         for e in entries(ec):
             f = run.eval / f"{eval_name(ec, e)}.json"
             if f.exists() and (r := read_result(f, run)) is not None:
-                rows.append({"dataset": cell.dataset, "model": cell.model, "method": cell.method, "run": run.key,
-                             "attack": e.config, "source": e.source, "eps": e.eps, "n": r["n"],
-                             "clean_accuracy": r["clean_accuracy"], "adv_accuracy": r["adv_accuracy"], "file": str(f)})
+                rows.append(
+                    {
+                        "dataset": cell.dataset,
+                        "model": cell.model,
+                        "method": cell.method,
+                        "run": run.key,
+                        "attack": e.config,
+                        "source": e.source,
+                        "eps": e.eps,
+                        "n": r["n"],
+                        "clean_accuracy": r["clean_accuracy"],
+                        "adv_accuracy": r["adv_accuracy"],
+                        "file": str(f),
+                    }
+                )
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 
@@ -160,11 +185,15 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
             if r.attack == "clean":
                 continue
             spec, eps = exp.rows[r.attack], _eps_of(r.param)
-            hit = mine[(mine.source == spec.get("source", "white")) & (mine.attack == spec.attack)
-                       & (mine.eps.isna() if eps is None else mine.eps == eps)]
+            hit = mine[
+                (mine.source == spec.get("source", "white"))
+                & (mine.attack == spec.attack)
+                & (mine.eps.isna() if eps is None else mine.eps == eps)
+            ]
             if len(hit):
                 ours.setdefault((cell.dataset, cell.method, r.attack, r.param), []).append(
-                    float(hit.adv_accuracy.iloc[0]))
+                    float(hit.adv_accuracy.iloc[0])
+                )
                 clean = float(hit.clean_accuracy.iloc[0])
         if ec.eval.subset is None and run_weights(run) is not None:
             clean = run.read_summary()["test_accuracy"]
@@ -185,8 +214,11 @@ def substitute_run(cell, cfg: DictConfig, suite: str) -> tuple[DictConfig, RunDi
 
 def substitute_keys(cfg: DictConfig) -> list[str]:
     """The run keys of the table's black-box substitutes."""
-    return [found[1].key for cell in experiment_cells(cfg)
-            if (found := substitute_run(cell, cfg, cfg.experiment.suite)) is not None]
+    return [
+        found[1].key
+        for cell in experiment_cells(cfg)
+        if (found := substitute_run(cell, cfg, cfg.experiment.suite)) is not None
+    ]
 
 
 def substitute_notes(cfg: DictConfig) -> list[str]:
@@ -199,8 +231,10 @@ def substitute_notes(cfg: DictConfig) -> list[str]:
         sc, run = found
         acc = f"clean test accuracy {run.read_summary()['test_accuracy']:.2f}%" if run.finished else "not trained"
         seed = f"/s{cell.seed}" if cell.seed else ""
-        subs[run.key] = f"substitute for `{cell.dataset}/{cell.model}{seed}`: `{cell.dataset}/{sc.model.name}/ce` → run " \
-                        f"`{run.key}` ({acc})"
+        subs[run.key] = (
+            f"substitute for `{cell.dataset}/{cell.model}{seed}`: `{cell.dataset}/{sc.model.name}/ce` → run "
+            f"`{run.key}` ({acc})"
+        )
     return list(subs.values())
 
 
@@ -227,14 +261,23 @@ def keep_previous(df: pd.DataFrame, csv: Path, table: str, attacks=None) -> tupl
         elif k in had:
             kept += 1
             stats = {c: had[k][c] for c in ("n_seeds", "sd", "ci95", "pi95", "in_pi95") if c in had[k]}
-            out.append({**r, **stats, "ours": float(had[k]["ours"]),
-                        "diff": round(float(had[k]["ours"]) - r["paper"], 2), "status": KEPT})
+            out.append(
+                {
+                    **r,
+                    **stats,
+                    "ours": float(had[k]["ours"]),
+                    "diff": round(float(had[k]["ours"]) - r["paper"], 2),
+                    "status": KEPT,
+                }
+            )
         else:
             out.append(new if new is not None else {**r, "ours": None, "diff": None, "status": NOT_RUN})
     if not kept:
         return df, None
-    note = (f"† {kept} cells kept from the file this command rewrote (not computed by it): commit "
-            f"`{head.get('commit', '?')}`, {head.get('date', '?')}, `{head.get('command', '?')}`")
+    note = (
+        f"† {kept} cells kept from the file this command rewrote (not computed by it): commit "
+        f"`{head.get('commit', '?')}`, {head.get('date', '?')}, `{head.get('command', '?')}`"
+    )
     return pd.DataFrame(out, columns=list(df.columns)), note
 
 
@@ -268,13 +311,17 @@ def check_table_file(cfg: DictConfig) -> None:
     head = csv_provenance(csv)
     ours, theirs = protocol_of(cfg), head.get("protocol", "?")
     if theirs != ours:
-        raise ValueError(f"{csv} holds protocol '{theirs}', this command's is '{ours}': its cells would mix with "
-                         f"ours; pass another out_dir=")
+        raise ValueError(
+            f"{csv} holds protocol '{theirs}', this command's is '{ours}': its cells would mix with "
+            f"ours; pass another out_dir="
+        )
     config = json.loads(head.get("config", "{}").split(" (resolved config", 1)[0] or "{}")
     seeds, have = sorted(int(s) for s in (cfg.get("seeds") or [0])), _file_seeds(config)
     if have and have != seeds:
-        raise ValueError(f"{csv} holds seeds {have}, this command's are {seeds}: pass the same seeds (a seed's files "
-                         f"are reused) or another out_dir=")
+        raise ValueError(
+            f"{csv} holds seeds {have}, this command's are {seeds}: pass the same seeds (a seed's files "
+            f"are reused) or another out_dir="
+        )
 
 
 def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
@@ -293,19 +340,35 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
         title = f"{exp.title}" + ("" if protocol == "full" else f" — {protocol}, NOT the paper's protocol")
         cells = experiment_cells(cfg)
         runs = {c.label: run_key(train_cfg(c, cfg)) for c in cells}
-        head = header(title, prov, protocol,
-                      notes=[f"attack suite: `{exp.suite}`", "runs: " + "; ".join(f"`{k}` → run `{v}`"
-                                                                                   for k, v in runs.items()),
-                             *substitute_notes(cfg),
-                             *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
-                             *([kept] if kept else []),
-                             *([f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed, "
-                                "within 0-100] n; "
-                                "✓ / ✗: the paper's number (one run) is inside / outside that interval"]
-                               if (df.n_seeds > 1).any() else [])])
-        config = {"experiment": exp.name, "suite": exp.suite, "profile": cfg.profile, "seeds":
-                  sorted(int(s) for s in (cfg.get("seeds") or [0])), "datasets": cfg.get("datasets") and
-                  list(cfg.datasets), "runs": runs}
+        head = header(
+            title,
+            prov,
+            protocol,
+            notes=[
+                f"attack suite: `{exp.suite}`",
+                "runs: " + "; ".join(f"`{k}` → run `{v}`" for k, v in runs.items()),
+                *substitute_notes(cfg),
+                *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
+                *([kept] if kept else []),
+                *(
+                    [
+                        f"seeds {list(cfg.seeds)}: mean ± sd [95% prediction interval for one more seed, "
+                        "within 0-100] n; "
+                        "✓ / ✗: the paper's number (one run) is inside / outside that interval"
+                    ]
+                    if (df.n_seeds > 1).any()
+                    else []
+                ),
+            ],
+        )
+        config = {
+            "experiment": exp.name,
+            "suite": exp.suite,
+            "profile": cfg.profile,
+            "seeds": sorted(int(s) for s in (cfg.get("seeds") or [0])),
+            "datasets": cfg.get("datasets") and list(cfg.datasets),
+            "runs": runs,
+        }
         atomic_write_text(csv, csv_header(title, prov, protocol, config, md.name) + df.to_csv(index=False))
         atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     if tracker is not None:

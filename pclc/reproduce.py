@@ -23,10 +23,20 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import CONFIG_DIR, group_config, resolve_device
-from pclc.experiment import Cell, audit_cfg, check_attacks, eval_cfg, experiment_cells, make_cell, out_dir, \
-    sub_experiments, cell_suites, train_cfg
-from pclc.plan import cell_timeout_minutes, plan
+from pclc.experiment import (
+    Cell,
+    audit_cfg,
+    cell_suites,
+    check_attacks,
+    eval_cfg,
+    experiment_cells,
+    make_cell,
+    out_dir,
+    sub_experiments,
+    train_cfg,
+)
 from pclc.headers import config_yaml, trained_on_notes
+from pclc.plan import cell_timeout_minutes, plan
 from pclc.reports import check_table_file, write_table
 from pclc.store import RunDir, checked_config, run_key
 
@@ -53,15 +63,36 @@ def cell_runs(cell: Cell, cfg: DictConfig) -> list[tuple[str, DictConfig, dict[s
     tc = train_cfg(cell, cfg)
     arm = cell.arm.rsplit(".", 1)[-1] if cell.train_extra else ""
     recipe = {"arm": cell.arm, "train": list(cell.train_extra)} if cell.train_extra else None
-    out = [(zoo_name(tc.dataset.name, tc.model.name, cell.method, cell.seed, arm), tc,
-            {"method": cell.method, "loss": cell.loss, "trainer": cell.trainer, "recipe": recipe, "role": "model"})]
+    out = [
+        (
+            zoo_name(tc.dataset.name, tc.model.name, cell.method, cell.seed, arm),
+            tc,
+            {
+                "method": cell.method,
+                "loss": cell.loss,
+                "trainer": cell.trainer,
+                "recipe": recipe,
+                "role": "model",
+            },
+        )
+    ]
     for suite in cell_suites(cell, cfg):
         ec = eval_cfg(cell, cfg, suite, restrict=True)
         if any(e.source == "transfer" for e in entries(ec)) and not ec.eval.get("substitute_run"):
             sc = substitute_cfg(tc, ec.eval.substitute)
-            out.append((zoo_name(sc.dataset.name, sc.model.name, "ce", cell.seed, arm), sc,
-                        {"method": "ce", "loss": "ce", "trainer": cell.trainer, "recipe": recipe,
-                         "role": f"black-box substitute for {tc.model.name}"}))
+            out.append(
+                (
+                    zoo_name(sc.dataset.name, sc.model.name, "ce", cell.seed, arm),
+                    sc,
+                    {
+                        "method": "ce",
+                        "loss": "ce",
+                        "trainer": cell.trainer,
+                        "recipe": recipe,
+                        "role": f"black-box substitute for {tc.model.name}",
+                    },
+                )
+            )
             break
     return out
 
@@ -89,8 +120,12 @@ def export_cells(cells: list[Cell], cfg: DictConfig) -> dict[str, Any]:
                 done[run.key] = export(run, name, meta, cfg.get("zoo_dir"))["name"]
             else:
                 missing.append(f"{name} ({run.key})")
-    log.info("zoo %s: %d runs exported or already there; not trained yet: %s", zoo_dir(cfg.get("zoo_dir")),
-             len(done), ", ".join(dict.fromkeys(missing)) or "none")
+    log.info(
+        "zoo %s: %d runs exported or already there; not trained yet: %s",
+        zoo_dir(cfg.get("zoo_dir")),
+        len(done),
+        ", ".join(dict.fromkeys(missing)) or "none",
+    )
     return {"exported": sorted(done.values()), "not_trained": list(dict.fromkeys(missing))}
 
 
@@ -98,13 +133,19 @@ def check_zoo(cells: list[Cell], cfg: DictConfig) -> None:
     """``from_zoo=true``: every run the cells need must be in the zoo, checked before any work."""
     from pclc.zoo import ZooError, has, zoo_dir
 
-    lacking = [f"{name} ({run_key(c)})" for cell in cells for name, c, _ in cell_runs(cell, cfg)
-               if not has(run_key(c), cfg.get("zoo_dir"))]
+    lacking = [
+        f"{name} ({run_key(c)})"
+        for cell in cells
+        for name, c, _ in cell_runs(cell, cfg)
+        if not has(run_key(c), cfg.get("zoo_dir"))
+    ]
     if lacking:
         lacking = list(dict.fromkeys(lacking))
-        raise ZooError(f"from_zoo=true: the zoo ({zoo_dir(cfg.get('zoo_dir'))}) lacks {len(lacking)} of the runs "
-                       f"this needs: {', '.join(lacking[:4])}{', ...' if len(lacking) > 4 else ''}; train them "
-                       f"(without FROM=zoo) and export them (stage=export), nothing was run")
+        raise ZooError(
+            f"from_zoo=true: the zoo ({zoo_dir(cfg.get('zoo_dir'))}) lacks {len(lacking)} of the runs "
+            f"this needs: {', '.join(lacking[:4])}{', ...' if len(lacking) > 4 else ''}; train them "
+            f"(without FROM=zoo) and export them (stage=export), nothing was run"
+        )
 
 
 def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
@@ -142,8 +183,14 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     if listed is not None and list(exp.methods) != list(listed):
         title += f" — methods {', '.join(exp.methods)} only (the experiment lists {', '.join(listed)})"
     keys = [k for a in audits for k in (a.run, a.reference_run) if k]
-    paths = write_audit_report(audits, out_dir(cfg), rows, title=title, config_yaml=config_yaml(cfg),
-                               notes=trained_on_notes(cfg.store, keys))
+    paths = write_audit_report(
+        audits,
+        out_dir(cfg),
+        rows,
+        title=title,
+        config_yaml=config_yaml(cfg),
+        notes=trained_on_notes(cfg.store, keys),
+    )
     if tracker is not None:
         import pandas as pd
 
@@ -194,8 +241,11 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage == "timeout":  # the launcher's per-cell limit in minutes (hydra/launcher=pclc_slurm)
         minutes = cell_timeout_minutes(cfg)
         if minutes is None:
-            log.warning("some cells have no predicted time on this device (run `make bench`, or pass "
-                        "bench=results/bench-<gpu>.json written by make bench on a GPU node); keeping the launcher's timeout_min")
+            log.warning(
+                "some cells have no predicted time on this device (run `make bench`, or pass "
+                "bench=results/bench-<gpu>.json written by make bench on a GPU node); "
+                "keeping the launcher's timeout_min"
+            )
         print(minutes if minutes is not None else "")
         return {"timeout_min": minutes}
     if cfg.stage == "cell":
@@ -210,12 +260,21 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     results = [run_cell(c, cfg) for c in cells] if cfg.stage == "all" else []
     from pclc.tracking import build_tracker
 
-    tracker = build_tracker(cfg.logger, name=f"{cfg.experiment.name}-{cfg.profile}", group=cfg.experiment.name,
-                            config=OmegaConf.to_container(cfg, resolve=True), job_type="reproduce")
+    tracker = build_tracker(
+        cfg.logger,
+        name=f"{cfg.experiment.name}-{cfg.profile}",
+        group=cfg.experiment.name,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        job_type="reproduce",
+    )
     try:
         paths = write_outputs(cfg, tracker)
-        tracker.log_artifact(f"results-{cfg.experiment.name}-{cfg.profile}", "results", paths,
-                             {"experiment": cfg.experiment.name, "profile": cfg.profile})
+        tracker.log_artifact(
+            f"results-{cfg.experiment.name}-{cfg.profile}",
+            "results",
+            paths,
+            {"experiment": cfg.experiment.name, "profile": cfg.profile},
+        )
     except BaseException:
         tracker.finish(1)  # the W&B run says the reproduce failed
         raise

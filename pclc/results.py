@@ -40,8 +40,13 @@ def run_weights(run: RunDir) -> str | None:
         log.warning("run %s set aside: %s", run.key, " ".join(str(e).split()))
         return None
     if now != recorded:
-        log.warning("run %s set aside: its model.pt holds weights %s, not the %s its summary records (replaced by "
-                    "hand?); retrain it (force=true) or restore it from the zoo", run.key, now, recorded)
+        log.warning(
+            "run %s set aside: its model.pt holds weights %s, not the %s its summary records (replaced by "
+            "hand?); retrain it (force=true) or restore it from the zoo",
+            run.key,
+            now,
+            recorded,
+        )
         return None
     return now
 
@@ -61,8 +66,10 @@ def problems(r: dict[str, Any], run: RunDir, substitute: RunDir | None = None) -
             substitute = RunDir(run.path.parent, str(r["substitute"]))
         sw = run_weights(substitute) if substitute is not None else None
         if sw is None or r.get("substitute_weights") != sw:
-            out.append(f"crafted on substitute weights {r.get('substitute_weights')}, the substitute holds "
-                       f"{sw or 'no usable weights'}")
+            out.append(
+                f"crafted on substitute weights {r.get('substitute_weights')}, the substitute holds "
+                f"{sw or 'no usable weights'}"
+            )
     rec = r.get("records") or {}
     label = rec.get("label")
     if not label or len(label) != r.get("n"):

@@ -8,15 +8,24 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.errors import UserError
-from pclc.io import CorruptFileError, atomic_write_json, atomic_write_text, load_tensors, \
-    read_json, remove_stale_temp, writer_gone, writer_tag
+from pclc.io import (
+    CorruptFileError,
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+    remove_stale_temp,
+    writer_gone,
+    writer_tag,
+)
 from pclc.store import RunDir, identity, model_state, run_key, run_numerics
 
 log = logging.getLogger(__name__)
@@ -90,9 +99,23 @@ def record_config(cfg: DictConfig, run: RunDir) -> None:
     from pclc.tracking import scrub
 
     resolved = scrub(OmegaConf.to_container(cfg, resolve=True))
-    resolved["accel"] = {**(resolved.get("accel") or {}), **run_numerics(resolved)}  # "auto" pinned, as the key has it
-    atomic_write_text(run.config, OmegaConf.to_yaml(OmegaConf.create(
-        {"key": run.key, "identity": identity(cfg), "choices": resolved.pop("choices", None), "resolved": resolved})))
+    resolved["accel"] = {
+        **(resolved.get("accel") or {}),
+        **run_numerics(resolved),
+    }  # "auto" pinned, as the key has it
+    atomic_write_text(
+        run.config,
+        OmegaConf.to_yaml(
+            OmegaConf.create(
+                {
+                    "key": run.key,
+                    "identity": identity(cfg),
+                    "choices": resolved.pop("choices", None),
+                    "resolved": resolved,
+                }
+            )
+        ),
+    )
 
 
 def _rebuild_warmup(src_cfg: DictConfig, src: RunDir, T: int, train: Callable) -> None:
@@ -111,8 +134,15 @@ def _rebuild_warmup(src_cfg: DictConfig, src: RunDir, T: int, train: Callable) -
         src.warmup.with_suffix(".rebuilt.tmp").replace(src.warmup)
 
 
-def start_state(cfg: DictConfig, run: RunDir, model: torch.nn.Module, T: int, stop: int, train: Callable,
-                warmup_cfg: DictConfig | None):
+def start_state(
+    cfg: DictConfig,
+    run: RunDir,
+    model: torch.nn.Module,
+    T: int,
+    stop: int,
+    train: Callable,
+    warmup_cfg: DictConfig | None,
+):
     """Where training starts: this run's checkpoint (resume), the warm-up run's epoch-T checkpoint (trained
     first if missing), or nothing. Returns (state or None, the warm-up run's key or None)."""
     if run.checkpoint.exists():
@@ -143,8 +173,11 @@ def has_cuda() -> bool:
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """Every random state a checkpoint keeps: the data generator's, torch's CPU generator and, on CUDA, every
     GPU's (VGG-13's Dropout draws there): a resumed run ends with the uninterrupted weights."""
-    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if has_cuda() else None}
+    return {
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if has_cuda() else None,
+    }
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:

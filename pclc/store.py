@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
-import logging
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -62,8 +62,13 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     the keys they always had; bf16 or channels_last training adds ``numerics`` (another key, another run)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     dataset = {k: v for k, v in c["dataset"].items() if k not in _DATASET_LOCATION}
-    out = {"dataset": dataset, "model": c["model"], "loss": _without_hydra_keys(c["loss"]), "trainer": c["trainer"],
-           "seed": c["seed"]}
+    out = {
+        "dataset": dataset,
+        "model": c["model"],
+        "loss": _without_hydra_keys(c["loss"]),
+        "trainer": c["trainer"],
+        "seed": c["seed"],
+    }
     numerics = {k: v for k, v in run_numerics(c).items() if v}
     return {**out, "numerics": numerics} if numerics else out
 
@@ -100,12 +105,12 @@ class RunDir:
         self.metrics = self.path / "metrics.json"
         self.model = self.path / "model.pt"
         self.summary = self.path / "summary.json"
-        self.eval = self.path / "eval"      # pclc.evaluate's per-attack results
-        self.adv = self.path / "adv"        # transfer examples crafted on this run (it is a substitute)
-        self.audit = self.path / "audit"    # pclc.audit's per-attack results (and audit/adv: transfer examples)
+        self.eval = self.path / "eval"  # pclc.evaluate's per-attack results
+        self.adv = self.path / "adv"  # transfer examples crafted on this run (it is a substitute)
+        self.audit = self.path / "audit"  # pclc.audit's per-attack results (and audit/adv: transfer examples)
 
     @classmethod
-    def at(cls, path: str | Path) -> "RunDir":
+    def at(cls, path: str | Path) -> RunDir:
         """The run at a directory path."""
         path = Path(path)
         return cls(path.parent, path.name)
@@ -120,8 +125,9 @@ class RunDir:
         try:
             return read_json(self.summary)
         except CorruptFileError as e:
-            raise CorruptFileError(f"{e}. Rerun the training command: the run resumes from its checkpoint and "
-                                   "writes it again.") from None
+            raise CorruptFileError(
+                f"{e}. Rerun the training command: the run resumes from its checkpoint and writes it again."
+            ) from None
 
     def stored_identity(self) -> dict[str, Any]:
         """The identity recorded in ``config.yaml`` (what determined the weights)."""
@@ -135,8 +141,11 @@ class RunDir:
         cfg = OmegaConf.create(stored.resolved)
         numerics = (OmegaConf.to_container(stored.identity) or {}).get("numerics") or {}
         with open_dict(cfg):
-            cfg.accel = {**(OmegaConf.to_container(cfg.accel) if cfg.get("accel") else {}),
-                         "bf16": bool(numerics.get("bf16")), "channels_last": bool(numerics.get("channels_last"))}
+            cfg.accel = {
+                **(OmegaConf.to_container(cfg.accel) if cfg.get("accel") else {}),
+                "bf16": bool(numerics.get("bf16")),
+                "channels_last": bool(numerics.get("channels_last")),
+            }
         return cfg
 
 
@@ -150,8 +159,10 @@ def checked_config(run: RunDir) -> DictConfig:
     cfg = run.stored_config()
     key = run_key(cfg)
     if key.rsplit("-", 1)[1] != run.key.rsplit("-", 1)[-1]:
-        raise RunIntegrityError(f"{run.config} was edited: its config hashes to {key}, not to the run's key "
-                                f"{run.key}. Restore it, or train the edited config as a run of its own.")
+        raise RunIntegrityError(
+            f"{run.config} was edited: its config hashes to {key}, not to the run's key "
+            f"{run.key}. Restore it, or train the edited config as a run of its own."
+        )
     return cfg
 
 
@@ -162,10 +173,12 @@ def build_model(model_cfg) -> torch.nn.Module:
 
     target = model_cfg.get("_target_")
     if target not in (None, "pclc.models.create_model"):
-        raise RunIntegrityError(f"model config `_target_: {target}`: models are built by pclc.models.create_model "
-                                "(the model registry) only")
-    return create_model(str(model_cfg.name), int(model_cfg.num_classes), int(model_cfg.in_channels),
-                        int(model_cfg.input_size))
+        raise RunIntegrityError(
+            f"model config `_target_: {target}`: models are built by pclc.models.create_model (the model registry) only"
+        )
+    return create_model(
+        str(model_cfg.name), int(model_cfg.num_classes), int(model_cfg.in_channels), int(model_cfg.input_size)
+    )
 
 
 def model_state(run: RunDir) -> dict[str, torch.Tensor]:
@@ -180,11 +193,14 @@ def model_state(run: RunDir) -> dict[str, torch.Tensor]:
         try:
             ckpt = load_tensors(run.checkpoint)
         except (CorruptFileError, FileNotFoundError):
-            raise CorruptFileError(f"{run.model} cannot be read ({e}) and no final checkpoint holds its weights; "
-                                   f"retrain with force=true") from None
+            raise CorruptFileError(
+                f"{run.model} cannot be read ({e}) and no final checkpoint holds its weights; retrain with force=true"
+            ) from None
         if int(ckpt.get("epoch", -1)) != epochs:
-            raise CorruptFileError(f"{run.model} cannot be read and the checkpoint is at epoch {ckpt.get('epoch')}"
-                                   f", not {epochs}; retrain with force=true") from None
+            raise CorruptFileError(
+                f"{run.model} cannot be read and the checkpoint is at epoch {ckpt.get('epoch')}"
+                f", not {epochs}; retrain with force=true"
+            ) from None
         log.warning("%s is missing or unreadable; restored from the final checkpoint", run.model)
         atomic_torch_save(ckpt["model"], run.model)
         return ckpt["model"]
@@ -205,8 +221,10 @@ def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Mo
         raise ValueError(f"{run.config}: model.num_classes={m.num_classes} but dataset has {d.num_classes} classes")
     state, recorded = model_state(run), run.read_summary().get("weights")
     if recorded is not None and weights_digest(state) != recorded:  # a model.pt copied in from another run
-        raise RunIntegrityError(f"{run.model} holds weights {weights_digest(state)}, not the {recorded} its summary "
-                                f"records: it was replaced. Retrain the run (force=true) or restore it from the zoo")
+        raise RunIntegrityError(
+            f"{run.model} holds weights {weights_digest(state)}, not the {recorded} its summary "
+            f"records: it was replaced. Retrain the run (force=true) or restore it from the zoo"
+        )
     model = build_model(m)
     model.load_state_dict(state)
     model.eval()
@@ -218,6 +236,7 @@ def load_run(run: RunDir, device: torch.device) -> tuple[DictConfig, torch.nn.Mo
 def run_fingerprint(run: RunDir, model: torch.nn.Module) -> dict[str, str]:
     """What a result of ``run`` is tied to: the run's key and its weights' hash."""
     return {"run": run.key, "weights": weights_digest(model.state_dict())}
+
 
 @functools.cache
 def git_commit() -> str:
@@ -231,8 +250,13 @@ def git_commit() -> str:
         if sha.returncode != 0:
             return "unknown"
         code = ["pclc", "configs", "scripts", "pyproject.toml", "constraints.txt"]  # not results/ (outputs)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code],
-                               cwd=here.parent, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *code],
+            cwd=here.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -255,8 +279,12 @@ def cpu_model() -> str:
 @functools.cache
 def _gpu_driver() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -266,11 +294,18 @@ def machine(device: torch.device) -> dict[str, Any]:
     """The machine a computation ran on, as results and the zoo's manifest record it: the CPU model, torch's
     CPU kernel level (``get_cpu_capability``: AVX2 and AVX512 kernels sum in other orders), threads and torch
     version; on CUDA the GPU's name, driver and cuDNN version too."""
-    out = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    out = {
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if device.type == "cuda":
-        out.update(gpu=torch.cuda.get_device_name(device), driver=_gpu_driver(),
-                   cudnn=str(torch.backends.cudnn.version()))
+        out.update(
+            gpu=torch.cuda.get_device_name(device),
+            driver=_gpu_driver(),
+            cudnn=str(torch.backends.cudnn.version()),
+        )
     return out
 
 
@@ -278,10 +313,11 @@ def machine_line(m: dict[str, Any]) -> str:
     """One line for a :func:`machine` record: ``AMD EPYC (AVX512), 2 threads, torch 2.14.1``."""
     if not m:
         return "unknown (not recorded)"
-    head = (f"{m['gpu']} (driver {m.get('driver', '?')}, cuDNN {m.get('cudnn', '?')}), host CPU " if m.get("gpu")
-            else "")
-    return f"{head}{m.get('cpu_model', '?')} ({m.get('cpu_capability', '?')}), {m.get('threads', '?')} threads, " \
-           f"torch {m.get('torch', '?')}"
+    head = f"{m['gpu']} (driver {m.get('driver', '?')}, cuDNN {m.get('cudnn', '?')}), host CPU " if m.get("gpu") else ""
+    return (
+        f"{head}{m.get('cpu_model', '?')} ({m.get('cpu_capability', '?')}), {m.get('threads', '?')} threads, "
+        f"torch {m.get('torch', '?')}"
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -298,8 +334,10 @@ def invocation() -> str:
 
     prog = Path(sys.argv[0])
     head = f"python -m pclc.{prog.stem}" if prog.parent.name == "pclc" and prog.suffix == ".py" else prog.name
-    args = [a.split("=", 1)[0] + "=***" if "=" in a and is_secret(a.split("=", 1)[0].split(".")[-1]) else a
-            for a in sys.argv[1:]]  # a credential given as an override is never written down
+    args = [
+        a.split("=", 1)[0] + "=***" if "=" in a and is_secret(a.split("=", 1)[0].split(".")[-1]) else a
+        for a in sys.argv[1:]
+    ]  # a credential given as an override is never written down
     return " ".join([head, *args])
 
 
@@ -313,7 +351,7 @@ def provenance(device: torch.device, command: str | None = None) -> dict[str, An
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "pid": os.getpid(),
     }
 
@@ -323,5 +361,9 @@ git_commit()  # record the commit of the code as imported
 
 def provenance_lines(prov: dict[str, Any], devices: list[str] | None = None) -> list[str]:
     """The provenance every results file opens with (markdown, CSV comments, captions, figure text)."""
-    return [f"command: {prov['command']}", f"commit: {prov['commit']}",
-            f"device: {', '.join(devices) if devices else prov['device']}", f"date: {prov['date']}"]
+    return [
+        f"command: {prov['command']}",
+        f"commit: {prov['commit']}",
+        f"device: {', '.join(devices) if devices else prov['device']}",
+        f"date: {prov['date']}",
+    ]

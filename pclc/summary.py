@@ -10,12 +10,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pclc.headers import csv_provenance
 from pclc.io import atomic_savefig, atomic_write_text
 from pclc.paper_data import paper_tables
-from pclc.headers import csv_provenance
 from pclc.store import provenance, provenance_lines
 
-COLUMNS = ["table", "dataset", "model", "method", "attack", "param", "paper", "ours", "diff", "status", "source"]
+COLUMNS = [
+    "table",
+    "dataset",
+    "model",
+    "method",
+    "attack",
+    "param",
+    "paper",
+    "ours",
+    "diff",
+    "status",
+    "source",
+]
 
 
 def collect(results: Path) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
@@ -27,8 +39,11 @@ def collect(results: Path) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
         df = pd.read_csv(csv, comment="#", dtype={"param": str})
         ours.append(df[df.status != "not run"].assign(source=csv.name))
     key = ["table", "dataset", "model", "method", "attack", "param"]
-    got = pd.concat(ours)[[*key, "ours", "status", "source"]] if ours else pd.DataFrame(columns=[*key, "ours",
-                                                                                                "status", "source"])
+    got = (
+        pd.concat(ours)[[*key, "ours", "status", "source"]]
+        if ours
+        else pd.DataFrame(columns=[*key, "ours", "status", "source"])
+    )
     out = paper.merge(got, on=key, how="left")
     out["ours"] = out.ours.round(2)
     out["diff"] = (out.ours - out.paper).round(2)
@@ -65,20 +80,32 @@ def write(results: Path) -> list[Path]:
     df, sources = collect(results)
     prov = provenance_lines(provenance(torch.device("cpu")))
     done = df[df.status != "not run"]
-    lines = ["# Every cell of the paper's tables: ours beside the paper's", "", *[f"- {p}" for p in prov],
-             f"- cells: {len(done)} of {len(df)} run; accuracy in %; diff = ours − paper",
-             "- numbers read from (each made by the commit named):",
-             *[f"  - `{name}`: commit `{h.get('commit', '?')}`, {h.get('date', '?')}, `{h.get('command', '?')}`"
-               for name, h in sources.items()],
-             "- figure: `figures/summary-scatter.png` (ours against the paper's)", ""]
+    lines = [
+        "# Every cell of the paper's tables: ours beside the paper's",
+        "",
+        *[f"- {p}" for p in prov],
+        f"- cells: {len(done)} of {len(df)} run; accuracy in %; diff = ours − paper",
+        "- numbers read from (each made by the commit named):",
+        *[
+            f"  - `{name}`: commit `{h.get('commit', '?')}`, {h.get('date', '?')}, `{h.get('command', '?')}`"
+            for name, h in sources.items()
+        ],
+        "- figure: `figures/summary-scatter.png` (ours against the paper's)",
+        "",
+    ]
     for table, d in df.groupby("table", sort=True):
         run = d[d.status != "not run"]
         lines += [f"## {table}: {len(run)} of {len(d)} cells run", ""]
         if len(run):
-            lines += ["| dataset | model | method | attack | param | ours | paper | diff | status |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {r.dataset} | {r.model} | {r.method} | {r.attack} | {r.param} | {r.ours:.2f} | "
-                      f"{r.paper:.1f} | {r.diff:+.2f} | {r.status} |" for r in run.itertuples()]
+            lines += [
+                "| dataset | model | method | attack | param | ours | paper | diff | status |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r.dataset} | {r.model} | {r.method} | {r.attack} | {r.param} | {r.ours:.2f} | "
+                f"{r.paper:.1f} | {r.diff:+.2f} | {r.status} |"
+                for r in run.itertuples()
+            ]
         missing = d[d.status == "not run"].groupby(["dataset", "model"]).size()
         if len(missing):
             lines += ["", "not run: " + ", ".join(f"{ds}/{m} ({n} cells)" for (ds, m), n in missing.items())]

@@ -60,24 +60,50 @@ def _sync_hint(folder: Path) -> None:
         import atexit
         import sys
 
-        atexit.register(lambda: print("W&B runs were logged offline in " + ", ".join(map(str, sorted(_HINTED)))
-                                      + "; upload them with: wandb sync " + " ".join(
-                                          f"{f}/offline-run-*" for f in sorted(_HINTED)), file=sys.stderr))
+        atexit.register(
+            lambda: print(
+                "W&B runs were logged offline in "
+                + ", ".join(map(str, sorted(_HINTED)))
+                + "; upload them with: wandb sync "
+                + " ".join(f"{f}/offline-run-*" for f in sorted(_HINTED)),
+                file=sys.stderr,
+            )
+        )
     _HINTED.add(folder)
 
 
 class WandbTracker(Tracker):
-    def __init__(self, project: str, name: str, group: str, config: dict, mode: str, dir: str,
-                 tags: list[str] | None = None, entity: str | None = None, job_type: str = "train",
-                 run_id: str | None = None):
+    def __init__(
+        self,
+        project: str,
+        name: str,
+        group: str,
+        config: dict,
+        mode: str,
+        dir: str,
+        tags: list[str] | None = None,
+        entity: str | None = None,
+        job_type: str = "train",
+        run_id: str | None = None,
+    ):
         import wandb
 
         Path(dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, entity=entity, name=name, group=group, job_type=job_type,
-                              config=scrub(config), mode=mode, dir=dir, tags=tags or [],
-                              settings=wandb.Settings(silent=True, console="off"),  # no banners in our console
-                              id=run_id, resume="allow" if run_id else None,  # one W&B run per model, resumes too
-                              reinit="create_new")  # independent runs: an evaluation inside a reproduce run
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            job_type=job_type,
+            config=scrub(config),
+            mode=mode,
+            dir=dir,
+            tags=tags or [],
+            settings=wandb.Settings(silent=True, console="off"),  # no banners in our console
+            id=run_id,
+            resume="allow" if run_id else None,  # one W&B run per model, resumes too
+            reinit="create_new",
+        )  # independent runs: an evaluation inside a reproduce run
         if mode == "offline":
             _sync_hint(Path(dir).resolve() / "wandb")
         self.dir = Path(self.run.dir).parent if self.run is not None and mode != "disabled" else None
@@ -114,8 +140,9 @@ class WandbTracker(Tracker):
         self.run.finish(exit_code=exit_code)
 
 
-def build_tracker(cfg, name: str, group: str, config: dict, job_type: str = "train",
-                  run_id: str | None = None) -> Tracker:
+def build_tracker(
+    cfg, name: str, group: str, config: dict, job_type: str = "train", run_id: str | None = None
+) -> Tracker:
     """``cfg`` is the ``logger`` config group: ``{name: wandb|none, mode, project, dir, ...}``."""
     if cfg is None or cfg.name == "none":
         return Tracker()
@@ -125,5 +152,15 @@ def build_tracker(cfg, name: str, group: str, config: dict, job_type: str = "tra
     mode = mode or "offline"
     if mode not in ("online", "offline", "disabled"):
         raise ValueError(f"logger.mode must be online, offline or disabled, got {mode!r}")
-    return WandbTracker(project=cfg.project, entity=cfg.get("entity"), name=name, group=group, config=config,
-                        mode=mode, dir=cfg.dir, tags=list(cfg.get("tags") or []), job_type=job_type, run_id=run_id)
+    return WandbTracker(
+        project=cfg.project,
+        entity=cfg.get("entity"),
+        name=name,
+        group=group,
+        config=config,
+        mode=mode,
+        dir=cfg.dir,
+        tags=list(cfg.get("tags") or []),
+        job_type=job_type,
+        run_id=run_id,
+    )

@@ -16,8 +16,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import torch
@@ -88,7 +89,7 @@ class Accel:
     forward: Callable | None = None  # a compiled forward, when compile is on
 
     @classmethod
-    def build(cls, cfg: DictConfig | None, model: torch.nn.Module, device: torch.device) -> "Accel":
+    def build(cls, cfg: DictConfig | None, model: torch.nn.Module, device: torch.device) -> Accel:
         cfg = cfg or {}
         acc = cls(**accel_numerics(cfg, device.type))  # as the run's key has them (pclc.store.identity)
         if cfg.get("deterministic"):  # bit-for-bit on one GPU type, at a cost (README: the GPU path)
@@ -117,8 +118,9 @@ def phase_optimizer(model: torch.nn.Module, trainer: DictConfig, in_phase: int =
         optimizer.load_state_dict(state)
     for g in optimizer.param_groups:  # a checkpoint's lr is replaced by the schedule's below
         g["lr"] = float(trainer.lr)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(m) for m in trainer.milestones],
-                                                    float(trainer.gamma))
+    schedule = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, [int(m) for m in trainer.milestones], float(trainer.gamma)
+    )
     with warnings.catch_warnings():  # fast-forward to in_phase (no optimizer step is due in between)
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(in_phase):
@@ -129,9 +131,17 @@ def phase_optimizer(model: torch.nn.Module, trainer: DictConfig, in_phase: int =
 # ------------------------------------------------------------------------------------------
 # One epoch
 # ------------------------------------------------------------------------------------------
-def train_epoch(model: torch.nn.Module, data, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                batch_size: int, generator: torch.Generator, progress=None,
-                adversary: Callable | None = None, accel: Accel | None = None) -> dict[str, float]:
+def train_epoch(
+    model: torch.nn.Module,
+    data,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+    progress=None,
+    adversary: Callable | None = None,
+    accel: Accel | None = None,
+) -> dict[str, float]:
     """One pass over ``data``; sums stay on the device (one host sync, at the end).
 
     ``adversary(model, x, y, generator)`` replaces part of each batch with adversarial examples (Table 5).
@@ -174,12 +184,18 @@ def _run_threads(state: dict | None, run: RunDir, accel: Accel) -> int:
     now = accel.describe()
     for k in ("bf16", "channels_last"):
         if k in was and was[k] != now[k]:
-            raise CheckpointMismatchError(f"{run.checkpoint} was trained with accel.{k}={was[k]}; resuming with "
-                                          f"{now[k]} would mix two numerics in one run. Resume with "
-                                          f"accel.{k}={str(was[k]).lower()}, or force=true to retrain.")
+            raise CheckpointMismatchError(
+                f"{run.checkpoint} was trained with accel.{k}={was[k]}; resuming with "
+                f"{now[k]} would mix two numerics in one run. Resume with "
+                f"accel.{k}={str(was[k]).lower()}, or force=true to retrain."
+            )
     if int(state["threads"]) != torch.get_num_threads():
-        log.info("resuming %s with its %d CPU threads (this process had %d)", run.key, state["threads"],
-                 torch.get_num_threads())
+        log.info(
+            "resuming %s with its %d CPU threads (this process had %d)",
+            run.key,
+            state["threads"],
+            torch.get_num_threads(),
+        )
         torch.set_num_threads(int(state["threads"]))
     return int(state["threads"])
 
@@ -187,25 +203,56 @@ def _run_threads(state: dict | None, run: RunDir, accel: Accel) -> int:
 def _diverged(summary: dict, num_classes: int) -> bool:
     """A finished run at chance accuracy (or worse): it is kept, with a warning in the log and its summary."""
     chance = 100.0 / num_classes
-    if summary["test_accuracy"] <= chance + 1.0 or not math.isfinite(summary["train_loss"]) \
-            or summary["train_loss"] > 1e6:
-        log.warning("run %s finished at %.2f%% test accuracy (chance %.1f%%, train loss %.3g): it looks diverged; "
-                    "lower trainer.lr", summary["key"], summary["test_accuracy"], chance, summary["train_loss"])
+    if (
+        summary["test_accuracy"] <= chance + 1.0
+        or not math.isfinite(summary["train_loss"])
+        or summary["train_loss"] > 1e6
+    ):
+        log.warning(
+            "run %s finished at %.2f%% test accuracy (chance %.1f%%, train loss %.3g): it looks diverged; "
+            "lower trainer.lr",
+            summary["key"],
+            summary["test_accuracy"],
+            chance,
+            summary["train_loss"],
+        )
         return True
     return False
 
 
-def _summary(cfg: DictConfig, run: RunDir, metrics: list[dict], warmup_from, accel: Accel, prov: dict,
-             t0: float, threads: int, model: torch.nn.Module) -> dict[str, Any]:
+def _summary(
+    cfg: DictConfig,
+    run: RunDir,
+    metrics: list[dict],
+    warmup_from,
+    accel: Accel,
+    prov: dict,
+    t0: float,
+    threads: int,
+    model: torch.nn.Module,
+) -> dict[str, Any]:
     final = metrics[-1]
-    summary = {"key": run.key, "finished": True, "path": str(run.path), "epochs": 2 * int(cfg.trainer.epochs_per_phase),
-            "dataset": cfg.dataset.name, "model": cfg.model.name, "loss": cfg.loss.name, "seed": int(cfg.seed),
-            "test_accuracy": final["test_accuracy"], "prob_gap": final["prob_gap"],
-            "train_accuracy": final["train_accuracy"], "train_loss": final["train_loss"],
-            "warmup_from": warmup_from, "accel": accel.describe(),
-            "train_seconds": sum(m["seconds"] for m in metrics if "source" not in m),
-            "wall_seconds_this_invocation": time.perf_counter() - t0, "provenance": prov,
-            "threads": threads, "weights": weights_digest(model.state_dict())}
+    summary = {
+        "key": run.key,
+        "finished": True,
+        "path": str(run.path),
+        "epochs": 2 * int(cfg.trainer.epochs_per_phase),
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "loss": cfg.loss.name,
+        "seed": int(cfg.seed),
+        "test_accuracy": final["test_accuracy"],
+        "prob_gap": final["prob_gap"],
+        "train_accuracy": final["train_accuracy"],
+        "train_loss": final["train_loss"],
+        "warmup_from": warmup_from,
+        "accel": accel.describe(),
+        "train_seconds": sum(m["seconds"] for m in metrics if "source" not in m),
+        "wall_seconds_this_invocation": time.perf_counter() - t0,
+        "provenance": prov,
+        "threads": threads,
+        "weights": weights_digest(model.state_dict()),
+    }
     summary["diverged"] = _diverged(summary, int(cfg.dataset.num_classes))
     return summary
 
@@ -235,7 +282,11 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
     if reused is not None:
         return reused
     unfinished = {"key": run.key, "finished": False, "epoch": stop, "path": str(run.path)}
-    if until_epoch is not None and run.checkpoint.exists() and int(load_tensors(run.checkpoint).get("epoch", 0)) >= stop:
+    if (
+        until_epoch is not None
+        and run.checkpoint.exists()
+        and int(load_tensors(run.checkpoint).get("epoch", 0)) >= stop
+    ):
         return unfinished
 
     torch.manual_seed(int(cfg.seed))
@@ -243,8 +294,9 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
     train_data, test_data = build_data(cfg.dataset, device)
     model = build_model(cfg.model).to(device)
     accel = Accel.build(cfg.get("accel"), model, device)
-    state, warmup_from = start_state(cfg, run, model, T, stop, train,
-                                     warmup_source(cfg) if cfg.loss.get("warmup") else None)
+    state, warmup_from = start_state(
+        cfg, run, model, T, stop, train, warmup_source(cfg) if cfg.loss.get("warmup") else None
+    )
     record_config(cfg, run)  # the data loaded and the model built: the run starts
     threads_before = torch.get_num_threads()
     threads = _run_threads(state, run, accel)
@@ -253,16 +305,20 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
     if state:
         restore_rng(state, generator)
 
-    phase_loss = [build_loss(c.loss, check_inputs=False) for c in (warmup_source(cfg) if cfg.loss.get("warmup")
-                                                                   else cfg, cfg)]
+    phase_loss = [
+        build_loss(c.loss, check_inputs=False) for c in (warmup_source(cfg) if cfg.loss.get("warmup") else cfg, cfg)
+    ]
     adversary = build_adversary(cfg.trainer)
     mid_phase = state is not None and "optimizer" in state and start % T != 0  # keep Adam's moments
     optimizer, schedule = phase_optimizer(model, cfg.trainer, start % T, state["optimizer"] if mid_phase else None)
 
-    tracker = build_tracker(cfg.logger, name=f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}",
-                            group=cfg.get("run_group") or f"{cfg.dataset.name}-{cfg.model.name}",
-                            config={"key": run.key, **OmegaConf.to_container(cfg, resolve=True)},
-                            run_id=f"train-{digest(run.key, 16)}")  # the same W&B run across resumes
+    tracker = build_tracker(
+        cfg.logger,
+        name=f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}",
+        group=cfg.get("run_group") or f"{cfg.dataset.name}-{cfg.model.name}",
+        config={"key": run.key, **OmegaConf.to_container(cfg, resolve=True)},
+        run_id=f"train-{digest(run.key, 16)}",
+    )  # the same W&B run across resumes
     prov = provenance(device)
     t0 = time.perf_counter()
     try:
@@ -273,33 +329,69 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
             lr = optimizer.param_groups[0]["lr"]
             te = time.perf_counter()
             bar = _progress(train_data.num_batches(int(cfg.trainer.batch_size)), f"{run.key} epoch {epoch + 1}/{total}")
-            row = train_epoch(model, train_data, phase_loss[phase], optimizer, int(cfg.trainer.batch_size),
-                              generator, bar, adversary, accel)
+            row = train_epoch(
+                model,
+                train_data,
+                phase_loss[phase],
+                optimizer,
+                int(cfg.trainer.batch_size),
+                generator,
+                bar,
+                adversary,
+                accel,
+            )
             schedule.step()
             if bar is not None:
                 bar.close()
             if not math.isfinite(row["train_loss"]):
-                kept = f"the last good checkpoint (epoch {epoch}) is kept in {run.checkpoint}" if epoch else \
-                    "no checkpoint was written"
-                raise NonFiniteLossError(f"non-finite training loss at epoch {epoch + 1} of {run.key}; {kept}. "
-                                         "Lower trainer.lr or check the loss.")
+                kept = (
+                    f"the last good checkpoint (epoch {epoch}) is kept in {run.checkpoint}"
+                    if epoch
+                    else "no checkpoint was written"
+                )
+                raise NonFiniteLossError(
+                    f"non-finite training loss at epoch {epoch + 1} of {run.key}; {kept}. "
+                    "Lower trainer.lr or check the loss."
+                )
             clean = clean_metrics(model, test_data, int(cfg.trainer.eval_batch_size))
-            row = {"epoch": epoch + 1, "phase": phase + 1, "lr": lr, **row,
-                   "test_accuracy": clean["accuracy"], "prob_gap": clean["prob_gap"],
-                   "seconds": time.perf_counter() - te}
+            row = {
+                "epoch": epoch + 1,
+                "phase": phase + 1,
+                "lr": lr,
+                **row,
+                "test_accuracy": clean["accuracy"],
+                "prob_gap": clean["prob_gap"],
+                "seconds": time.perf_counter() - te,
+            }
             metrics.append(row)
-            ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    **rng_state(generator),
-                    "metrics": metrics, "warmup_from": warmup_from, "threads": threads, "accel": accel.describe()}
+            ckpt = {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                **rng_state(generator),
+                "metrics": metrics,
+                "warmup_from": warmup_from,
+                "threads": threads,
+                "accel": accel.describe(),
+            }
             if epoch + 1 == T:  # the warm-up first: a kill between the two writes leaves a resumable run
                 atomic_torch_save(ckpt, run.warmup)
             atomic_torch_save(ckpt, run.checkpoint)
             atomic_write_json(run.metrics, metrics)
             tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             # every epoch line goes to the log (train.log too), also when a bar showed the batches
-            log.info("%s epoch %d/%d phase %d loss %.4f train %.2f%% test %.2f%% gap %.3f (%.1fs)", run.key,
-                     epoch + 1, total, phase + 1, row["train_loss"], row["train_accuracy"],
-                     row["test_accuracy"], row["prob_gap"], row["seconds"])
+            log.info(
+                "%s epoch %d/%d phase %d loss %.4f train %.2f%% test %.2f%% gap %.3f (%.1fs)",
+                run.key,
+                epoch + 1,
+                total,
+                phase + 1,
+                row["train_loss"],
+                row["train_accuracy"],
+                row["test_accuracy"],
+                row["prob_gap"],
+                row["seconds"],
+            )
         if stop < total:
             tracker.finish(0)
             return unfinished
@@ -307,8 +399,12 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
         summary = _summary(cfg, run, metrics, warmup_from, accel, prov, t0, threads, model)
         atomic_write_json(run.summary, summary)
         tracker.summary(summary)
-        tracker.log_artifact(f"model-{run.key}", "model", [run.model, run.summary, run.config],
-                             {"key": run.key, "weights": summary["weights"], "test_accuracy": summary["test_accuracy"]})
+        tracker.log_artifact(
+            f"model-{run.key}",
+            "model",
+            [run.model, run.summary, run.config],
+            {"key": run.key, "weights": summary["weights"], "test_accuracy": summary["test_accuracy"]},
+        )
         tracker.finish(0)
         return summary
     except BaseException:

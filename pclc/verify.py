@@ -35,8 +35,9 @@ def machine_slug(m: dict[str, Any]) -> str:
     return re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-") or "unknown"
 
 
-def model_cells(entry: dict[str, Any], store: Path, subset: int, zoo_folder: Path | None,
-                device: torch.device) -> dict[str, float]:
+def model_cells(
+    entry: dict[str, Any], store: Path, subset: int, zoo_folder: Path | None, device: torch.device
+) -> dict[str, float]:
     """The verification cells of one zoo model, evaluated here (its run restored into ``store``)."""
     from pclc.config import compose, quoted
     from pclc.data import eval_tensors
@@ -46,8 +47,18 @@ def model_cells(entry: dict[str, Any], store: Path, subset: int, zoo_folder: Pat
 
     run = zoo.restore(entry["key"], store, zoo_folder)
     cfg, model = load_run(run, device)
-    ec = compose("evaluate", [f"dataset={cfg.dataset.name}", f"run_dir={quoted(run.path)}", "attack/suite=verify",
-                              "logger=none", f"store={quoted(store)}", f"eval.subset={subset}", f"device={device.type}"])
+    ec = compose(
+        "evaluate",
+        [
+            f"dataset={cfg.dataset.name}",
+            f"run_dir={quoted(run.path)}",
+            "attack/suite=verify",
+            "logger=none",
+            f"store={quoted(store)}",
+            f"eval.subset={subset}",
+            f"device={device.type}",
+        ],
+    )
     cfg.dataset.root = ec.dataset.root
     x, y = eval_tensors(cfg.dataset, None, device)
     cells = {"clean (full test set)": percent(predict(model, x, 1000).argmax(1) == y)}
@@ -58,8 +69,14 @@ def model_cells(entry: dict[str, Any], store: Path, subset: int, zoo_folder: Pat
     return cells
 
 
-def verify(zoo_folder: str | Path | None = None, store: str | Path | None = None, subset: int = 1000,
-           record: bool = False, out_dir: str | Path = "results", names: list[str] | None = None) -> Path:
+def verify(
+    zoo_folder: str | Path | None = None,
+    store: str | Path | None = None,
+    subset: int = 1000,
+    record: bool = False,
+    out_dir: str | Path = "results",
+    names: list[str] | None = None,
+) -> Path:
     """Evaluate every (or each named) zoo model here; write ``<out_dir>/verify-<machine>.{md,csv}``; with
     ``record``, store the numbers in the manifest as the reference other machines are compared with."""
     device = torch.device("cpu")
@@ -75,15 +92,27 @@ def verify(zoo_folder: str | Path | None = None, store: str | Path | None = None
         for i, e in enumerate(entries, 1):
             log.info("verify %d/%d: %s", i, len(entries), e["name"])
             cells = model_cells(e, store, subset, zoo_folder, device)
-            ref = {"clean (full test set)": e["clean_accuracy"], **((e.get("verify") or {}).get("cells") or {})}
+            ref = {
+                "clean (full test set)": e["clean_accuracy"],
+                **((e.get("verify") or {}).get("cells") or {}),
+            }
             for cell, ours in cells.items():
                 r = ref.get(cell)
-                rows.append({"model": e["name"], "trained_on": e["trained_on"].get("line", "?"), "cell": cell,
-                             "here": round(ours, 2), "manifest": r,
-                             "diff": None if r is None else round(ours - float(r), 2)})
-            recorded[e["key"]] = {"subset": subset, "cells": {k: round(v, 2) for k, v in cells.items()
-                                                              if k != "clean (full test set)"},
-                                  "machine": machine_line(here)}
+                rows.append(
+                    {
+                        "model": e["name"],
+                        "trained_on": e["trained_on"].get("line", "?"),
+                        "cell": cell,
+                        "here": round(ours, 2),
+                        "manifest": r,
+                        "diff": None if r is None else round(ours - float(r), 2),
+                    }
+                )
+            recorded[e["key"]] = {
+                "subset": subset,
+                "cells": {k: round(v, 2) for k, v in cells.items() if k != "clean (full test set)"},
+                "machine": machine_line(here),
+            }
     if record:
         zoo.update(lambda e: {**e, "verify": recorded[e["key"]]} if e["key"] in recorded else e, zoo_folder)
     return _write(pd.DataFrame(rows), Path(out_dir), here, subset, record)
@@ -95,21 +124,32 @@ def _write(df: pd.DataFrame, out_dir: Path, here: dict[str, Any], subset: int, r
     diffs = df["diff"].dropna().abs()
     worst = df.loc[diffs.idxmax()] if len(diffs) else None
     prov = provenance(torch.device("cpu"))
-    head = [f"# Zoo verification on {machine_line(here)}", "", *[f"- {ln}" for ln in provenance_lines(prov)],
-            f"- evaluated on: {machine_line(here)}",
-            f"- trained on: {'; '.join(sorted(df.trained_on.unique()))}",
-            f"- cells: clean accuracy on the full test set (manifest: `clean_accuracy`), and clean, FGSM and the "
-            f"paper's PGD at the dataset's ε grid on the first {subset} test images (manifest: `verify`, recorded "
-            "on the training machine with `python -m pclc.verify --record`)",
-            f"- models: {df.model.nunique()}; cells compared: {len(diffs)} of {len(df)}",
-            ("- largest |difference| against the manifest: **{:.2f}** points ({} {}: here {:.2f}, manifest {:.2f})"
-             .format(abs(worst['diff']), worst.model, worst.cell, worst.here, float(worst.manifest))
-             if worst is not None else "- no manifest numbers to compare with"),
-            *(["- this run recorded its numbers in the manifest (--record)"] if record else []), ""]
+    head = [
+        f"# Zoo verification on {machine_line(here)}",
+        "",
+        *[f"- {ln}" for ln in provenance_lines(prov)],
+        f"- evaluated on: {machine_line(here)}",
+        f"- trained on: {'; '.join(sorted(df.trained_on.unique()))}",
+        f"- cells: clean accuracy on the full test set (manifest: `clean_accuracy`), and clean, FGSM and the "
+        f"paper's PGD at the dataset's ε grid on the first {subset} test images (manifest: `verify`, recorded "
+        "on the training machine with `python -m pclc.verify --record`)",
+        f"- models: {df.model.nunique()}; cells compared: {len(diffs)} of {len(df)}",
+        (
+            f"- largest |difference| against the manifest: **{abs(worst['diff']):.2f}** points ({worst.model} "
+            f"{worst.cell}: here {worst.here:.2f}, manifest {float(worst.manifest):.2f})"
+            if worst is not None
+            else "- no manifest numbers to compare with"
+        ),
+        *(["- this run recorded its numbers in the manifest (--record)"] if record else []),
+        "",
+    ]
     table = ["| model | cell | here | manifest | diff |", "|---|---|---|---|---|"]
-    table += [f"| {r['model']} | {r['cell']} | {r['here']:.2f} | "
-              f"{'—' if pd.isna(r['manifest']) else format(float(r['manifest']), '.2f')} | "
-              f"{'—' if pd.isna(r['diff']) else format(r['diff'], '+.2f')} |" for r in df.to_dict("records")]
+    table += [
+        f"| {r['model']} | {r['cell']} | {r['here']:.2f} | "
+        f"{'—' if pd.isna(r['manifest']) else format(float(r['manifest']), '.2f')} | "
+        f"{'—' if pd.isna(r['diff']) else format(r['diff'], '+.2f')} |"
+        for r in df.to_dict("records")
+    ]
     slug = machine_slug(here)
     md, csv = out_dir / f"verify-{slug}.md", out_dir / f"verify-{slug}.csv"
     atomic_write_text(csv, "".join(f"# {ln}\n" for ln in provenance_lines(prov)) + df.to_csv(index=False))

@@ -72,8 +72,9 @@ def find(name: str, zoo: str | Path | None = None) -> dict[str, Any]:
         if name in (e["name"], e["key"], *e.get("aliases", [])):
             return e
     names = ", ".join(e["name"] for e in models[:6]) + (", ..." if len(models) > 6 else "")
-    raise ZooError(f"the zoo ({zoo_dir(zoo)}) has no model {name!r}" + (f"; it has {names}" if models else
-                                                                        " (no manifest)"))
+    raise ZooError(
+        f"the zoo ({zoo_dir(zoo)}) has no model {name!r}" + (f"; it has {names}" if models else " (no manifest)")
+    )
 
 
 def has(key: str, zoo: str | Path | None = None) -> bool:
@@ -90,12 +91,16 @@ def sha256_of(path: Path) -> str:
 
 def _checked_file(path: Path, sha256: str, what: str) -> Path:
     if not path.exists():
-        raise ZooError(f"{path} is missing: the zoo's manifest lists it as {what}. Restore it (git checkout "
-                       f"results/zoo) or export the run again (stage=export)")
+        raise ZooError(
+            f"{path} is missing: the zoo's manifest lists it as {what}. Restore it (git checkout "
+            f"results/zoo) or export the run again (stage=export)"
+        )
     got = sha256_of(path)
     if got != sha256:
-        raise ZooError(f"{path}: sha256 {got[:16]}... differs from the manifest's {sha256[:16]}... (the file was "
-                       f"changed or damaged); restore it (git checkout results/zoo), nothing was loaded")
+        raise ZooError(
+            f"{path}: sha256 {got[:16]}... differs from the manifest's {sha256[:16]}... (the file was "
+            f"changed or damaged); restore it (git checkout results/zoo), nothing was loaded"
+        )
     return path
 
 
@@ -112,8 +117,10 @@ def weights_file(entry: dict[str, Any], zoo: str | Path | None = None, cache: st
                 torch.hub.download_url_to_file(entry["url"], str(tmp), hash_prefix=entry["sha256"], progress=False)
             except RuntimeError as e:  # torch.hub's hash check
                 tmp.unlink(missing_ok=True)
-                raise ZooError(f"{entry['url']} ({entry['name']}): {' '.join(str(e).split())}; the download is "
-                               f"not the manifest's file and was discarded") from None
+                raise ZooError(
+                    f"{entry['url']} ({entry['name']}): {' '.join(str(e).split())}; the download is "
+                    f"not the manifest's file and was discarded"
+                ) from None
             except OSError as e:
                 tmp.unlink(missing_ok=True)
                 raise ZooError(f"cannot download {entry['url']} ({entry['name']}): {e}") from None
@@ -131,8 +138,9 @@ def entry_config(entry: dict[str, Any], zoo: str | Path | None = None) -> DictCo
     return cfg
 
 
-def load_state(entry: dict[str, Any], zoo: str | Path | None = None, cache: str | Path | None = None
-               ) -> dict[str, torch.Tensor]:
+def load_state(
+    entry: dict[str, Any], zoo: str | Path | None = None, cache: str | Path | None = None
+) -> dict[str, torch.Tensor]:
     """The entry's weights (safetensors: no code runs on load), checked against the manifest's sha256 and
     ``weights`` hash."""
     from safetensors.torch import load_file
@@ -144,8 +152,12 @@ def load_state(entry: dict[str, Any], zoo: str | Path | None = None, cache: str 
     return state
 
 
-def load(name: str, device: str | torch.device = "cpu", zoo: str | Path | None = None,
-         cache: str | Path | None = None) -> tuple[DictConfig, torch.nn.Module]:
+def load(
+    name: str,
+    device: str | torch.device = "cpu",
+    zoo: str | Path | None = None,
+    cache: str | Path | None = None,
+) -> tuple[DictConfig, torch.nn.Module]:
     """A zoo model by name or run key: (its training config, the model in eval mode with frozen weights)."""
     entry = find(name, zoo)
     cfg = entry_config(entry, zoo)
@@ -165,25 +177,33 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
     if run.finished:
         have = run.read_summary().get("weights")
         if have != entry["weights"]:
-            raise ZooError(f"the store's run {run.path} holds other weights ({have}) than the zoo's {entry['name']} "
-                           f"({entry['weights']}), trained elsewhere; use another store= for zoo runs, or move it "
-                           f"aside")
+            raise ZooError(
+                f"the store's run {run.path} holds other weights ({have}) than the zoo's {entry['name']} "
+                f"({entry['weights']}), trained elsewhere; use another store= for zoo runs, or move it "
+                f"aside"
+            )
         return run
     entry_config(entry, zoo)  # hash-checked, and hashing to the entry's key
     cfg_path = zoo_dir(zoo) / entry["config"]
     state = load_state(entry, zoo, Path(store) / ".zoo-cache")
-    summary = read_json(_checked_file(zoo_dir(zoo) / entry["summary"], entry["summary_sha256"],
-                                      f"{entry['name']}'s summary"))
-    metrics = read_json(_checked_file(zoo_dir(zoo) / entry["metrics"], entry["metrics_sha256"],
-                                      f"{entry['name']}'s metrics"))
+    summary = read_json(
+        _checked_file(zoo_dir(zoo) / entry["summary"], entry["summary_sha256"], f"{entry['name']}'s summary")
+    )
+    metrics = read_json(
+        _checked_file(zoo_dir(zoo) / entry["metrics"], entry["metrics_sha256"], f"{entry['name']}'s metrics")
+    )
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, cfg_path.read_text())
     atomic_write_json(run.metrics, metrics)
     atomic_torch_save(state, run.model)
     summary.update(path=str(run.path), from_zoo={"name": entry["name"], "sha256": entry["sha256"]})
     atomic_write_json(run.summary, summary)  # last: its presence means the run is finished
-    log.info("run %s restored from the zoo (%s; trained on %s)", run.key, entry["name"],
-             entry.get("trained_on", {}).get("line", "?"))
+    log.info(
+        "run %s restored from the zoo (%s; trained on %s)",
+        run.key,
+        entry["name"],
+        entry.get("trained_on", {}).get("line", "?"),
+    )
     return run
 
 
@@ -208,9 +228,11 @@ def export(run: RunDir, name: str, meta: dict[str, Any], zoo: str | Path | None 
         summary = run.read_summary()
         if old is not None:
             if old["weights"] != summary.get("weights"):
-                raise ZooError(f"the zoo's {old['name']} ({run.key}) holds other weights ({old['weights']}) than "
-                               f"{run.path} ({summary.get('weights')}): trained on another machine; the zoo keeps "
-                               f"the first, nothing was exported")
+                raise ZooError(
+                    f"the zoo's {old['name']} ({run.key}) holds other weights ({old['weights']}) than "
+                    f"{run.path} ({summary.get('weights')}): trained on another machine; the zoo keeps "
+                    f"the first, nothing was exported"
+                )
             if name != old["name"] and name not in old.get("aliases", []):
                 old["aliases"] = sorted({*old.get("aliases", []), name})
                 _write_manifest(folder, models)
@@ -228,19 +250,38 @@ def export(run: RunDir, name: str, meta: dict[str, Any], zoo: str | Path | None 
         atomic_write_json(sub / "summary.json", summary)
         atomic_write_json(sub / "metrics.json", read_json(run.metrics))  # per-epoch curves (the training report)
         prov = summary.get("provenance") or {}
-        trained_on = {**(prov.get("machine") or {}), "device": prov.get("device"),
-                      "commit": prov.get("commit"), "date": prov.get("date")}
-        trained_on["line"] = machine_line(prov.get("machine") or {}) if prov.get("machine") else \
-            f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
-        entry = {"name": name, "key": run.key, "dataset": cfg.dataset.name, "model": cfg.model.name,
-                 **meta, "seed": int(cfg.seed),
-                 "file": f"{run.key}/model.safetensors", "sha256": sha256_of(sub / "model.safetensors"),
-                 "bytes": (sub / "model.safetensors").stat().st_size, "url": None,
-                 "config": f"{run.key}/config.yaml", "config_sha256": sha256_of(sub / "config.yaml"),
-                 "summary": f"{run.key}/summary.json", "summary_sha256": sha256_of(sub / "summary.json"),
-                 "metrics": f"{run.key}/metrics.json", "metrics_sha256": sha256_of(sub / "metrics.json"),
-                 "weights": summary["weights"], "clean_accuracy": float(summary["test_accuracy"]),
-                 "trained_on": trained_on}
+        trained_on = {
+            **(prov.get("machine") or {}),
+            "device": prov.get("device"),
+            "commit": prov.get("commit"),
+            "date": prov.get("date"),
+        }
+        trained_on["line"] = (
+            machine_line(prov.get("machine") or {})
+            if prov.get("machine")
+            else f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
+        )
+        entry = {
+            "name": name,
+            "key": run.key,
+            "dataset": cfg.dataset.name,
+            "model": cfg.model.name,
+            **meta,
+            "seed": int(cfg.seed),
+            "file": f"{run.key}/model.safetensors",
+            "sha256": sha256_of(sub / "model.safetensors"),
+            "bytes": (sub / "model.safetensors").stat().st_size,
+            "url": None,
+            "config": f"{run.key}/config.yaml",
+            "config_sha256": sha256_of(sub / "config.yaml"),
+            "summary": f"{run.key}/summary.json",
+            "summary_sha256": sha256_of(sub / "summary.json"),
+            "metrics": f"{run.key}/metrics.json",
+            "metrics_sha256": sha256_of(sub / "metrics.json"),
+            "weights": summary["weights"],
+            "clean_accuracy": float(summary["test_accuracy"]),
+            "trained_on": trained_on,
+        }
         models.append(entry)
         _write_manifest(folder, models)
         return entry

@@ -29,16 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from pclc.attacks import build_attack
-from pclc.config import compose
-from pclc.plan import device_slug, forward_flops
+from pclc.config import compose, group_config
 from pclc.data import DeviceData, Split, load_splits
-from pclc.config import group_config
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.losses import get_loss
 from pclc.models import create_model
+from pclc.plan import device_slug, forward_flops
 from pclc.store import provenance
 from pclc.train import Accel, train_epoch
-
 
 REPEAT = 2  # best of two timings (1 in --tiny mode)
 
@@ -84,8 +82,13 @@ def dataset(name: str, root: str | None, tiny: bool) -> tuple[Split, Split, str]
         c, s, k = int(cfg.channels), int(cfg.size), int(cfg.num_classes)
         n_train, n_test = (2048, 512) if tiny else ((60000, 10000) if c == 1 else (50000, 10000))
         g = torch.Generator().manual_seed(0)
-        mk = lambda n: Split(torch.randint(0, 256, (n, c, s, s), generator=g, dtype=torch.uint8),  # noqa: E731
-                             torch.randint(0, k, (n,), generator=g))
+
+        def mk(n):
+            return Split(
+                torch.randint(0, 256, (n, c, s, s), generator=g, dtype=torch.uint8),
+                torch.randint(0, k, (n,), generator=g),
+            )
+
         return mk(n_train), mk(n_test), f"synthetic {c}x{s}x{s} uint8 (shape of {name})"
 
 
@@ -112,8 +115,9 @@ class PerSample(torch.utils.data.Dataset):
 
 def reference_epoch(model, split: Split, device, batches: int, workers: int) -> float:
     """The official notebook's loop: DataLoader + per-sample ToTensor, fp32, batch 256, .item() each batch."""
-    loader = torch.utils.data.DataLoader(PerSample(split), batch_size=256, shuffle=True, num_workers=workers,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        PerSample(split), batch_size=256, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
 
@@ -153,7 +157,7 @@ def pgd_seconds(model, split: Split, device, n: int, batch: int, frozen: bool) -
 
     def run():
         for i in range(0, n, batch):
-            attack(model, x[i:i + batch], y[i:i + batch], eps, i)
+            attack(model, x[i : i + batch], y[i : i + batch], eps, i)
 
     t = timed(run, device, repeat=REPEAT)
     for p in model.parameters():
@@ -195,53 +199,87 @@ def bench_model(name: str, model_name: str, device, args, peak: float) -> dict:
     full_batches = -(-len(train.y) // 256)
     cpu = device.type == "cpu"
     large = cpu and model_name != "lenet5"  # VGG-13 / ResNet-56 on a CPU: fewer batches and images
-    batches = min(full_batches, 2 if tiny else ((args.cpu_large_batches if large else args.cpu_batches)
-                                                if cpu else full_batches))
+    batches = min(
+        full_batches,
+        2 if tiny else ((args.cpu_large_batches if large else args.cpu_batches) if cpu else full_batches),
+    )
     ours = our_epoch(make(), train, device, batches) * full_batches / batches
     ref = reference_epoch(make(), train, device, batches, 0 if tiny else args.workers) * full_batches / batches
     n_full = 10000
     n_pgd = 16 if tiny else ((args.cpu_large_pgd_images if large else args.cpu_pgd_images) if cpu else n_full)
     ours_pgd = pgd_seconds(make(), test, device, n_pgd, n_pgd if cpu else 10000, frozen=True) * n_full / n_pgd
-    ref_pgd = pgd_seconds(make(), test, device, min(n_pgd, 256 if cpu else n_pgd), 32, frozen=False) \
-        * n_full / min(n_pgd, 256 if cpu else n_pgd)
+    ref_pgd = (
+        pgd_seconds(make(), test, device, min(n_pgd, 256 if cpu else n_pgd), 32, frozen=False)
+        * n_full
+        / min(n_pgd, 256 if cpu else n_pgd)
+    )
     steps = step_ratio(make(), train, device, 2 if tiny else (3 if large else 20))
     fwd = forward_flops(make().eval(), train.x[:1].to(device).float())
     epoch_flops = 3 * fwd * len(train.y)
     pgd_flops = 40 * 2 * fwd * n_full  # forward + input-gradient backward (no weight gradients)
     return {
-        "dataset": name, "model": model_name, "data": source, "train_images": len(train.y),
-        "timed_batches": batches, "full_batches": full_batches,
-        "pgd_images_timed": n_pgd, "pgd_reference_images_timed": min(n_pgd, 256 if cpu else n_pgd),
-        "epoch_ours_s": ours, "epoch_reference_s": ref, "epoch_speedup": ref / ours,
-        "pgd40_ours_s": ours_pgd, "pgd40_reference_s": ref_pgd, "pgd_speedup": ref_pgd / ours_pgd,
-        "pgd40_ours_images_per_s": n_full / ours_pgd, "pgd40_reference_images_per_s": n_full / ref_pgd,
-        "step_ce_s": steps["ce"], "step_pclc_s": steps["pclc"], "pclc_over_ce": steps["ratio"],
-        "forward_flops_per_image": fwd, "epoch_floor_s": epoch_flops / peak, "pgd40_floor_s": pgd_flops / peak,
-        "epoch_over_floor": ours / (epoch_flops / peak), "pgd_over_floor": ours_pgd / (pgd_flops / peak),
+        "dataset": name,
+        "model": model_name,
+        "data": source,
+        "train_images": len(train.y),
+        "timed_batches": batches,
+        "full_batches": full_batches,
+        "pgd_images_timed": n_pgd,
+        "pgd_reference_images_timed": min(n_pgd, 256 if cpu else n_pgd),
+        "epoch_ours_s": ours,
+        "epoch_reference_s": ref,
+        "epoch_speedup": ref / ours,
+        "pgd40_ours_s": ours_pgd,
+        "pgd40_reference_s": ref_pgd,
+        "pgd_speedup": ref_pgd / ours_pgd,
+        "pgd40_ours_images_per_s": n_full / ours_pgd,
+        "pgd40_reference_images_per_s": n_full / ref_pgd,
+        "step_ce_s": steps["ce"],
+        "step_pclc_s": steps["pclc"],
+        "pclc_over_ce": steps["ratio"],
+        "forward_flops_per_image": fwd,
+        "epoch_floor_s": epoch_flops / peak,
+        "pgd40_floor_s": pgd_flops / peak,
+        "epoch_over_floor": ours / (epoch_flops / peak),
+        "pgd_over_floor": ours_pgd / (pgd_flops / peak),
     }
 
 
 def markdown(res: dict) -> str:
     d = res["device"]
-    lines = [f"# Benchmark on {d['name']}", "",
-             f"- command: `{d['command']}`; commit `{d['commit']}`; {d['date']}",
-             f"- torch {d['torch']}, python {d['python']}, {d['threads']} CPU threads; mode: {res['mode']}",
-             f"- measured peak: {res['peak_tflops']:.3f} TFLOP/s ({res['peak_how']}); floors = FLOPs / peak",
-             "- one process, one seed; times scaled linearly to a full epoch / 10,000 images where fewer were timed",
-             "", "| task | ours | reference-style | speed-up | floor | ours / floor |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Benchmark on {d['name']}",
+        "",
+        f"- command: `{d['command']}`; commit `{d['commit']}`; {d['date']}",
+        f"- torch {d['torch']}, python {d['python']}, {d['threads']} CPU threads; mode: {res['mode']}",
+        f"- measured peak: {res['peak_tflops']:.3f} TFLOP/s ({res['peak_how']}); floors = FLOPs / peak",
+        "- one process, one seed; times scaled linearly to a full epoch / 10,000 images where fewer were timed",
+        "",
+        "| task | ours | reference-style | speed-up | floor | ours / floor |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["models"]:
         tag = f"{r['model']} on {r['data']}"
-        lines.append(f"| epoch: {tag} ({r['timed_batches']}/{r['full_batches']} batches timed) | "
-                     f"{r['epoch_ours_s']:.2f} s | {r['epoch_reference_s']:.2f} s | {r['epoch_speedup']:.1f}x | "
-                     f"{r['epoch_floor_s']:.3f} s | {r['epoch_over_floor']:.0f}x |")
-        lines.append(f"| PGD-40, 10k images: {tag} ({r['pgd_images_timed']} / {r['pgd_reference_images_timed']} "
-                     f"timed) | {r['pgd40_ours_s']:.1f} s ({r['pgd40_ours_images_per_s']:.0f} img/s) | "
-                     f"{r['pgd40_reference_s']:.1f} s ({r['pgd40_reference_images_per_s']:.0f} img/s) | "
-                     f"{r['pgd_speedup']:.1f}x | {r['pgd40_floor_s']:.3f} s | {r['pgd_over_floor']:.0f}x |")
-        lines.append(f"| step: PC+LC / CE, {tag} | {r['step_pclc_s'] * 1e3:.2f} ms | {r['step_ce_s'] * 1e3:.2f} ms (CE) "
-                     f"| ratio {r['pclc_over_ce']:.3f} | | |")
-    lines += ["", "Forward FLOPs per image: " + ", ".join(
-        f"{r['model']} {r['forward_flops_per_image'] / 1e6:.2f} MFLOP" for r in res["models"])]
+        lines.append(
+            f"| epoch: {tag} ({r['timed_batches']}/{r['full_batches']} batches timed) | "
+            f"{r['epoch_ours_s']:.2f} s | {r['epoch_reference_s']:.2f} s | {r['epoch_speedup']:.1f}x | "
+            f"{r['epoch_floor_s']:.3f} s | {r['epoch_over_floor']:.0f}x |"
+        )
+        lines.append(
+            f"| PGD-40, 10k images: {tag} ({r['pgd_images_timed']} / {r['pgd_reference_images_timed']} "
+            f"timed) | {r['pgd40_ours_s']:.1f} s ({r['pgd40_ours_images_per_s']:.0f} img/s) | "
+            f"{r['pgd40_reference_s']:.1f} s ({r['pgd40_reference_images_per_s']:.0f} img/s) | "
+            f"{r['pgd_speedup']:.1f}x | {r['pgd40_floor_s']:.3f} s | {r['pgd_over_floor']:.0f}x |"
+        )
+        lines.append(
+            f"| step: PC+LC / CE, {tag} | {r['step_pclc_s'] * 1e3:.2f} ms | {r['step_ce_s'] * 1e3:.2f} ms (CE) "
+            f"| ratio {r['pclc_over_ce']:.3f} | | |"
+        )
+    lines += [
+        "",
+        "Forward FLOPs per image: "
+        + ", ".join(f"{r['model']} {r['forward_flops_per_image'] / 1e6:.2f} MFLOP" for r in res["models"]),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -264,11 +302,21 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak, how = peak_flops(device, args.tiny)
     prov = provenance(device)
-    res = {"mode": "tiny" if args.tiny else "standard", "peak_tflops": peak / 1e12, "peak_how": how,
-           "device": {"name": prov["device"], "command": prov["command"], "commit": prov["commit"],
-                      "date": prov["date"], "torch": torch.__version__, "python": platform.python_version(),
-                      "threads": torch.get_num_threads()},
-           "models": []}
+    res = {
+        "mode": "tiny" if args.tiny else "standard",
+        "peak_tflops": peak / 1e12,
+        "peak_how": how,
+        "device": {
+            "name": prov["device"],
+            "command": prov["command"],
+            "commit": prov["commit"],
+            "date": prov["date"],
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        },
+        "models": [],
+    }
     for spec in args.models.split(","):
         name, model = spec.split(":")
         r = bench_model(name, model, device, args, peak)

@@ -20,9 +20,9 @@ import torch
 
 from pclc.attacks import attack_config, build_attack
 from pclc.config import group_config
-from pclc.plan import device_slug
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.models import create_model
+from pclc.plan import device_slug
 from pclc.store import provenance
 
 
@@ -31,7 +31,7 @@ def per_example(attack, model, x: torch.Tensor, y: torch.Tensor, batch: int) -> 
     attack(model, x[:batch], y[:batch], 0.3, 0)  # warm-up
     t = time.perf_counter()
     for i in range(0, len(x), batch):
-        attack(model, x[i:i + batch], y[i:i + batch], 0.3, i)
+        attack(model, x[i : i + batch], y[i : i + batch], 0.3, i)
     return (time.perf_counter() - t) / len(x)
 
 
@@ -52,27 +52,49 @@ def main() -> None:
     pgd = {k: v for k, v in group_config("attack", "pgd").items() if k != "_target_"}
     rows = []
     for attack, batches, params, scale in (
-            ("spsa", spsa_batches, {**spsa, "nb_iter": 1}, float(spsa["nb_iter"])),
-            ("pgd", pgd_batches, {**pgd, "nb_iter": 10}, float(pgd["nb_iter"]) / 10)):
+        ("spsa", spsa_batches, {**spsa, "nb_iter": 1}, float(spsa["nb_iter"])),
+        ("pgd", pgd_batches, {**pgd, "nb_iter": 10}, float(pgd["nb_iter"]) / 10),
+    ):
         for b in batches:
             k = min(n, max(b, 200 if not args.tiny else b))  # at least 200 examples (one batch if larger)
             s = per_example(build_attack(attack_config(attack, **params)), model, x[:k], y[:k], b) * scale
-            rows.append({"attack": attack, "batch": b, "examples_timed": k, "seconds_per_example": s,
-                         "minutes_per_10k": s * 1e4 / 60})
+            rows.append(
+                {
+                    "attack": attack,
+                    "batch": b,
+                    "examples_timed": k,
+                    "seconds_per_example": s,
+                    "minutes_per_10k": s * 1e4 / 60,
+                }
+            )
             print(rows[-1], flush=True)
     prov = provenance(device)
-    res = {"mode": "tiny" if args.tiny else "standard", "model": "lenet5 (28x28x1, untrained)",
-           "budgets": {"spsa": spsa, "pgd": pgd}, "rows": rows,
-           "device": {k: prov[k] for k in ("device", "command", "commit", "date")},
-           "threads": torch.get_num_threads()}
+    res = {
+        "mode": "tiny" if args.tiny else "standard",
+        "model": "lenet5 (28x28x1, untrained)",
+        "budgets": {"spsa": spsa, "pgd": pgd},
+        "rows": rows,
+        "device": {k: prov[k] for k in ("device", "command", "commit", "date")},
+        "threads": torch.get_num_threads(),
+    }
     out = Path(args.out or f"results/bench-attack-batch-{device_slug(device)}")
-    lines = [f"# Attack cost vs evaluation batch size (LeNet-5, {prov['device']}, {torch.get_num_threads()} threads)",
-             "", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- date: {prov['date']}",
-             f"- mode: {res['mode']}; one seed; SPSA {spsa['nb_iter']} iterations x {spsa['nb_sample']} samples, "
-             f"PGD {pgd['nb_iter']} steps, scaled from 1 SPSA iteration / 10 PGD steps", "",
-             "| attack | batch | examples timed | ms per example | minutes per 10k |", "|---|---|---|---|---|"]
-    lines += [f"| {r['attack']} | {r['batch']} | {r['examples_timed']} | {1e3 * r['seconds_per_example']:.1f} | "
-              f"{r['minutes_per_10k']:.1f} |" for r in rows]
+    lines = [
+        f"# Attack cost vs evaluation batch size (LeNet-5, {prov['device']}, {torch.get_num_threads()} threads)",
+        "",
+        f"- command: `{prov['command']}`",
+        f"- commit: `{prov['commit']}`",
+        f"- date: {prov['date']}",
+        f"- mode: {res['mode']}; one seed; SPSA {spsa['nb_iter']} iterations x {spsa['nb_sample']} samples, "
+        f"PGD {pgd['nb_iter']} steps, scaled from 1 SPSA iteration / 10 PGD steps",
+        "",
+        "| attack | batch | examples timed | ms per example | minutes per 10k |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['attack']} | {r['batch']} | {r['examples_timed']} | {1e3 * r['seconds_per_example']:.1f} | "
+        f"{r['minutes_per_10k']:.1f} |"
+        for r in rows
+    ]
     atomic_write_json(out.with_suffix(".json"), res)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

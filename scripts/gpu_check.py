@@ -35,8 +35,14 @@ def _run(name: str, cmd: list[str], folder: Path, env: dict, timeout: int) -> di
         code, out = 124, f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {timeout} s"
     log.write_text(f"$ {' '.join(cmd)}\n{out}")
     tail = [ln for ln in out.strip().splitlines() if ln.strip()][-1:] or [""]
-    step = {"step": name, "command": " ".join(cmd), "exit": code, "seconds": round(time.perf_counter() - t0, 1),
-            "last_line": tail[0][:300], "log": log.name}
+    step = {
+        "step": name,
+        "command": " ".join(cmd),
+        "exit": code,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "last_line": tail[0][:300],
+        "log": log.name,
+    }
     print(f"[gpu-check] {name}: exit {code} in {step['seconds']} s: {step['last_line']}", flush=True)
     return step
 
@@ -54,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     from pclc.store import machine, machine_line
 
     if a.device == "cuda" and not torch.cuda.is_available():
-        print("error: GPU_CHECK_DEVICE=cuda but torch sees no usable GPU; GPU_CHECK_DEVICE=cpu runs the tiny check",
-              file=sys.stderr)
+        print(
+            "error: GPU_CHECK_DEVICE=cuda but torch sees no usable GPU; GPU_CHECK_DEVICE=cpu runs the tiny check",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device(a.device)
     tiny = a.device == "cpu"
@@ -65,28 +73,75 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("PCLC_IN_GPU_CHECK"):  # its own test suite step must never start another gpu-check
         print("error: gpu_check.py started from inside gpu-check's test step", file=sys.stderr)
         return 2
-    env = {**os.environ, "WANDB_MODE": "disabled", "PCLC_RUNS": str(folder / "runs"), "PYTHONUNBUFFERED": "1",
-           "PCLC_IN_GPU_CHECK": "1"}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "PCLC_RUNS": str(folder / "runs"),
+        "PYTHONUNBUFFERED": "1",
+        "PCLC_IN_GPU_CHECK": "1",
+    }
     py = sys.executable
     common = ["logger=none", f"device={a.device}", f"store={folder / 'runs'}", f"out_dir={folder / 'tables'}"]
     table = ["experiment=table1", "datasets=[fmnist]", *common]
     table += ["profile=tiny", "dataset_map={fmnist: fake}"] if tiny else ["from_zoo=true"]
     steps = [
-        ("tests", [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                   *(["tests/test_gpu_path.py"] if tiny else []), "-m", "not slow"]),  # not slow: not itself
-        ("bench", [py, "scripts/bench.py", *(["--tiny", "--models", "fmnist:lenet5", "--root",
-                                               str(folder / "no-data")] if tiny else []),
-                   "--out", str(folder / f"bench-{slug}")]),
+        (
+            "tests",
+            [
+                py,
+                "-m",
+                "pytest",
+                "-q",
+                "-x",
+                "-p",
+                "no:cacheprovider",
+                *(["tests/test_gpu_path.py"] if tiny else []),
+                "-m",
+                "not slow",
+            ],
+        ),  # not slow: not itself
+        (
+            "bench",
+            [
+                py,
+                "scripts/bench.py",
+                *(["--tiny", "--models", "fmnist:lenet5", "--root", str(folder / "no-data")] if tiny else []),
+                "--out",
+                str(folder / f"bench-{slug}"),
+            ],
+        ),
         ("table1", [py, "-m", "pclc.reproduce", *table]),
-        ("plan", [py, "-m", "pclc.reproduce", "experiment=all", "plan=true", *common,
-                  f"bench={folder / f'bench-{slug}.json'}", *(["datasets=[fmnist]"] if tiny else [])]),
+        (
+            "plan",
+            [
+                py,
+                "-m",
+                "pclc.reproduce",
+                "experiment=all",
+                "plan=true",
+                *common,
+                f"bench={folder / f'bench-{slug}.json'}",
+                *(["datasets=[fmnist]"] if tiny else []),
+            ],
+        ),
     ]
     done = [_run(name, cmd, folder, env, a.timeout) for name, cmd in steps]
-    summary = {"device": machine_line(machine(device)), "mode": "tiny (CPU)" if tiny else "full",
-               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "steps": done}
+    summary = {
+        "device": machine_line(machine(device)),
+        "mode": "tiny (CPU)" if tiny else "full",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "steps": done,
+    }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"# gpu-check on {summary['device']} ({summary['mode']})", "", f"- date: {summary['date']}",
-             f"- folder: {folder}", "", "| step | exit | seconds | last line |", "|---|---|---|---|"]
+    lines = [
+        f"# gpu-check on {summary['device']} ({summary['mode']})",
+        "",
+        f"- date: {summary['date']}",
+        f"- folder: {folder}",
+        "",
+        "| step | exit | seconds | last line |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {s['step']} | {s['exit']} | {s['seconds']} | {s['last_line'].replace('|', '/')} |" for s in done]
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

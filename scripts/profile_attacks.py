@@ -26,11 +26,13 @@ from pclc.models import create_model
 from pclc.plan import device_slug
 from pclc.store import RunDir, load_run, provenance, provenance_lines
 
-GROUPS = {"conv forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution"),
-          "conv backward": ("aten::convolution_backward",),
-          "max pool": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward"),
-          "linear": ("aten::addmm", "aten::mm"),
-          "relu": ("aten::relu_", "aten::clamp_min_", "aten::threshold_backward")}
+GROUPS = {
+    "conv forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution"),
+    "conv backward": ("aten::convolution_backward",),
+    "max pool": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward"),
+    "linear": ("aten::addmm", "aten::mm"),
+    "relu": ("aten::relu_", "aten::clamp_min_", "aten::threshold_backward"),
+}
 
 
 def breakdown(fn) -> tuple[float, dict[str, float], list[tuple[str, float]]]:
@@ -60,15 +62,24 @@ def main() -> None:
     else:
         ds = compose("train", ["dataset=fmnist"]).dataset
         torch.manual_seed(0)
-        model, what = create_model("lenet5", 10, 1, 28).eval().requires_grad_(False), "LeNet-5, fresh initialisation"
+        model, what = (
+            create_model("lenet5", 10, 1, 28).eval().requires_grad_(False),
+            "LeNet-5, fresh initialisation",
+        )
     x, y = eval_tensors(ds, None, device)
-    x, y = x[:args.n], y[:args.n]
+    x, y = x[: args.n], y[: args.n]
     tasks = {}
     for backend in ("advertorch", "pclc"):
         pgd = build_attack(group_config("attack", "pgd"), engine={"backend": backend})
-        cw = build_attack({**group_config("attack", "cw"), "binary_search_steps": 1, "max_iterations": 20,
-                           "abort_early": False},
-                          engine={"backend": backend})
+        cw = build_attack(
+            {
+                **group_config("attack", "cw"),
+                "binary_search_steps": 1,
+                "max_iterations": 20,
+                "abort_early": False,
+            },
+            engine={"backend": backend},
+        )
         tasks[f"PGD-40, eps 0.1 ({backend})"] = lambda a=pgd: a(model, x, y, 0.1, 0)
         tasks[f"C&W, 20 iterations, no abort ({backend})"] = lambda a=cw: a(model, x, y, None, 0)
     train_model = create_model("lenet5", 10, 1, 28).train()
@@ -81,17 +92,27 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
     tasks["training: 20 steps of batch 256"] = steps
-    lines = [f"# Profile of attacks and training ({device_slug(device)}, {torch.get_num_threads()} threads)", "",
-             *(f"- {ln}" for ln in provenance_lines(provenance(device))),
-             f"- {what}; {len(y)} real Fashion-MNIST test images per attack call; one run of each, after a warm-up",
-             "- share of operator self-time (torch.profiler); wall time measured with the profiler on", "",
-             "| task | wall s | " + " | ".join(GROUPS) + " | everything else | top operators |",
-             "|---|---|" + "---|" * (len(GROUPS) + 2)]
+    lines = [
+        f"# Profile of attacks and training ({device_slug(device)}, {torch.get_num_threads()} threads)",
+        "",
+        *(f"- {ln}" for ln in provenance_lines(provenance(device))),
+        f"- {what}; {len(y)} real Fashion-MNIST test images per attack call; one run of each, after a warm-up",
+        "- share of operator self-time (torch.profiler); wall time measured with the profiler on",
+        "",
+        "| task | wall s | " + " | ".join(GROUPS) + " | everything else | top operators |",
+        "|---|---|" + "---|" * (len(GROUPS) + 2),
+    ]
     for name, fn in tasks.items():
         wall, shares, top = breakdown(fn)
-        lines.append(f"| {name} | {wall:.2f} | " + " | ".join(f"{shares[g]:.0f}%" for g in [*GROUPS, "everything else"])
-                     + " | " + ", ".join(f"{k.replace('aten::', '')} {v:.0f}%" for k, v in top[:3]) + " |")
+        lines.append(
+            f"| {name} | {wall:.2f} | "
+            + " | ".join(f"{shares[g]:.0f}%" for g in [*GROUPS, "everything else"])
+            + " | "
+            + ", ".join(f"{k.replace('aten::', '')} {v:.0f}%" for k, v in top[:3])
+            + " |"
+        )
         print(lines[-1], flush=True)
     out = Path(args.out) / f"profile-{device_slug(device)}.md"
     atomic_write_text(out, "\n".join(lines) + "\n")

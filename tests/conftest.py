@@ -53,8 +53,14 @@ def write_idx_gz(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarr
         f.write(struct.pack(">II", 0x801, n) + labels.astype(np.uint8).tobytes())
 
 
-def write_cifar(folder: Path, batches: dict[str, tuple[np.ndarray, np.ndarray]], label_key: str,
-                meta_name: str, meta_key: str, num_classes: int) -> None:
+def write_cifar(
+    folder: Path,
+    batches: dict[str, tuple[np.ndarray, np.ndarray]],
+    label_key: str,
+    meta_name: str,
+    meta_key: str,
+    num_classes: int,
+) -> None:
     """CIFAR's python pickle batches: {'data': (N, 3072) uint8 rows in CHW order, label_key: [..]}."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (x, y) in batches.items():
@@ -76,8 +82,11 @@ def write_svhn(folder: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
 def real_fmnist_root(tmp_path_factory) -> Path:
     """A data root from which real Fashion-MNIST loads (the Debian package, or PCLC_DATA)."""
     candidates = [Path(os.environ["PCLC_DATA"])] if os.environ.get("PCLC_DATA") else []
-    have_system = all((FMNIST_SYSTEM_DIR / f"{p}-{k}-idx{d}-ubyte.gz").exists()
-                      for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1)))
+    have_system = all(
+        (FMNIST_SYSTEM_DIR / f"{p}-{k}-idx{d}-ubyte.gz").exists()
+        for p in ("train", "t10k")
+        for k, d in (("images", 3), ("labels", 1))
+    )
     for root in candidates:
         if (root / "FashionMNIST" / "raw").exists():
             return root

@@ -12,9 +12,21 @@ from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from pclc.analysis import (behaviour_from_eval_files, embed, gap_stats, newly_successful, penultimate_features,
-                           plot_behaviour, plot_gaps, plot_tsne, probability_gaps, tsne_panels)
-from pclc.analysis import behaviour, gaps, tsne
+from pclc.analysis import (
+    behaviour,
+    behaviour_from_eval_files,
+    embed,
+    gap_stats,
+    gaps,
+    newly_successful,
+    penultimate_features,
+    plot_behaviour,
+    plot_gaps,
+    plot_tsne,
+    probability_gaps,
+    tsne,
+    tsne_panels,
+)
 from pclc.attacks import attack_config, build_attack
 from pclc.config import compose
 from pclc.data import load_splits
@@ -28,11 +40,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 LABEL = [0, 1, 2, 3, 4, 5]
 CLEAN = [0, 1, 2, 3, 4, 9]
 TOP5 = [[0, 1, 2, 3, 4], [1, 2, 3, 4, 5], [2, 3, 4, 5, 6], [3, 4, 5, 6, 7], [4, 5, 6, 7, 8], [9, 5, 0, 1, 2]]
-ADV = {0.05: [0, 1, 2, 3, 4, 5],   # nothing fooled
-       0.1: [1, 1, 2, 3, 4, 5],    # ex0 -> its rank 2
-       0.2: [1, 3, 2, 9, 4, 0],    # ex0 still wrong (not new); ex1 -> rank 3; ex3 -> outside top 5; ex5 excluded
-       0.3: [0, 4, 5, 7, 8, 0],    # ex0 back to correct; ex1, ex3 still wrong; ex2 -> rank 4; ex4 -> rank 5
-       0.4: [2, 4, 5, 7, 8, 0]}    # ex0 fooled again after being correct -> new again, rank 3
+ADV = {
+    0.05: [0, 1, 2, 3, 4, 5],  # nothing fooled
+    0.1: [1, 1, 2, 3, 4, 5],  # ex0 -> its rank 2
+    0.2: [1, 3, 2, 9, 4, 0],  # ex0 still wrong (not new); ex1 -> rank 3; ex3 -> outside top 5; ex5 excluded
+    0.3: [0, 4, 5, 7, 8, 0],  # ex0 back to correct; ex1, ex3 still wrong; ex2 -> rank 4; ex4 -> rank 5
+    0.4: [2, 4, 5, 7, 8, 0],
+}  # ex0 fooled again after being correct -> new again, rank 3
 EXPECTED = [
     {"eps": 0.05, "count": 0, "rank2": 0.0, "rank3": 0.0, "rank4": 0.0, "rank5": 0.0, "other": 0.0},
     {"eps": 0.1, "count": 1, "rank2": 1.0, "rank3": 0.0, "rank4": 0.0, "rank5": 0.0, "other": 0.0},
@@ -67,8 +81,9 @@ def test_newly_successful_hand_built_example():
 
 def test_newly_successful_with_fewer_than_five_classes_and_bad_input():
     rows = newly_successful([0, 1], [0, 1], [[0, 1, 2], [1, 2, 0]], [(0.1, [2, 2])])
-    assert rows[0] == pytest.approx({"eps": 0.1, "count": 2, "rank2": 0.5, "rank3": 0.5, "rank4": 0.0,
-                                     "rank5": 0.0, "other": 0.0})
+    assert rows[0] == pytest.approx(
+        {"eps": 0.1, "count": 2, "rank2": 0.5, "rank3": 0.5, "rank4": 0.0, "rank5": 0.0, "other": 0.0}
+    )
     with pytest.raises(ValueError, match="duplicate"):
         newly_successful([0], [0], [[0, 1]], [(0.1, [1]), (0.1, [1])])
     with pytest.raises(ValueError):
@@ -92,10 +107,28 @@ def test_shares_sum_to_one_when_count_is_positive():
 
 def write_eval(path, eps, adv, run="r1", attack="fgsm", n=6):
     rec = {"label": LABEL, "clean_pred": CLEAN, "clean_top5": TOP5, "adv_pred": adv}
-    path.write_text(json.dumps({"run": run, "substitute": None, "subset": None, "clean_accuracy": 83.3,
-                                "device": "cpu", "provenance": {}, "attack": attack, "kind": attack, "eps": eps,
-                                "source": "white", "params": {}, "n": n, "seconds": 0.1, "adv_accuracy": 0.0,
-                                "max_linf": eps, "records": rec}))
+    path.write_text(
+        json.dumps(
+            {
+                "run": run,
+                "substitute": None,
+                "subset": None,
+                "clean_accuracy": 83.3,
+                "device": "cpu",
+                "provenance": {},
+                "attack": attack,
+                "kind": attack,
+                "eps": eps,
+                "source": "white",
+                "params": {},
+                "n": n,
+                "seconds": 0.1,
+                "adv_accuracy": 0.0,
+                "max_linf": eps,
+                "records": rec,
+            }
+        )
+    )
     return path
 
 
@@ -122,8 +155,18 @@ def test_plot_behaviour_writes_png(tmp_path):
 def trained(tmp_path_factory):
     """A LeNet-5 trained for 4 short epochs on 10 well-separated synthetic classes, and its 300 test examples."""
     store = tmp_path_factory.mktemp("store")
-    cfg = compose("train", ["dataset=fake", "model=lenet5", "loss=ce", "logger=none", "trainer.epochs_per_phase=2",
-                            "dataset.n_test=300", f"store={store}"])
+    cfg = compose(
+        "train",
+        [
+            "dataset=fake",
+            "model=lenet5",
+            "loss=ce",
+            "logger=none",
+            "trainer.epochs_per_phase=2",
+            "dataset.n_test=300",
+            f"store={store}",
+        ],
+    )
     s = train(cfg)
     run_cfg, model = load_run(RunDir(store, s["key"]), torch.device("cpu"))
     _, test = load_splits(run_cfg.dataset)
@@ -150,7 +193,7 @@ def test_tsne_with_adversarial_examples(trained, tmp_path):
     clean, both = tsne_panels(model, x, y, x_adv=adv, n=len(y))
     assert both["adv_mask"].sum() == fooled.sum() and len(both["xy"]) == len(y) + fooled.sum()
     assert (both["labels"][both["adv_mask"]] == y.numpy()[fooled]).all()  # adversarial points keep true labels
-    assert np.array_equal(clean["xy"], both["xy"][:len(y)]) and np.isfinite(both["xy"]).all()
+    assert np.array_equal(clean["xy"], both["xy"][: len(y)]) and np.isfinite(both["xy"]).all()
     # explicit success mask and a random subset of n examples
     given = np.zeros(len(y), bool)
     given[:40] = True
@@ -164,8 +207,12 @@ def test_tsne_with_adversarial_examples(trained, tmp_path):
 
 def test_plot_tsne_many_classes(tmp_path):
     g = np.random.default_rng(0)
-    panel = {"title": "100 classes", "xy": g.normal(size=(300, 2)), "labels": np.arange(300) % 100,
-             "adv_mask": np.arange(300) < 20}
+    panel = {
+        "title": "100 classes",
+        "xy": g.normal(size=(300, 2)),
+        "labels": np.arange(300) % 100,
+        "adv_mask": np.arange(300) < 20,
+    }
     out = plot_tsne([panel], tmp_path / "tsne100.png", "CIFAR-100-like")
     w, h = (int(v * tsne.DPI) for v in tsne.PANEL_SIZE)
     check_png(out, h, w)
@@ -223,9 +270,17 @@ def test_tsne_legend_names_the_classes(tmp_path, monkeypatch):
     from pclc.config import compose
 
     seen, real = [], matplotlib.axes.Axes.legend
-    monkeypatch.setattr(matplotlib.axes.Axes, "legend",
-                        lambda self, *a, **k: seen.extend(h.get_label() for h in k.get("handles", [])) or real(self, *a, **k))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "legend",
+        lambda self, *a, **k: seen.extend(h.get_label() for h in k.get("handles", [])) or real(self, *a, **k),
+    )
     names = list(compose("train", ["dataset=fmnist"]).dataset.classes)
     g = np.random.default_rng(0)
-    plot_tsne([{"title": "t", "xy": g.normal(size=(50, 2)), "labels": np.arange(50) % 10}], tmp_path / "t.png", "t", names)
+    plot_tsne(
+        [{"title": "t", "xy": g.normal(size=(50, 2)), "labels": np.arange(50) % 10}],
+        tmp_path / "t.png",
+        "t",
+        names,
+    )
     assert seen[:10] == names and names[0] == "T-shirt/top" and names[9] == "Ankle boot"

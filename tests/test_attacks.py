@@ -54,8 +54,13 @@ def attack(kind, model, x, y, eps, seed=0, **params):
 
 def suite(*entries) -> OmegaConf:
     """A suite of ``entries`` with the attack configs they name (configs/attack/)."""
-    return OmegaConf.create({"families": ["grey"], "entries": list(entries),
-                             "attacks": {e["attack"]: group_config("attack", e["attack"]) for e in entries}})
+    return OmegaConf.create(
+        {
+            "families": ["grey"],
+            "entries": list(entries),
+            "attacks": {e["attack"]: group_config("attack", e["attack"]) for e in entries},
+        }
+    )
 
 
 def accuracy(model, x, y) -> float:
@@ -67,8 +72,15 @@ def test_advertorch_shim_is_needed_and_works():
     code = "import advertorch.attacks"
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert plain.returncode != 0 and "zero_gradients" in plain.stderr  # torch still lacks it: the shim is needed
-    shimmed = subprocess.run([sys.executable, "-c", "from pclc.attacks.paper import advertorch_attacks as a; "
-                              "print(a().LinfPGDAttack.__name__)"], capture_output=True, text=True)
+    shimmed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pclc.attacks.paper import advertorch_attacks as a; print(a().LinfPGDAttack.__name__)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert shimmed.returncode == 0 and shimmed.stdout.strip() == "LinfPGDAttack", shimmed.stderr
     t = torch.ones(3, requires_grad=True)
     (t * 2).sum().backward()
@@ -76,17 +88,30 @@ def test_advertorch_shim_is_needed_and_works():
     assert torch.equal(t.grad, torch.zeros(3))
 
 
-SMALL = {"fgsm": {}, "bim": {"nb_iter": 10, "eps_iter": 0.01}, "pgd": {"nb_iter": 40, "eps_iter": 0.01, "rand_init": True},
-         "mim": {"nb_iter": 40, "eps_iter": 0.01, "decay_factor": 1.0},
-         "cw": {"max_iterations": 50, "learning_rate": 0.01, "confidence": 0, "binary_search_steps": 3,
-                "initial_const": 0.1, "abort_early": True},
-         "spsa": {"lr": 0.01, "delta": 0.01, "nb_iter": 5, "nb_sample": 32, "max_batch_size": 64},
-         "ce-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25}, "margin-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25, "restarts": 1},
-         "temp-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25, "restarts": 1},
-         "apgd": {"loss": "ce", "nb_iter": 10, "restarts": 1}, "apgdt": {"nb_iter": 5, "restarts": 1, "targets": 2},
-         "square": {"queries": 200, "restarts": 1},
-         "autoattack": {"steps": 5, "targets": 2, "queries": 50}, "transfer-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25},
-         "autoattack-ref": {"version": "custom", "nb_iter": 5, "targets": 2, "queries": 50}}
+SMALL = {
+    "fgsm": {},
+    "bim": {"nb_iter": 10, "eps_iter": 0.01},
+    "pgd": {"nb_iter": 40, "eps_iter": 0.01, "rand_init": True},
+    "mim": {"nb_iter": 40, "eps_iter": 0.01, "decay_factor": 1.0},
+    "cw": {
+        "max_iterations": 50,
+        "learning_rate": 0.01,
+        "confidence": 0,
+        "binary_search_steps": 3,
+        "initial_const": 0.1,
+        "abort_early": True,
+    },
+    "spsa": {"lr": 0.01, "delta": 0.01, "nb_iter": 5, "nb_sample": 32, "max_batch_size": 64},
+    "ce-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25},
+    "margin-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25, "restarts": 1},
+    "temp-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25, "restarts": 1},
+    "apgd": {"loss": "ce", "nb_iter": 10, "restarts": 1},
+    "apgdt": {"nb_iter": 5, "restarts": 1, "targets": 2},
+    "square": {"queries": 200, "restarts": 1},
+    "autoattack": {"steps": 5, "targets": 2, "queries": 50},
+    "transfer-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25},
+    "autoattack-ref": {"version": "custom", "nb_iter": 5, "targets": 2, "queries": 50},
+}
 
 
 def test_every_registered_attack_has_a_test_budget():
@@ -122,8 +147,15 @@ def test_unknown_missing_or_out_of_range_parameters_are_refused(kind):
     if required:
         with pytest.raises(ValueError, match="needs parameter"):
             build_attack(attack_config(kind, **{k: v for k, v in SMALL[kind].items() if k != required[0]}))
-    for bad in ({"nb_iter": 0}, {"nb_iter": -3}, {"eps_iter": -0.01}, {"rel_eps_iter": 0.0}, {"max_iterations": 0},
-                {"queries": 0}, {"restarts": 0}):
+    for bad in (
+        {"nb_iter": 0},
+        {"nb_iter": -3},
+        {"eps_iter": -0.01},
+        {"rel_eps_iter": 0.0},
+        {"max_iterations": 0},
+        {"queries": 0},
+        {"restarts": 0},
+    ):
         k = next(iter(bad))
         if k in ATTACKS.get(kind).params:
             with pytest.raises(ValueError, match=k):
@@ -143,11 +175,15 @@ def test_attack_configs_are_hydra_targets_with_their_budgets_overridable():
 
 
 def test_config_params_match_the_paper():
-    for name, expected in {"bim": {"nb_iter": 10, "eps_iter": 0.01}, "pgd": {"nb_iter": 40, "eps_iter": 0.01},
-                           "mim": {"nb_iter": 40, "eps_iter": 0.01},
-                           "cw": {"max_iterations": 100, "learning_rate": 0.001, "confidence": 0},
-                           "cw1000": {"max_iterations": 1000}, "spsa": {"lr": 0.01, "delta": 0.01},
-                           "pgd10": {"nb_iter": 10, "rel_eps_iter": 0.1, "rand_init": True}}.items():
+    for name, expected in {
+        "bim": {"nb_iter": 10, "eps_iter": 0.01},
+        "pgd": {"nb_iter": 40, "eps_iter": 0.01},
+        "mim": {"nb_iter": 40, "eps_iter": 0.01},
+        "cw": {"max_iterations": 100, "learning_rate": 0.001, "confidence": 0},
+        "cw1000": {"max_iterations": 1000},
+        "spsa": {"lr": 0.01, "delta": 0.01},
+        "pgd10": {"nb_iter": 10, "rel_eps_iter": 0.1, "rand_init": True},
+    }.items():
         params = group_config("attack", name)
         assert all(params[k] == v for k, v in expected.items()), name
 
@@ -195,10 +231,22 @@ def test_adversarial_training_batches_are_half_adversarial(trained):
 
 
 def test_adversarial_training_run(store):
-    s = train(compose("train", [*BASE, "model=lenet5", "loss=pclc", "trainer=adv_fgsm", "trainer.epochs_per_phase=1",
-                                f"store={store}"]))
-    assert s["finished"] and s["key"] != run_key(compose("train", [*BASE, "model=lenet5", "loss=pclc",
-                                                                   f"store={store}"]))
+    s = train(
+        compose(
+            "train",
+            [
+                *BASE,
+                "model=lenet5",
+                "loss=pclc",
+                "trainer=adv_fgsm",
+                "trainer.epochs_per_phase=1",
+                f"store={store}",
+            ],
+        )
+    )
+    assert s["finished"] and s["key"] != run_key(
+        compose("train", [*BASE, "model=lenet5", "loss=pclc", f"store={store}"])
+    )
 
 
 def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
@@ -209,7 +257,9 @@ def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
     r = json.loads(Path(out["results"][0]["file"]).read_text())
     assert r["subset"] == 100 and r["n"] == 100 and r["params"] == {} and r["device"].startswith("cpu")
     assert r["seconds"] > 0 and r["max_linf"] <= 0.1 + 1e-6 and r["adv_accuracy"] <= r["clean_accuracy"]
-    assert {"label", "clean_pred", "clean_top5", "adv_pred"} == set(r["records"]) and len(r["records"]["adv_pred"]) == 100
+    assert {"label", "clean_pred", "clean_top5", "adv_pred"} == set(r["records"]) and len(
+        r["records"]["adv_pred"]
+    ) == 100
     assert all(len(t) == 5 and t[0] == p for t, p in zip(r["records"]["clean_top5"], r["records"]["clean_pred"]))
     assert "-sub100-" in Path(out["results"][0]["file"]).name
 
@@ -254,8 +304,12 @@ def test_transfer_attack_uses_the_substitute(store):
     from pclc.data import eval_tensors
 
     x, y = eval_tensors(cfg.dataset, 100, "cpu")
-    adv = torch.cat([build_attack(group_config("attack", "bim"))(sub, x[i:i + 1000], y[i:i + 1000], 0.2, 1000 + i)
-                     for i in range(0, 100, 1000)])
+    adv = torch.cat(
+        [
+            build_attack(group_config("attack", "bim"))(sub, x[i : i + 1000], y[i : i + 1000], 0.2, 1000 + i)
+            for i in range(0, 100, 1000)
+        ]
+    )
     with torch.no_grad():
         assert target(adv).argmax(1).tolist() == transfer["records"]["adv_pred"]
     assert transfer["records"]["adv_pred"] != white["records"]["adv_pred"]
@@ -296,8 +350,12 @@ def test_transfer_examples_are_crafted_once_for_every_target(store, monkeypatch)
 
 def test_spsa_runs_at_its_own_batch_size(store, monkeypatch):
     sizes = counting_attacks(monkeypatch)
-    cfg = eval_cfg(store, "eval.subset=20", "eval.batch_size=1000",
-                   "+eval.param_overrides.spsa={nb_iter: 1, nb_sample: 4, max_batch_size: 4, batch_size: 8}")
+    cfg = eval_cfg(
+        store,
+        "eval.subset=20",
+        "eval.batch_size=1000",
+        "+eval.param_overrides.spsa={nb_iter: 1, nb_sample: 4, max_batch_size: 4, batch_size: 8}",
+    )
     cfg.suite = suite({"attack": "spsa", "eps": [0.1]})
     r = json.loads(Path(evaluate(cfg)["results"][0]["file"]).read_text())
     assert sizes == [8, 8, 4] and r["params"]["batch_size"] == 8 and r["n"] == 20
@@ -314,8 +372,18 @@ def test_bad_inputs_fail_before_any_attack(store, monkeypatch):
         evaluate(eval_cfg(store, "attack/suite=table4"))
     with pytest.raises(ValueError, match="no run|not finished"):
         evaluate(eval_cfg(store, loss="gce"))
-    other = compose("train", ["dataset=fake", "dataset.num_classes=5", "logger=none", "model=cnn3", "loss=ce",
-                              "trainer.epochs_per_phase=1", f"store={store}"])
+    other = compose(
+        "train",
+        [
+            "dataset=fake",
+            "dataset.num_classes=5",
+            "logger=none",
+            "model=cnn3",
+            "loss=ce",
+            "trainer.epochs_per_phase=1",
+            f"store={store}",
+        ],
+    )
     sub = train(other)
     cfg = eval_cfg(store, f"eval.substitute_run={sub['path']}")
     cfg.suite = suite({"attack": "pgd", "eps": [0.1], "source": "transfer"})
@@ -333,12 +401,22 @@ def test_the_reference_autoattack_runs_through_the_evaluation_and_refuses_a_chan
     from pclc.evaluate import evaluate
     from pclc.train import train
 
-    over = ["dataset=fake", "model=lenet5", "loss=ce", "logger=none", "trainer.epochs_per_phase=1",
-            f"store={tmp_path}"]
+    over = [
+        "dataset=fake",
+        "model=lenet5",
+        "loss=ce",
+        "logger=none",
+        "trainer.epochs_per_phase=1",
+        f"store={tmp_path}",
+    ]
     train(compose("train", over))
     aa = ["attack/suite=autoattack", "eval.subset=20", "suite.entries=[{attack: autoattack_ref, eps: [0.1]}]"]
-    custom = ["suite.attacks.autoattack_ref.version=custom", "+suite.attacks.autoattack_ref.nb_iter=2",
-              "+suite.attacks.autoattack_ref.targets=2", "+suite.attacks.autoattack_ref.queries=10"]
+    custom = [
+        "suite.attacks.autoattack_ref.version=custom",
+        "+suite.attacks.autoattack_ref.nb_iter=2",
+        "+suite.attacks.autoattack_ref.targets=2",
+        "+suite.attacks.autoattack_ref.queries=10",
+    ]
     out = evaluate(compose("evaluate", [*over, *aa, *custom]))
     r = json.loads(Path(out["results"][0]["file"]).read_text())
     assert r["attack"] == "autoattack_ref" and r["params"]["version"] == "custom" and r["n"] == 20

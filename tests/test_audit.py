@@ -23,16 +23,31 @@ BASE = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase
 EPS = [0.1]
 SUBSET = 60
 LADDER = "{group: steps, attack: {_target_: pclc.attacks.adaptive.ce_pgd, nb_iter: %d, rel_eps_iter: %g}}"
-TINY = ["audit.profile.batch_size=64", "audit.profile.sweep_max_eps=0.2", "audit.attacks.pgd-paper.attack.nb_iter=8",
-        "~audit.attacks.pgd-ce-10", "~audit.attacks.pgd-ce-100", "~audit.attacks.pgd-ce-1000",
-        f"+audit.attacks.pgd-ce-2={LADDER % (2, 1.25)}", f"+audit.attacks.pgd-ce-4={LADDER % (4, 0.625)}",
-        "audit.attacks.pgd-margin.attack.nb_iter=10", "audit.attacks.pgd-margin.attack.restarts=2",
-        "audit.attacks.pgd-ce-temp.attack.nb_iter=10", "audit.attacks.apgd-ce.attack.nb_iter=8",
-        "audit.attacks.apgd-ce.attack.restarts=1", "audit.attacks.apgd-dlr.attack.nb_iter=8",
-        "audit.attacks.apgd-dlr.attack.restarts=1", "audit.attacks.apgdt.attack.nb_iter=4",
-        "audit.attacks.apgdt.attack.targets=2", "audit.attacks.square.attack.queries=20",
-        "audit.attacks.autoattack.attack.steps=4", "audit.attacks.autoattack.attack.targets=2",
-        "audit.attacks.autoattack.attack.queries=20", "audit.attacks.transfer-pgd.attack.nb_iter=5", "audit.attacks.transfer-pgd.attack.rel_eps_iter=0.5"]
+TINY = [
+    "audit.profile.batch_size=64",
+    "audit.profile.sweep_max_eps=0.2",
+    "audit.attacks.pgd-paper.attack.nb_iter=8",
+    "~audit.attacks.pgd-ce-10",
+    "~audit.attacks.pgd-ce-100",
+    "~audit.attacks.pgd-ce-1000",
+    f"+audit.attacks.pgd-ce-2={LADDER % (2, 1.25)}",
+    f"+audit.attacks.pgd-ce-4={LADDER % (4, 0.625)}",
+    "audit.attacks.pgd-margin.attack.nb_iter=10",
+    "audit.attacks.pgd-margin.attack.restarts=2",
+    "audit.attacks.pgd-ce-temp.attack.nb_iter=10",
+    "audit.attacks.apgd-ce.attack.nb_iter=8",
+    "audit.attacks.apgd-ce.attack.restarts=1",
+    "audit.attacks.apgd-dlr.attack.nb_iter=8",
+    "audit.attacks.apgd-dlr.attack.restarts=1",
+    "audit.attacks.apgdt.attack.nb_iter=4",
+    "audit.attacks.apgdt.attack.targets=2",
+    "audit.attacks.square.attack.queries=20",
+    "audit.attacks.autoattack.attack.steps=4",
+    "audit.attacks.autoattack.attack.targets=2",
+    "audit.attacks.autoattack.attack.queries=20",
+    "audit.attacks.transfer-pgd.attack.nb_iter=5",
+    "audit.attacks.transfer-pgd.attack.rel_eps_iter=0.5",
+]
 S = au.audit_settings(compose("audit", [*BASE, *TINY]))  # attacks, profile, thresholds of the tiny audit
 ATTACKS, PROFILE, TH = S["attacks"], S["profile"], S["thresholds"]
 PAPER = "pgd-paper"
@@ -82,9 +97,20 @@ def test_attacks_respect_eps_and_box_and_leave_input(runs, ce_data):
     x, y = x[:12], y[:12]
     _, source = load_run(RunDir(store, pc["key"]), torch.device("cpu"))
     specs = au.attack_specs(ATTACKS, 10, ("pclc", source))
-    assert [s.name for s in specs] == ["fgsm", PAPER, "pgd-ce-2", "pgd-ce-4", "pgd-margin", "pgd-ce-temp",
-                                       "apgd-ce", "apgd-dlr", "apgdt", "square", "autoattack",
-                                       "transfer-pgd"]  # by group
+    assert [s.name for s in specs] == [
+        "fgsm",
+        PAPER,
+        "pgd-ce-2",
+        "pgd-ce-4",
+        "pgd-margin",
+        "pgd-ce-temp",
+        "apgd-ce",
+        "apgd-dlr",
+        "apgdt",
+        "square",
+        "autoattack",
+        "transfer-pgd",
+    ]  # by group
     eps = 0.1
     for s in specs:
         before = x.clone()
@@ -102,8 +128,11 @@ def test_attacks_respect_eps_and_box_and_leave_input(runs, ce_data):
 @pytest.mark.parametrize("loss", ["ce", "cw", "temp"])
 def test_dropping_fooled_examples_changes_no_result(ce_data, loss):
     model, x, y = ce_data
-    kw = {"ce": {}, "cw": {"loss": linf.margin_loss},
-          "temp": {"temperature": torch.linspace(1, 3, len(x))[:, None]}}[loss]
+    kw = {
+        "ce": {},
+        "cw": {"loss": linf.margin_loss},
+        "temp": {"temperature": torch.linspace(1, 3, len(x))[:, None]},
+    }[loss]
     runs = {}
     for every in (0, 3):
         torch.manual_seed(5)
@@ -115,9 +144,11 @@ def test_dropping_fooled_examples_changes_no_result(ce_data, loss):
 
 
 def test_worst_case_needs_every_attack_to_fail():
-    per_attack = {"clean": torch.tensor([1, 1, 1, 0, 1], dtype=torch.bool),
-                  "a": torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool),
-                  "b": torch.tensor([1, 1, 0, 1, 1], dtype=torch.bool)}
+    per_attack = {
+        "clean": torch.tensor([1, 1, 1, 0, 1], dtype=torch.bool),
+        "a": torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool),
+        "b": torch.tensor([1, 1, 0, 1, 1], dtype=torch.bool),
+    }
     assert au.worst_case(per_attack).tolist() == [True, False, False, False, True]
 
 
@@ -155,18 +186,28 @@ def test_masked_model_is_flagged_and_broken(ce_data, tmp_path):
         assert out.flags["paper_attack_overestimates_robustness"]
         json.dumps(out.to_dict())  # JSON-ready
     assert out.cascade == ["pgd-margin", "pgd-ce-temp", "apgd-ce", "apgd-dlr", "apgdt"]
-    assert out.strongest_adaptive in ("pgd-margin", "apgd-dlr")  # margin losses break what CE attacks could not
+    assert out.strongest_adaptive in (
+        "pgd-margin",
+        "apgd-dlr",
+    )  # margin losses break what CE attacks could not
 
 
 def test_cascade_attacks_only_survivors_and_nests_eps(ce_data, tmp_path):
     model, x, y = ce_data
     out = model_audit(model, x, y, [0.05, 0.1], tmp_path)
-    files = {(d["attack"], d["eps"]): d for d in map(lambda f: json.loads(f.read_text()), tmp_path.glob("*.json"))}
+    files = {(d["attack"], d["eps"]): d for d in (json.loads(f.read_text()) for f in tmp_path.glob("*.json"))}
     alive = None
     for e in (0.05, 0.1):
-        before = au.worst_case({"clean": torch.tensor(files[("fgsm", e)]["correct"]) | True, **{
-            n: torch.tensor(files[(n, e)]["correct"], dtype=torch.bool) for n in out.accuracy
-            if n not in out.cascade}})
+        before = au.worst_case(
+            {
+                "clean": torch.tensor(files[("fgsm", e)]["correct"]) | True,
+                **{
+                    n: torch.tensor(files[(n, e)]["correct"], dtype=torch.bool)
+                    for n in out.accuracy
+                    if n not in out.cascade
+                },
+            }
+        )
         if alive is not None:
             before &= alive  # broken at the smaller eps: not attacked again
         for n in out.cascade:
@@ -181,8 +222,10 @@ def test_cascade_attacks_only_survivors_and_nests_eps(ce_data, tmp_path):
     assert out.worst_case["0.1"] <= out.worst_case["0.05"]
     # the sweep runs the cascade past the grid on what survived; it ends at 0 or at sweep_max_eps
     sweep = out.sweeps[au.CASCADE]
-    assert sweep["eps"][:2] == [0.05, 0.1] and sweep["accuracy"][:2] == [out.worst_case["0.05"],
-                                                                        out.worst_case["0.1"]]
+    assert sweep["eps"][:2] == [0.05, 0.1] and sweep["accuracy"][:2] == [
+        out.worst_case["0.05"],
+        out.worst_case["0.1"],
+    ]
     assert sweep["accuracy"][-1] == 0.0 or sweep["eps"][-1] == PROFILE["sweep_max_eps"]
 
 
@@ -212,39 +255,80 @@ def test_verdict_rules():
     assert au.verdict({**base, "worst_case_accuracy": 8.0, "drop": 52.0, "masking_signs": ["x"]}, TH) == au.VERDICTS[2]
     far = {**base, "worst_case_accuracy": 40.0, "drop": 20.0, "masking_signs": ["x"], "near_reference": False}
     assert au.verdict(far, TH) == au.VERDICTS[1]
-    assert au.verdict({**base, "worst_case_accuracy": 8.0, "drop": 52.0, "masking_signs": ["x"]},
-                      {**TH, "masking_drop": 60.0}) == au.VERDICTS[1]  # the YAML's thresholds decide
+    assert (
+        au.verdict(
+            {**base, "worst_case_accuracy": 8.0, "drop": 52.0, "masking_signs": ["x"]},
+            {**TH, "masking_drop": 60.0},
+        )
+        == au.VERDICTS[1]
+    )  # the YAML's thresholds decide
 
 
-GROUPS = {"fgsm": "single-step", "pgd-paper": "paper", "pgd-ce-10": "steps", "pgd-ce-100": "steps",
-          "square": "black-box", "transfer-pgd": "transfer", "pgd-margin": "adaptive (cascade)"}
+GROUPS = {
+    "fgsm": "single-step",
+    "pgd-paper": "paper",
+    "pgd-ce-10": "steps",
+    "pgd-ce-100": "steps",
+    "square": "black-box",
+    "transfer-pgd": "transfer",
+    "pgd-margin": "adaptive (cascade)",
+}
 
 
 def test_sanity_flags_on_numbers():
     """Carlini et al.'s checks on hand-made accuracies (no model): a masked profile and a healthy one."""
-    masked = {"fgsm": {0.1: 40.0}, "pgd-paper": {0.1: 45.0}, "pgd-ce-10": {0.1: 30.0}, "pgd-ce-100": {0.1: 35.0},
-              "square": {0.1: 3.0}, "transfer-pgd": {0.1: 60.0}, "pgd-margin": {0.1: 1.0}}
+    masked = {
+        "fgsm": {0.1: 40.0},
+        "pgd-paper": {0.1: 45.0},
+        "pgd-ce-10": {0.1: 30.0},
+        "pgd-ce-100": {0.1: 35.0},
+        "square": {0.1: 3.0},
+        "transfer-pgd": {0.1: 60.0},
+        "pgd-margin": {0.1: 1.0},
+    }
     sweeps = {"pgd-paper": {"eps": [0.1, 0.2], "accuracy": [45.0, 4.0]}}
     flags = {k: v[0] for k, v in checks(masked, {0.1: 0.5}, sweeps, GROUPS, TH).items()}
-    assert flags == {"iterative_beats_single_step": False, "white_box_beats_black_box": False,
-                     "white_box_beats_transfer": True, "accuracy_reaches_zero": False,
-                     "more_steps_change_nothing": False, "paper_attack_overestimates_robustness": True}
-    healthy = {"fgsm": {0.1: 40.0}, "pgd-paper": {0.1: 10.0}, "pgd-ce-10": {0.1: 10.4}, "pgd-ce-100": {0.1: 10.0},
-               "square": {0.1: 12.0}, "transfer-pgd": {0.1: 60.0}, "pgd-margin": {0.1: 9.0}}
+    assert flags == {
+        "iterative_beats_single_step": False,
+        "white_box_beats_black_box": False,
+        "white_box_beats_transfer": True,
+        "accuracy_reaches_zero": False,
+        "more_steps_change_nothing": False,
+        "paper_attack_overestimates_robustness": True,
+    }
+    healthy = {
+        "fgsm": {0.1: 40.0},
+        "pgd-paper": {0.1: 10.0},
+        "pgd-ce-10": {0.1: 10.4},
+        "pgd-ce-100": {0.1: 10.0},
+        "square": {0.1: 12.0},
+        "transfer-pgd": {0.1: 60.0},
+        "pgd-margin": {0.1: 9.0},
+    }
     ok = checks(healthy, {0.1: 8.0}, {"pgd-paper": {"eps": [0.1, 0.8], "accuracy": [10.0, 0.0]}}, GROUPS, TH)
     assert all(v[0] == au.HEALTHY[k] for k, v in ok.items()), ok
     assert "spread over pgd-ce-10, pgd-ce-100: 0.4 points" in ok["more_steps_change_nothing"][1]
     assert named(GROUPS, "adaptive") == ["pgd-margin"]
-    evidence = au.verdict_evidence({"share_zero_grad": 0.0, "share_p_y_one": 0.0}, masked, {0.1: 0.5},
-                                   flags, GROUPS, TH, {0.1: 0.0})
+    evidence = au.verdict_evidence(
+        {"share_zero_grad": 0.0, "share_p_y_one": 0.0}, masked, {0.1: 0.5}, flags, GROUPS, TH, {0.1: 0.0}
+    )
     assert evidence["drop"] == 44.5 and evidence["masking_signs"] == [
-        "sanity flag iterative_beats_single_step is False", "sanity flag white_box_beats_black_box is False"]
+        "sanity flag iterative_beats_single_step is False",
+        "sanity flag white_box_beats_black_box is False",
+    ]
     assert au.verdict(evidence, TH) == "artefact of gradient masking"
 
 
 def _overrides(store: Path, out: Path) -> list[str]:
-    return [*BASE, "loss=pclc", f"store={store}", f"audit.eps={EPS}", f"audit.subset={SUBSET}",
-            f"audit.out_dir={out}", *TINY]
+    return [
+        *BASE,
+        "loss=pclc",
+        f"store={store}",
+        f"audit.eps={EPS}",
+        f"audit.subset={SUBSET}",
+        f"audit.out_dir={out}",
+        *TINY,
+    ]
 
 
 def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
@@ -262,13 +346,27 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
     assert second.accuracy == first.accuracy and second.verdict == first.verdict
     assert first.verdict in au.VERDICTS and first.reference_run == ce["key"]
 
-    paper = [{"dataset": "fake", "model": "lenet5", "method": "pclc", "attack": "pgd", "param": "0.1",
-              "accuracy": 55.5}]
+    paper = [
+        {
+            "dataset": "fake",
+            "model": "lenet5",
+            "method": "pclc",
+            "attack": "pgd",
+            "param": "0.1",
+            "accuracy": 55.5,
+        }
+    ]
     md, csv, png, robust = au.write_audit_report([first], tmp_path, paper)
     rb = json.loads(robust.read_text())  # RobustBench-style: clean, the paper's reported number, AutoAttack
     assert robust.name == f"{pc['key']}.json" and rb["clean_acc"] == first.clean_accuracy
-    assert rb["entries"] == [{"eps": 0.1, "autoattack_acc": first.accuracy["autoattack"]["0.1"], "reported": 55.5,
-                              "paper_attack_acc": first.accuracy["pgd-paper"]["0.1"]}]
+    assert rb["entries"] == [
+        {
+            "eps": 0.1,
+            "autoattack_acc": first.accuracy["autoattack"]["0.1"],
+            "reported": 55.5,
+            "paper_attack_acc": first.accuracy["pgd-paper"]["0.1"],
+        }
+    ]
     text = md.read_text()
     assert text.startswith("# Robustness audit") and "commit:" in text and "(paper 55.5)" in text
     assert first.verdict in text and "worst case" in text and "p_y == 1.0" in text
@@ -279,8 +377,13 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
     # the cascade's attacked / broken counts are reported; with nothing broken no attack is called strongest
     attacked, broken = first.cascade_counts["apgd-ce"]["0.1"]
     assert f"| apgd-ce | {attacked} / {broken} |" in text and " |\n\nAdaptive attacks ran as a cascade" in text
-    spent = au.AuditResult(**{**first.to_dict(), "strongest_adaptive": None,
-                              "cascade_counts": {n: {"0.1": [0, 0]} for n in first.cascade}})
+    spent = au.AuditResult(
+        **{
+            **first.to_dict(),
+            "strongest_adaptive": None,
+            "cascade_counts": {n: {"0.1": [0, 0]} for n in first.cascade},
+        }
+    )
     text = au.write_audit_report([spent], tmp_path / "none", paper)[0].read_text()
     assert "| pgd-margin | 0 / 0 |" in text and text.count("none needed (no example survived") == 2
 
@@ -288,10 +391,15 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
 def test_entrypoint_config_and_report(runs, tmp_path):
     store, ce, pc = runs
     defaults = compose("audit").audit
-    assert named({n: a.group for n, a in defaults.attacks.items()}, "steps") == ["pgd-ce-10", "pgd-ce-100", "pgd-ce-1000"]
+    assert named({n: a.group for n, a in defaults.attacks.items()}, "steps") == [
+        "pgd-ce-10",
+        "pgd-ce-100",
+        "pgd-ce-1000",
+    ]
     assert defaults.attacks.square.attack.queries == 5000 and defaults.thresholds.masking_drop == 10.0
     assert OmegaConf.to_container(defaults.attacks["pgd-paper"].attack) == OmegaConf.to_container(
-        compose("evaluate").suite.attacks.pgd)  # the audited PGD is exactly Table 1's
+        compose("evaluate").suite.attacks.pgd
+    )  # the audited PGD is exactly Table 1's
     cfg = compose("audit", _overrides(store, tmp_path / "report"))
     out = au.audit(cfg)
     assert [a.run for a in out["audits"]] == [pc["key"], ce["key"]]  # the target, then its CE reference
@@ -303,8 +411,16 @@ def test_entrypoint_config_and_report(runs, tmp_path):
     csv = next(Path(f) for f in out["files"] if f.endswith("audit.csv")).read_text()
     assert "# attack budgets: {" in csv and "# resolved config: in audit.md" in csv
     with pytest.raises(ValueError, match="unknown parameter.*steps"):  # a misspelt budget is refused
-        au.attack_specs({**ATTACKS, "pgd-margin": {"group": "adaptive", "attack": {
-            **ATTACKS["pgd-margin"]["attack"], "steps": 3}}}, 10)
+        au.attack_specs(
+            {
+                **ATTACKS,
+                "pgd-margin": {
+                    "group": "adaptive",
+                    "attack": {**ATTACKS["pgd-margin"]["attack"], "steps": 3},
+                },
+            },
+            10,
+        )
     with pytest.raises(ValueError, match="unknown group"):
         au.attack_specs({**ATTACKS, "x": {"group": "strong", "attack": ATTACKS["fgsm"]["attack"]}}, 10)
 

@@ -35,7 +35,7 @@ def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors():
     out = crop_flip(x, torch.Generator().manual_seed(3), pad=2, flip=False)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(6):
-        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
     flipped = crop_flip(x, torch.Generator().manual_seed(3), pad=0, flip=True)
     assert all(torch.equal(f, o) or torch.equal(f, o.flip(2)) for f, o in zip(flipped, x))

@@ -16,8 +16,15 @@ from pclc.config import compose
 from pclc.train import train
 
 FAKE = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase=1"]
-FITS = {"mnist": "lenet5", "kmnist": "lenet5", "fmnist": "lenet5", "cifar10": "vgg13", "cifar100": "vgg13",
-        "svhn": "vgg13", "tinyimagenet": "vgg13"}
+FITS = {
+    "mnist": "lenet5",
+    "kmnist": "lenet5",
+    "fmnist": "lenet5",
+    "cifar10": "vgg13",
+    "cifar100": "vgg13",
+    "svhn": "vgg13",
+    "tinyimagenet": "vgg13",
+}
 
 
 def cli(module: str, argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
@@ -35,8 +42,15 @@ def cli(module: str, argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file() and ".locks" not in p.parts} if folder.exists() else {}
+    return (
+        {
+            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*")
+            if p.is_file() and ".locks" not in p.parts
+        }
+        if folder.exists()
+        else {}
+    )
 
 
 @pytest.fixture
@@ -65,64 +79,246 @@ CASES = [
     ("unknown loss", "pclc.train", ["loss=focal"], None, 1, "focal", False),
     ("unknown attack suite", "pclc.evaluate", ["attack/suite=table9"], None, 1, "table9", False),
     ("unknown experiment", "pclc.reproduce", ["experiment=table9"], None, 1, "table9", False),
-    ("eps above 1", "pclc.evaluate", [*FAKE, "loss=ce", "suite.entries=[{attack: pgd, eps: [1.5]}]"], None, 2,
-     "eps=1.5 is outside [0, 1]", False),
-    ("eps below 0", "pclc.evaluate", [*FAKE, "loss=ce", "suite.entries=[{attack: pgd, eps: [-0.1]}]"], None, 2,
-     "eps=-0.1 is outside [0, 1]", False),
-    ("nb_iter 0", "pclc.evaluate", [*FAKE, "loss=ce", "suite.attacks.pgd.nb_iter=0"], None, 2,
-     "nb_iter=0 must be an integer >= 1", False),
-    ("negative step", "pclc.evaluate", [*FAKE, "loss=ce", "suite.attacks.bim.eps_iter=-0.01"], None, 2,
-     "eps_iter=-0.01 must be a finite number > 0", False),
-    ("misspelt budget", "pclc.evaluate", [*FAKE, "loss=ce", "+suite.attacks.pgd.nb_iters=3"], None, 2,
-     "unknown parameter(s) ['nb_iters']", False),
+    (
+        "eps above 1",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.entries=[{attack: pgd, eps: [1.5]}]"],
+        None,
+        2,
+        "eps=1.5 is outside [0, 1]",
+        False,
+    ),
+    (
+        "eps below 0",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.entries=[{attack: pgd, eps: [-0.1]}]"],
+        None,
+        2,
+        "eps=-0.1 is outside [0, 1]",
+        False,
+    ),
+    (
+        "nb_iter 0",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.attacks.pgd.nb_iter=0"],
+        None,
+        2,
+        "nb_iter=0 must be an integer >= 1",
+        False,
+    ),
+    (
+        "negative step",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.attacks.bim.eps_iter=-0.01"],
+        None,
+        2,
+        "eps_iter=-0.01 must be a finite number > 0",
+        False,
+    ),
+    (
+        "misspelt budget",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "+suite.attacks.pgd.nb_iters=3"],
+        None,
+        2,
+        "unknown parameter(s) ['nb_iters']",
+        False,
+    ),
     ("xi above 1", "pclc.train", [*FAKE, "loss=pclc", "loss.params.xi=1.5"], None, 2, "xi", False),
     ("xi 0", "pclc.train", [*FAKE, "loss=pclc", "loss.params.xi=0"], None, 2, "xi", False),
     ("GCE alpha 0", "pclc.train", [*FAKE, "loss=gce", "loss.params.alpha=0"], None, 2, "alpha", False),
-    ("GCE alpha negative", "pclc.train", [*FAKE, "loss=gce", "loss.params.alpha=-1"], None, 2, "alpha", False),
-    ("class-count mismatch", "pclc.train", [*FAKE, "loss=ce", "model.num_classes=7"], None, 2, "num_classes=7", False),
-    ("corrupt checkpoint", "pclc.train", [*FAKE, "loss=gce"], ("checkpoint", "garbage"), 2, "cannot read", False),
-    ("truncated checkpoint", "pclc.train", [*FAKE, "loss=gce"], ("checkpoint", "truncated"), 2, "cannot read", False),
-    ("hand-edited config.yaml", "pclc.evaluate", [*FAKE, "loss=ce", "eval.subset=20"], ("config", None), 2,
-     "was edited", False),
-    ("absurd lr", "pclc.train", [*FAKE, "loss=ce", "trainer.lr=1e30", "seed=3"], None, 2,
-     "non-finite training loss at epoch 1", True),
+    (
+        "GCE alpha negative",
+        "pclc.train",
+        [*FAKE, "loss=gce", "loss.params.alpha=-1"],
+        None,
+        2,
+        "alpha",
+        False,
+    ),
+    (
+        "class-count mismatch",
+        "pclc.train",
+        [*FAKE, "loss=ce", "model.num_classes=7"],
+        None,
+        2,
+        "num_classes=7",
+        False,
+    ),
+    (
+        "corrupt checkpoint",
+        "pclc.train",
+        [*FAKE, "loss=gce"],
+        ("checkpoint", "garbage"),
+        2,
+        "cannot read",
+        False,
+    ),
+    (
+        "truncated checkpoint",
+        "pclc.train",
+        [*FAKE, "loss=gce"],
+        ("checkpoint", "truncated"),
+        2,
+        "cannot read",
+        False,
+    ),
+    (
+        "hand-edited config.yaml",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "eval.subset=20"],
+        ("config", None),
+        2,
+        "was edited",
+        False,
+    ),
+    (
+        "absurd lr",
+        "pclc.train",
+        [*FAKE, "loss=ce", "trainer.lr=1e30", "seed=3"],
+        None,
+        2,
+        "non-finite training loss at epoch 1",
+        True,
+    ),
     ("lr infinite", "pclc.train", [*FAKE, "loss=ce", "trainer.lr=inf"], None, 2, "finite number > 0", False),
-    ("eval batch 0", "pclc.evaluate", [*FAKE, "loss=ce", "eval.batch_size=0"], None, 2, "eval.batch_size", False),
-    ("audit eps above 1", "pclc.audit", [*FAKE, "loss=ce", "audit.eps=[1.5]", "audit.reference=null"], None, 2,
-     "outside [0, 1]", False),
+    (
+        "eval batch 0",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "eval.batch_size=0"],
+        None,
+        2,
+        "eval.batch_size",
+        False,
+    ),
+    (
+        "audit eps above 1",
+        "pclc.audit",
+        [*FAKE, "loss=ce", "audit.eps=[1.5]", "audit.reference=null"],
+        None,
+        2,
+        "outside [0, 1]",
+        False,
+    ),
     # issue 28, item 10: each was accepted (and ran, or did nothing, or wrote elsewhere) before
-    ("eps empty", "pclc.evaluate", [*FAKE, "loss=ce", "suite.entries=[{attack: pgd, eps: []}]"], None, 2,
-     "eps=[] names no epsilon", False),
-    ("suite entries empty", "pclc.evaluate", [*FAKE, "loss=ce", "suite.entries=[]"], None, 2,
-     "suite.entries is empty", False),
-    ("attacks empty", "pclc.reproduce", ["experiment=table1", "datasets=[fmnist]", "attacks=[]"], None, 2,
-     "attacks=[] names no attack", False),
-    ("seeds empty", "pclc.reproduce", ["experiment=table1", "datasets=[fmnist]", "seeds=[]"], None, 2,
-     "seeds=[] names no seed", False),
-    ("rand_init off", "pclc.evaluate", [*FAKE, "loss=ce", "suite.attacks.pgd.rand_init=off"], None, 2,
-     "rand_init must be true or false, got 'off'", False),
-    ("eval.subset fraction", "pclc.evaluate", [*FAKE, "loss=ce", "eval.subset=1.5"], None, 2,
-     "eval.subset must be a whole number >= 1, got 1.5", False),
-    ("eval.subset above the test set", "pclc.evaluate", [*FAKE, "loss=ce", "eval.subset=100000"], None, 2,
-     "eval.subset=100000 is more than fake's", False),
-    ("epochs fraction", "pclc.train", [*FAKE, "loss=ce", "trainer.epochs_per_phase=1.7"], None, 2,
-     "trainer.epochs_per_phase must be a whole number >= 1, got 1.7", False),
-    ("seed above 2^63", "pclc.train", [*FAKE, "loss=ce", "seed=18446744073709551617"], None, 2,
-     "seed must be a whole number in [0, 9223372036854775807], got 18446744073709551617", False),
-    ("experiment name with a path", "pclc.reproduce", ["experiment=table1", "datasets=[fmnist]",
-                                                        "experiment.name=../../../x"], None, 2,
-     "experiment.name='../../../x' must be a plain name", False),
-    ("a _target_ in an attack parameter", "pclc.evaluate",
-     [*FAKE, "loss=ce", "suite.attacks.pgd.eps_iter={_target_: builtins.open, file: x.txt, mode: w}"], None, 2,
-     "parameter eps_iter holds a `_target_`", False),
-    *[(f"{d} missing offline", "pclc.train", [f"dataset={d}", f"model={FITS[d]}", "logger=none"], "nodata", 2,
-       "not found", False) for d in FITS],
+    (
+        "eps empty",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.entries=[{attack: pgd, eps: []}]"],
+        None,
+        2,
+        "eps=[] names no epsilon",
+        False,
+    ),
+    (
+        "suite entries empty",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.entries=[]"],
+        None,
+        2,
+        "suite.entries is empty",
+        False,
+    ),
+    (
+        "attacks empty",
+        "pclc.reproduce",
+        ["experiment=table1", "datasets=[fmnist]", "attacks=[]"],
+        None,
+        2,
+        "attacks=[] names no attack",
+        False,
+    ),
+    (
+        "seeds empty",
+        "pclc.reproduce",
+        ["experiment=table1", "datasets=[fmnist]", "seeds=[]"],
+        None,
+        2,
+        "seeds=[] names no seed",
+        False,
+    ),
+    (
+        "rand_init off",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.attacks.pgd.rand_init=off"],
+        None,
+        2,
+        "rand_init must be true or false, got 'off'",
+        False,
+    ),
+    (
+        "eval.subset fraction",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "eval.subset=1.5"],
+        None,
+        2,
+        "eval.subset must be a whole number >= 1, got 1.5",
+        False,
+    ),
+    (
+        "eval.subset above the test set",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "eval.subset=100000"],
+        None,
+        2,
+        "eval.subset=100000 is more than fake's",
+        False,
+    ),
+    (
+        "epochs fraction",
+        "pclc.train",
+        [*FAKE, "loss=ce", "trainer.epochs_per_phase=1.7"],
+        None,
+        2,
+        "trainer.epochs_per_phase must be a whole number >= 1, got 1.7",
+        False,
+    ),
+    (
+        "seed above 2^63",
+        "pclc.train",
+        [*FAKE, "loss=ce", "seed=18446744073709551617"],
+        None,
+        2,
+        "seed must be a whole number in [0, 9223372036854775807], got 18446744073709551617",
+        False,
+    ),
+    (
+        "experiment name with a path",
+        "pclc.reproduce",
+        ["experiment=table1", "datasets=[fmnist]", "experiment.name=../../../x"],
+        None,
+        2,
+        "experiment.name='../../../x' must be a plain name",
+        False,
+    ),
+    (
+        "a _target_ in an attack parameter",
+        "pclc.evaluate",
+        [*FAKE, "loss=ce", "suite.attacks.pgd.eps_iter={_target_: builtins.open, file: x.txt, mode: w}"],
+        None,
+        2,
+        "parameter eps_iter holds a `_target_`",
+        False,
+    ),
+    *[
+        (
+            f"{d} missing offline",
+            "pclc.train",
+            [f"dataset={d}", f"model={FITS[d]}", "logger=none"],
+            "nodata",
+            2,
+            "not found",
+            False,
+        )
+        for d in FITS
+    ],
 ]
 
 
 @pytest.mark.parametrize("name,module,argv,damage,code,line,starts", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line_and_changes_nothing(name, module, argv, damage, code, line, starts, store,
-                                                         tmp_path, capsys, monkeypatch, offline):
+def test_bad_input_is_one_clear_line_and_changes_nothing(
+    name, module, argv, damage, code, line, starts, store, tmp_path, capsys, monkeypatch, offline
+):
     runs, done, part = store
     capsys.readouterr()
     if damage == "nodata":
@@ -141,7 +337,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(name, module, argv, dam
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     after = snapshot(runs)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing written before is changed or lost
-    new = sorted(set(p.name for p in runs.iterdir()) - set(folders))
+    new = sorted({p.name for p in runs.iterdir()} - set(folders))
     assert bool(new) == starts, new  # no work started (the absurd lr starts, then stops at its first epoch)
     assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("*"))
     torch.set_num_threads(2)

@@ -15,9 +15,18 @@ SUITES = sorted(f.stem for f in (CONFIG_DIR / "attack" / "suite").glob("*.yaml")
 EXPERIMENTS = sorted(f.stem for f in (CONFIG_DIR / "experiment").glob("*.yaml"))
 ROOTS = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
 FITTING_DATASET = {"lenet5": "fmnist", "cnn3": "mnist", "vgg13": "cifar10", "resnet56": "cifar100"}
-FITTING_MODEL = {"mnist": "lenet5", "kmnist": "lenet5", "fmnist": "lenet5", "fake": "lenet5",
-                 "fake_colour": "vgg13", "fake_large": "resnet56",
-                 "cifar10": "vgg13", "svhn": "vgg13", "cifar100": "vgg13", "tinyimagenet": "vgg13"}
+FITTING_MODEL = {
+    "mnist": "lenet5",
+    "kmnist": "lenet5",
+    "fmnist": "lenet5",
+    "fake": "lenet5",
+    "fake_colour": "vgg13",
+    "fake_large": "resnet56",
+    "cifar10": "vgg13",
+    "svhn": "vgg13",
+    "cifar100": "vgg13",
+    "tinyimagenet": "vgg13",
+}
 
 
 def overrides_for(group: str, name: str) -> list[str]:
@@ -51,10 +60,12 @@ def test_every_config_folder_is_covered():
     assert ROOTS == ["audit", "evaluate", "reproduce", "train"]
 
 
-ROOT_KEYS = {"train": {"dataset", "model", "loss", "trainer", "logger", "seed", "store", "accel"},
-             "evaluate": {"dataset", "model", "loss", "suite", "eval", "run_dir"},
-             "audit": {"dataset", "model", "loss", "audit"},
-             "reproduce": {"experiment", "methods", "profiles", "stage", "datasets", "attacks"}}
+ROOT_KEYS = {
+    "train": {"dataset", "model", "loss", "trainer", "logger", "seed", "store", "accel"},
+    "evaluate": {"dataset", "model", "loss", "suite", "eval", "run_dir"},
+    "audit": {"dataset", "model", "loss", "audit"},
+    "reproduce": {"experiment", "methods", "profiles", "stage", "datasets", "attacks"},
+}
 
 
 @pytest.mark.parametrize("root", ROOTS)
@@ -67,7 +78,8 @@ def test_root_configs_compose(root):
 
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack_configs_name_a_registered_attack_with_valid_parameters(name):
-    from pclc.attacks import ATTACKS as KNOWN, build_attack
+    from pclc.attacks import ATTACKS as KNOWN
+    from pclc.attacks import build_attack
     from pclc.config import group_config
 
     a = group_config("attack", name)
@@ -90,8 +102,16 @@ def test_attack_suites_compose_and_expand(name):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_configs_compose(name):
     cfg = compose("reproduce", [f"experiment={name}"])
-    assert cfg.experiment.name == name and cfg.experiment.kind in ("table", "all", "tsne", "behaviour", "gaps", "audit",
-                                                                 "deviations", "autoattack")
+    assert cfg.experiment.name == name and cfg.experiment.kind in (
+        "table",
+        "all",
+        "tsne",
+        "behaviour",
+        "gaps",
+        "audit",
+        "deviations",
+        "autoattack",
+    )
 
 
 @pytest.mark.parametrize("model,dataset", [("vgg13", "cifar10"), ("resnet56", "tinyimagenet"), ("lenet5", "kmnist")])
@@ -108,11 +128,14 @@ def test_unknown_names_fail_naming_the_option():
         compose("train", ["model=resnet18"])
 
 
-@pytest.mark.parametrize("model,dataset,words", [
-    ("lenet5", "cifar10", ["lenet5", "1x28x28", "3x32x32"]),
-    ("vgg13", "fmnist", ["vgg13", "1x28x28"]),
-    ("cnn3", "tinyimagenet", ["cnn3", "3x64x64"]),
-])
+@pytest.mark.parametrize(
+    "model,dataset,words",
+    [
+        ("lenet5", "cifar10", ["lenet5", "1x28x28", "3x32x32"]),
+        ("vgg13", "fmnist", ["vgg13", "1x28x28"]),
+        ("cnn3", "tinyimagenet", ["cnn3", "3x64x64"]),
+    ],
+)
 def test_mismatched_model_and_dataset_are_refused(model, dataset, words):
     cfg = compose("train", [f"model={model}", f"dataset={dataset}"])
     with pytest.raises(ValueError) as e:
@@ -142,12 +165,15 @@ def test_experiment_globals_override_the_reproduce_defaults():
     demo = compose("reproduce", ["experiment=demo"])
     assert list(demo.datasets) == ["fmnist"] and demo.profile == "quick"  # make demo: FMNIST only, quick
     assert compose("reproduce", ["experiment=demo", "profile=tiny"]).profile == "tiny"  # the command line wins
-    assert compose("reproduce", ["experiment=table1"]).datasets is None and \
-        compose("reproduce", ["experiment=table1"]).profile == "full"
+    assert (
+        compose("reproduce", ["experiment=table1"]).datasets is None
+        and compose("reproduce", ["experiment=table1"]).profile == "full"
+    )
 
 
 def test_slurm_launcher_config_asks_for_a_gpu_and_requeues():
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose("reproduce", ["hydra/launcher=pclc_slurm"], return_hydra_config=True)

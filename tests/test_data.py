@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets as tvd
+from conftest import rng_images, write_cifar, write_idx_gz, write_svhn
 from omegaconf import OmegaConf
 
 import pclc.data as data
 from pclc.config import compose
 from pclc.data import DatasetNotFoundError, Split, build_data, file_md5, load_splits, stratified_first
-from conftest import rng_images, write_cifar, write_idx_gz, write_svhn
 
 
 def dataset_cfg(name: str, root, **over):
@@ -45,13 +45,36 @@ def test_fmnist_found_in_system_folder(tmp_path, monkeypatch):
     assert torch.equal(train.x, torch.from_numpy(xtr))
 
 
-@pytest.mark.parametrize("name,cls,folder,label_key,meta,meta_key,k,train_files,test_file", [
-    ("cifar10", tvd.CIFAR10, "cifar-10-batches-py", "labels", "batches.meta", "label_names", 10,
-     [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
-    ("cifar100", tvd.CIFAR100, "cifar-100-python", "fine_labels", "meta", "fine_label_names", 100, ["train"], "test"),
-])
-def test_cifar_pickles_return_exact_pixels(tmp_path, monkeypatch, name, cls, folder, label_key, meta, meta_key, k,
-                                           train_files, test_file):
+@pytest.mark.parametrize(
+    "name,cls,folder,label_key,meta,meta_key,k,train_files,test_file",
+    [
+        (
+            "cifar10",
+            tvd.CIFAR10,
+            "cifar-10-batches-py",
+            "labels",
+            "batches.meta",
+            "label_names",
+            10,
+            [f"data_batch_{i}" for i in range(1, 6)],
+            "test_batch",
+        ),
+        (
+            "cifar100",
+            tvd.CIFAR100,
+            "cifar-100-python",
+            "fine_labels",
+            "meta",
+            "fine_label_names",
+            100,
+            ["train"],
+            "test",
+        ),
+    ],
+)
+def test_cifar_pickles_return_exact_pixels(
+    tmp_path, monkeypatch, name, cls, folder, label_key, meta, meta_key, k, train_files, test_file
+):
     parts = {f: rng_images(7, 3, 32, seed=i) for i, f in enumerate(train_files + [test_file])}
     write_cifar(tmp_path / folder, parts, label_key, meta, meta_key, k)
     md5 = {f: file_md5(tmp_path / folder / f) for f in list(parts) + [meta]}
@@ -72,8 +95,11 @@ def test_svhn_mat_returns_exact_pixels_and_maps_label_10_to_0(tmp_path, monkeypa
     ytr[0] = 0  # stored as 10 in the .mat file
     write_svhn(tmp_path / "SVHN", "train", xtr, ytr)
     write_svhn(tmp_path / "SVHN", "test", xte, yte)
-    split_list = {s: [u, f, file_md5(tmp_path / "SVHN" / f)] for s, (u, f, _) in tvd.SVHN.split_list.items()
-                  if s in ("train", "test")}
+    split_list = {
+        s: [u, f, file_md5(tmp_path / "SVHN" / f)]
+        for s, (u, f, _) in tvd.SVHN.split_list.items()
+        if s in ("train", "test")
+    }
     monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
     train, test = load_splits(dataset_cfg("svhn", tmp_path, download=False))
     assert torch.equal(train.x, torch.from_numpy(xtr)) and torch.equal(train.y, torch.from_numpy(ytr))

@@ -10,19 +10,19 @@ import pytest
 from pclc.config import compose
 from pclc.deviation_report import _ms
 from pclc.deviations import verdict
-from pclc.reports import seed_interval
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
+from pclc.reports import seed_interval
 from pclc.reproduce import reproduce
 from pclc.store import RunDir, run_key
 from pclc.train import phase_optimizer
 
 
 def test_verdict_rules_are_the_configs():
-    assert verdict(0.0, 40.0, [8.0], 10.0) == "explained"          # within tolerance of the paper
-    assert verdict(0.0, 40.0, [18.0], 10.0) == "partly"            # closes more than half the gap
+    assert verdict(0.0, 40.0, [8.0], 10.0) == "explained"  # within tolerance of the paper
+    assert verdict(0.0, 40.0, [18.0], 10.0) == "partly"  # closes more than half the gap
     assert verdict(0.0, 40.0, [25.0], 10.0) == "not explained"
     assert verdict(0.0, 40.0, [], 10.0) == "not run"
-    assert verdict(20.0, 40.0, [25.0, 40.0, 35.0], 10.0, seeds=True) == "explained"   # |33.3 - 20| <= 37.9
+    assert verdict(20.0, 40.0, [25.0, 40.0, 35.0], 10.0, seeds=True) == "explained"  # |33.3 - 20| <= 37.9
     # five seeds, mean 34, sd 3.16: the 95% prediction interval is 34 ± 2.776 x 3.16 x sqrt(1.2) = 34 ± 9.6,
     # wider than 2 sd (6.3): a paper number 9 away is one more plausible seed, 11 away is not
     five = [30.0, 32.0, 34.0, 36.0, 38.0]
@@ -32,74 +32,134 @@ def test_verdict_rules_are_the_configs():
     # the saturation table: the 95% t interval of the mean, 34 ± 2.776 x 3.16 / sqrt(5)
     assert _ms(five) == "34.0 ± 3.2 [30.1, 37.9] (n=5)" and _ms([1.0]) == "1.0 (n=1)" and _ms([]) == "—"
     assert verdict(20.0, 40.0, [39.0, 40.0, 41.0], 10.0, seeds=True) == "not explained"
-    assert verdict(20.0, 40.0, [40.0], 10.0, seeds=True) == "not run"                   # one seed: no spread
+    assert verdict(20.0, 40.0, [40.0], 10.0, seeds=True) == "not run"  # one seed: no spread
 
 
 def _committed(folder):
     """A committed Table 1 and Table 5 of Fashion-MNIST with cells inside and outside tolerance."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [("table1", "clean", "-", "ce", 90.1, 89.0), ("table1", "bim", "0.1", "ce", 0.0, 37.8),
-            ("table1", "bim", "0.2", "pclc", 8.4, 15.0), ("table1", "cw", "0.0", "pclc", 21.8, 68.0),
-            ("table5", "mim", "0.3", "pclc", 2.2, 14.2), ("table5", "bim", "0.3", "pclc", 4.9, 18.9)]
+    rows = [
+        ("table1", "clean", "-", "ce", 90.1, 89.0),
+        ("table1", "bim", "0.1", "ce", 0.0, 37.8),
+        ("table1", "bim", "0.2", "pclc", 8.4, 15.0),
+        ("table1", "cw", "0.0", "pclc", 21.8, 68.0),
+        ("table5", "mim", "0.3", "pclc", 2.2, 14.2),
+        ("table5", "bim", "0.3", "pclc", 4.9, 18.9),
+    ]
     for t in ("table1", "table5"):
-        df = pd.DataFrame([{"table": r[0], "dataset": "fmnist", "model": "lenet5", "attack": r[1], "param": r[2],
-                            "method": r[3], "paper": r[4], "ours": r[5], "diff": round(r[5] - r[4], 2), "status": "run"}
-                           for r in rows if r[0] == t])
+        df = pd.DataFrame(
+            [
+                {
+                    "table": r[0],
+                    "dataset": "fmnist",
+                    "model": "lenet5",
+                    "attack": r[1],
+                    "param": r[2],
+                    "method": r[3],
+                    "paper": r[4],
+                    "ours": r[5],
+                    "diff": round(r[5] - r[4], 2),
+                    "status": "run",
+                }
+                for r in rows
+                if r[0] == t
+            ]
+        )
         (folder / f"{t}.csv").write_text(f"# {t}\n# commit: abc\n# date: today\n" + df.to_csv(index=False))
 
 
 def test_deviations_list_every_cell_outside_tolerance_with_the_arms_numbers(tmp_path):
     _committed(tmp_path / "results")
-    cfg = compose("reproduce", ["experiment=deviations", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
-                                f"out_dir={tmp_path / 'results'}", "dataset_map={fmnist: fake}",
-                                "studies=[bim_step,paper_self]"])
+    cfg = compose(
+        "reproduce",
+        [
+            "experiment=deviations",
+            "profile=tiny",
+            "logger=none",
+            f"store={tmp_path / 'runs'}",
+            f"out_dir={tmp_path / 'results'}",
+            "dataset_map={fmnist: fake}",
+            "studies=[bim_step,paper_self]",
+        ],
+    )
     cfg.experiment.tables = ["table1", "table5"]
     out = reproduce(cfg)
     csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
     cells = set(zip(csv.table, csv.attack, csv.param, csv.method))
-    # outside tolerance: bim 0.1 ce (+37.8), cw pclc (+46.2), table5 mim (+12.0), bim (+14.0); inside: clean, bim 0.2 pclc
-    assert cells == {("table1", "bim", "0.1", "ce"), ("table1", "cw", "0.0", "pclc"), ("table5", "mim", "0.3", "pclc"),
-                     ("table5", "bim", "0.3", "pclc")}
+    # outside tolerance: bim 0.1 ce (+37.8), cw pclc (+46.2), table5 mim (+12.0), bim (+14.0);
+    # inside: clean, bim 0.2 pclc
+    assert cells == {
+        ("table1", "bim", "0.1", "ce"),
+        ("table1", "cw", "0.0", "pclc"),
+        ("table5", "mim", "0.3", "pclc"),
+        ("table5", "bim", "0.3", "pclc"),
+    }
     cw = csv[csv.attack == "cw"]
     assert set(cw.study) == {"cw_lr"} and set(cw.verdict) == {"not run"}  # its study was not run: listed, not run
-    assert set(csv[(csv.table == "table1") & (csv.attack == "bim")].study) == {"seeds", "ce_baseline", "bim_step"}
+    assert set(csv[(csv.table == "table1") & (csv.attack == "bim")].study) == {
+        "seeds",
+        "ce_baseline",
+        "bim_step",
+    }
     # the BIM arms' numbers are the store's evaluation files of those arms
     arm_cell = next(c for c in experiment_cells(cfg) if c.arm == "bim_step.step0.05" and c.method == "ce")
     ec = eval_cfg(arm_cell, cfg, "deviations")
     assert ec.eval.param_overrides.bim.eps_iter == 0.05 and ec.eval.param_overrides.bim.nb_iter == 2  # tiny wins
     run = RunDir(cfg.store, run_key(train_cfg(arm_cell, cfg)))
-    files = {json.loads(f.read_text())["eps"]: json.loads(f.read_text()) for f in run.eval.glob("white-bim-*.json")
-             if json.loads(f.read_text())["params"]["eps_iter"] == 0.05}
+    files = {
+        json.loads(f.read_text())["eps"]: json.loads(f.read_text())
+        for f in run.eval.glob("white-bim-*.json")
+        if json.loads(f.read_text())["params"]["eps_iter"] == 0.05
+    }
     bim = csv[(csv.attack == "bim") & (csv.table == "table1") & (csv.study == "bim_step")].set_index("arm")
     row, base = bim.loc["step0.05"], bim.loc["paper"].value  # base: the paper's BIM on the same run
     assert row.value == round(files[0.1]["adv_accuracy"], 2) and base is not None
-    assert row.verdict == ("explained" if row.value <= 2.0 else  # the paper's 0.0 is near zero: ours must be <= 2
-                           "partly" if abs(row.value) <= abs(base) / 2 else "not explained")
+    assert row.verdict == (
+        "explained"
+        if row.value <= 2.0
+        # the paper's 0.0 is near zero: ours must be <= 2
+        else "partly"
+        if abs(row.value) <= abs(base) / 2
+        else "not explained"
+    )
     ref = csv[(csv.study == "paper_self")].set_index("attack")
-    assert ref.loc["mim", "value"] == 4.5 and ref.loc["mim", "verdict"] == "explained"       # |14.2 - 4.5| <= 10
-    assert ref.loc["bim", "value"] == 6.4 and ref.loc["bim", "verdict"] == "not explained"   # |18.9 - 6.4| > 10
+    assert ref.loc["mim", "value"] == 4.5 and ref.loc["mim", "verdict"] == "explained"  # |14.2 - 4.5| <= 10
+    assert ref.loc["bim", "value"] == 6.4 and ref.loc["bim", "verdict"] == "not explained"  # |18.9 - 6.4| > 10
     cfg.plan, cfg.studies = True, ["bim_step", "cw_lr"]  # the planner costs cw_lr from the store's files
     planned = {c["label"]: c for c in reproduce(cfg)["cells"]}  # (the report's saturation cache among them)
     assert planned["fmnist/lenet5/ce/bim_step.step0.05"]["evals_missing"] == 0
     assert planned["fmnist/lenet5/ce/cw_lr.lr0.01"]["evals_missing"] == 1
     md = next(p for p in out["outputs"] if p.endswith(".md"))
     text = open(md).read()
-    assert "## Every cell outside tolerance (4 of 6 committed cells)" in text and "Saturation of the trained runs" in text
+    assert (
+        "## Every cell outside tolerance (4 of 6 committed cells)" in text and "Saturation of the trained runs" in text
+    )
 
 
 def test_unknown_study_or_arm_is_refused_before_any_work(tmp_path):
-    cfg = compose("reproduce", ["experiment=deviations", "logger=none", f"store={tmp_path / 'runs'}",
-                                "studies=[bim_step,nope]"])
+    cfg = compose(
+        "reproduce",
+        ["experiment=deviations", "logger=none", f"store={tmp_path / 'runs'}", "studies=[bim_step,nope]"],
+    )
     with pytest.raises(ValueError, match=r"unknown \['nope'\]"):
         reproduce(cfg)
-    cfg = compose("reproduce", ["experiment=deviations", "logger=none", f"store={tmp_path / 'runs'}",
-                                "arms=[ce_baseline.margin_pgd,ce_baseline.nope]"])
+    cfg = compose(
+        "reproduce",
+        [
+            "experiment=deviations",
+            "logger=none",
+            f"store={tmp_path / 'runs'}",
+            "arms=[ce_baseline.margin_pgd,ce_baseline.nope]",
+        ],
+    )
     with pytest.raises(ValueError, match=r"unknown \['ce_baseline.nope'\]"):
         reproduce(cfg)
     assert not (tmp_path / "runs").exists()
     cfg = compose("reproduce", ["experiment=deviations", "logger=none", "arms=[ce_baseline.margin_pgd]"])
-    assert {(c.arm, c.method) for c in experiment_cells(cfg)} == {("ce_baseline.margin_pgd", "ce"),
-                                                                  ("ce_baseline.margin_pgd", "pclc")}
+    assert {(c.arm, c.method) for c in experiment_cells(cfg)} == {
+        ("ce_baseline.margin_pgd", "ce"),
+        ("ce_baseline.margin_pgd", "pclc"),
+    }
 
 
 def test_an_arms_training_overrides_reach_adam_and_the_paper_protocols_key_is_unchanged():
@@ -120,9 +180,18 @@ def test_an_arms_training_overrides_reach_adam_and_the_paper_protocols_key_is_un
 
 def test_the_transfer_study_reports_the_substitutes_saturation(tmp_path):
     _committed(tmp_path / "results")
-    cfg = compose("reproduce", ["experiment=deviations", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
-                                f"out_dir={tmp_path / 'results'}", "dataset_map={fmnist: fake}",
-                                "arms=[transfer.paper,ce_baseline.paper]"])
+    cfg = compose(
+        "reproduce",
+        [
+            "experiment=deviations",
+            "profile=tiny",
+            "logger=none",
+            f"store={tmp_path / 'runs'}",
+            f"out_dir={tmp_path / 'results'}",
+            "dataset_map={fmnist: fake}",
+            "arms=[transfer.paper,ce_baseline.paper]",
+        ],
+    )
     cfg.experiment.tables = ["table1"]
     out = reproduce(cfg)
     subs = sorted((tmp_path / "runs").glob("fake-cnn3-ce-s0-*"))
@@ -144,12 +213,43 @@ def test_the_transfer_study_reports_the_substitutes_saturation(tmp_path):
 
 def test_the_seeds_study_judges_by_the_prediction_interval_and_reports_it():
     cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[seeds]"])
-    cells = pd.DataFrame([{"table": "table1", "dataset": "fmnist", "model": "lenet5", "attack": "pgd", "param": "0.1",
-                           "method": "pclc", "paper": 25.0, "ours": 40.0, "diff": 15.0, "tolerance": 10.0, "outside": True}])
+    cells = pd.DataFrame(
+        [
+            {
+                "table": "table1",
+                "dataset": "fmnist",
+                "model": "lenet5",
+                "attack": "pgd",
+                "param": "0.1",
+                "method": "pclc",
+                "paper": 25.0,
+                "ours": 40.0,
+                "diff": 15.0,
+                "tolerance": 10.0,
+                "outside": True,
+            }
+        ]
+    )
     per_seed = [30.0, 32.0, 34.0, 36.0, 38.0]  # 34 ± 9.6: the paper's 25 is one more plausible seed
-    res = pd.DataFrame([{"study": "seeds", "arm": "seeds", "dataset": "fmnist", "method": "pclc", "seed": s,
-                         "run": f"r{s}", "attack": "pgd", "source": "white", "eps": 0.1, "n": 10000, "accuracy": a,
-                         "max_linf": None} for s, a in enumerate(per_seed)])
+    res = pd.DataFrame(
+        [
+            {
+                "study": "seeds",
+                "arm": "seeds",
+                "dataset": "fmnist",
+                "method": "pclc",
+                "seed": s,
+                "run": f"r{s}",
+                "attack": "pgd",
+                "source": "white",
+                "eps": 0.1,
+                "n": 10000,
+                "accuracy": a,
+                "max_linf": None,
+            }
+            for s, a in enumerate(per_seed)
+        ]
+    )
     from pclc.deviation_report import to_markdown
     from pclc.deviations import judge
 
@@ -158,15 +258,37 @@ def test_the_seeds_study_judges_by_the_prediction_interval_and_reports_it():
     assert (row.study, row.arm, row.n_seeds, row.value, row.sd) == ("seeds", "seeds", 5, 34.0, 3.16)
     assert row.pi95 == pytest.approx(9.62) and row.verdict == "explained"
     assert judge(cfg, cells.assign(paper=23.0), res).verdict.iloc[0] == "not explained"  # 11 away: outside
-    sat = pd.DataFrame(columns=["training", "method", "seed", "run", "share_p_y_one", "share_zero_grad",
-                                "margin_q10", "margin_median", "margin_q90"])
+    sat = pd.DataFrame(
+        columns=[
+            "training",
+            "method",
+            "seed",
+            "run",
+            "share_p_y_one",
+            "share_zero_grad",
+            "margin_q10",
+            "margin_median",
+            "margin_q90",
+        ]
+    )
     md = to_markdown(cfg, cells, judged, sat, res)
     assert "| table1 pclc pgd ε=0.1 | 25.0 | 40.0 | seeds | 5 | 34.0 ± 3.2 [24.4, 43.6] | explained |" in md
 
 
 def _cell(method: str, attack: str, param: str, paper: float, ours: float, table: str = "table1") -> dict:
-    return {"table": table, "dataset": "fmnist", "model": "lenet5", "attack": attack, "param": param,
-            "method": method, "paper": paper, "ours": ours, "diff": ours - paper, "tolerance": 10.0, "outside": True}
+    return {
+        "table": table,
+        "dataset": "fmnist",
+        "model": "lenet5",
+        "attack": attack,
+        "param": param,
+        "method": method,
+        "paper": paper,
+        "ours": ours,
+        "diff": ours - paper,
+        "tolerance": 10.0,
+        "outside": True,
+    }
 
 
 def test_an_arm_is_judged_only_on_the_methods_it_runs():
@@ -174,16 +296,34 @@ def test_an_arm_is_judged_only_on_the_methods_it_runs():
 
     cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[ce_baseline,bim_step]"])
     cells = pd.DataFrame([_cell("pclc", "fgsm", "0.1", 58.0, 30.0), _cell("gce", "bim", "0.1", 5.0, 30.0)])
-    res = pd.DataFrame([{"study": "ce_baseline", "arm": arm, "dataset": "fmnist", "method": "pclc", "seed": s,
-                         "run": f"r{s}", "attack": "fgsm", "source": "white", "eps": 0.1, "n": 10000, "accuracy": a,
-                         "max_linf": None} for arm, s, a in [("paper", 0, 31.0), ("gce_recipe", 0, 51.0),
-                                                               ("gce_recipe", 1, 55.0)]])
+    res = pd.DataFrame(
+        [
+            {
+                "study": "ce_baseline",
+                "arm": arm,
+                "dataset": "fmnist",
+                "method": "pclc",
+                "seed": s,
+                "run": f"r{s}",
+                "attack": "fgsm",
+                "source": "white",
+                "eps": 0.1,
+                "n": 10000,
+                "accuracy": a,
+                "max_linf": None,
+            }
+            for arm, s, a in [("paper", 0, 31.0), ("gce_recipe", 0, 51.0), ("gce_recipe", 1, 55.0)]
+        ]
+    )
     judged = judge(cfg, cells, res)
     pclc = judged[judged.method == "pclc"].set_index("arm")
     # lr_decay trains CE only; margin_pgd has no FGSM; margin_fgsm_bim stands for FGSM but has no number here
     assert sorted(pclc.index) == ["gce_recipe", "margin_fgsm_bim", "paper"]
     assert pclc.loc["margin_fgsm_bim", "verdict"] == "not run"
-    assert (pclc.loc["gce_recipe", "value"], pclc.loc["gce_recipe", "n_seeds"]) == (53.0, 2)  # the seeds' mean
+    assert (pclc.loc["gce_recipe", "value"], pclc.loc["gce_recipe", "n_seeds"]) == (
+        53.0,
+        2,
+    )  # the seeds' mean
     assert pclc.loc["gce_recipe", "verdict"] == "explained" and pclc.loc["paper", "verdict"] == "baseline"
     gce = judged[judged.method == "gce"]  # claimed by bim_step, whose arms do not train GCE: listed, not run
     assert list(zip(gce.study, gce.arm, gce.verdict)) == [("bim_step", "—", "not run")]
@@ -194,19 +334,47 @@ def test_full_rows_show_an_arm_on_every_claimed_cell_with_the_count_within_toler
 
     cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[ce_baseline]"])
     assert list(cfg.experiment.studies.ce_baseline.full_rows) == ["gce_recipe"]
-    cells = pd.DataFrame([_cell("pclc", "fgsm", "0.1", 58.0, 30.0), _cell("pclc", "pgd", "0.1", 15.7, 20.0),
-                          {**_cell("ce", "clean", "-", 90.1, 88.7), "tolerance": 5.0},
-                          _cell("gce", "fgsm", "0.1", 40.0, 10.0)])  # GCE: not claimed by the study
-    got = [("paper", "pclc", "fgsm", 0.1, 0, 31.0), ("gce_recipe", "pclc", "fgsm", 0.1, 0, 51.0),
-           ("gce_recipe", "pclc", "fgsm", 0.1, 1, 55.0), ("paper", "pclc", "pgd", 0.1, 0, 20.0),
-           ("gce_recipe", "pclc", "pgd", 0.1, 0, 11.0), ("paper", "ce", "clean", None, 0, 88.7),
-           ("gce_recipe", "ce", "clean", None, 0, 90.2)]
-    res = pd.DataFrame([{"study": "ce_baseline", "arm": a, "dataset": "fmnist", "method": m, "seed": s, "run": "r",
-                         "attack": att, "source": "white", "eps": e, "n": 10000, "accuracy": v, "max_linf": None}
-                        for a, m, att, e, s, v in got])
+    cells = pd.DataFrame(
+        [
+            _cell("pclc", "fgsm", "0.1", 58.0, 30.0),
+            _cell("pclc", "pgd", "0.1", 15.7, 20.0),
+            {**_cell("ce", "clean", "-", 90.1, 88.7), "tolerance": 5.0},
+            _cell("gce", "fgsm", "0.1", 40.0, 10.0),
+        ]
+    )  # GCE: not claimed by the study
+    got = [
+        ("paper", "pclc", "fgsm", 0.1, 0, 31.0),
+        ("gce_recipe", "pclc", "fgsm", 0.1, 0, 51.0),
+        ("gce_recipe", "pclc", "fgsm", 0.1, 1, 55.0),
+        ("paper", "pclc", "pgd", 0.1, 0, 20.0),
+        ("gce_recipe", "pclc", "pgd", 0.1, 0, 11.0),
+        ("paper", "ce", "clean", None, 0, 88.7),
+        ("gce_recipe", "ce", "clean", None, 0, 90.2),
+    ]
+    res = pd.DataFrame(
+        [
+            {
+                "study": "ce_baseline",
+                "arm": a,
+                "dataset": "fmnist",
+                "method": m,
+                "seed": s,
+                "run": "r",
+                "attack": att,
+                "source": "white",
+                "eps": e,
+                "n": 10000,
+                "accuracy": v,
+                "max_linf": None,
+            }
+            for a, m, att, e, s, v in got
+        ]
+    )
     lines = full_rows(cfg, "ce_baseline", cells, res)
-    assert "within tolerance of the paper in 3 of 3 cells (the paper arm on this machine: 2; the committed tables: 2)" \
+    assert (
+        "within tolerance of the paper in 3 of 3 cells (the paper arm on this machine: 2; the committed tables: 2)"
         in lines[1]
+    )
     rows = [ln for ln in lines if ln.startswith("| table1")]
     assert rows[0] == "| table1 pclc fgsm ε=0.1 | 58.0 | 30.0 | 31.0 (n=1) | 53.0 ± 2.8 [27.6, 78.4] (n=2) | ✓ |"
     assert len(rows) == 3 and not any(" gce " in r for r in rows)
@@ -225,18 +393,53 @@ def test_table3s_transfer_cells_are_judged_over_seeds_by_the_transfer_arm_only()
 
     cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[seeds]"])
     cells = pd.DataFrame([_cell("ce", "bb_pgd", "0.2", 50.4, 62.7, table="table3")])
-    res = pd.DataFrame([{"study": "seeds", "arm": arm, "dataset": "fmnist", "method": "ce", "seed": s, "run": f"r{s}",
-                         "attack": "pgd", "source": src, "eps": 0.2, "n": 10000, "accuracy": a, "max_linf": None}
-                        for arm, src, s, a in [("seeds", "white", 0, 24.0), ("seeds", "white", 1, 26.0),
-                                               ("seeds_transfer", "transfer", 0, 58.0),
-                                               ("seeds_transfer", "transfer", 1, 62.0)]])
+    res = pd.DataFrame(
+        [
+            {
+                "study": "seeds",
+                "arm": arm,
+                "dataset": "fmnist",
+                "method": "ce",
+                "seed": s,
+                "run": f"r{s}",
+                "attack": "pgd",
+                "source": src,
+                "eps": 0.2,
+                "n": 10000,
+                "accuracy": a,
+                "max_linf": None,
+            }
+            for arm, src, s, a in [
+                ("seeds", "white", 0, 24.0),
+                ("seeds", "white", 1, 26.0),
+                ("seeds_transfer", "transfer", 0, 58.0),
+                ("seeds_transfer", "transfer", 1, 62.0),
+            ]
+        ]
+    )
     judged = judge(cfg, cells, res)
     # the white-box seeds arm runs PGD too, but not from the substitute: it has no number for a transfer row
     assert list(zip(judged.arm, judged.n_seeds, judged.value)) == [("seeds_transfer", 2, 60.0)]
     assert judged.verdict.iloc[0] == "explained"  # 60 ± 12.71 x 2.83 x 1.22: wide with two seeds
-    md = to_markdown(cfg, cells, judged, pd.DataFrame(columns=["training", "method", "seed", "run", "share_p_y_one",
-                                                               "share_zero_grad", "margin_q10", "margin_median",
-                                                               "margin_q90"]), res)
+    md = to_markdown(
+        cfg,
+        cells,
+        judged,
+        pd.DataFrame(
+            columns=[
+                "training",
+                "method",
+                "seed",
+                "run",
+                "share_p_y_one",
+                "share_zero_grad",
+                "margin_q10",
+                "margin_median",
+                "margin_q90",
+            ]
+        ),
+        res,
+    )
     assert "| table3 ce bb_pgd ε=0.2 | 50.4 | 62.7 | seeds_transfer | 2 | 60.0 ± 2.8 [16.0, 100.0] | explained |" in md
 
 
@@ -245,12 +448,12 @@ def test_only_a_primary_arm_explains_and_near_zero_needs_near_zero():
     <= 2% to be within tolerance (9% does not explain 0%)."""
     nz = {"paper_at_most": 1.0, "ours_at_most": 2.0}
     assert verdict(21.8, 75.5, [24.0], 10.0, primary=True) == "explained"
-    assert verdict(21.8, 75.5, [24.0], 10.0, primary=False) == "partly"          # within tolerance, exploratory
+    assert verdict(21.8, 75.5, [24.0], 10.0, primary=False) == "partly"  # within tolerance, exploratory
     assert verdict(21.8, 75.5, [60.0], 10.0, primary=False) == "not explained"
-    assert verdict(0.0, 33.7, [9.2], 10.0, near_zero=nz) == "partly"             # closes half the gap, not zero
+    assert verdict(0.0, 33.7, [9.2], 10.0, near_zero=nz) == "partly"  # closes half the gap, not zero
     assert verdict(0.0, 33.7, [1.5], 10.0, near_zero=nz) == "explained"
-    assert verdict(0.0, 10.0, [9.2], 10.0, near_zero=nz) == "not explained"      # closes nothing: 9.2 > 10 / 2
-    assert verdict(4.6, 33.7, [9.2], 10.0, near_zero=nz) == "explained"          # the paper is not near zero
+    assert verdict(0.0, 10.0, [9.2], 10.0, near_zero=nz) == "not explained"  # closes nothing: 9.2 > 10 / 2
+    assert verdict(4.6, 33.7, [9.2], 10.0, near_zero=nz) == "explained"  # the paper is not near zero
     five = [1.0, 2.0, 3.0, 4.0, 5.0]
     assert verdict(0.5, 20.0, five, 10.0, seeds=True, near_zero=nz) == "not explained"  # inside the PI, not zero
 
@@ -263,18 +466,48 @@ def test_the_config_declares_a_primary_arm_per_study_and_the_report_counts_arms_
         if arms and name != "pgd_steps":  # pgd_steps claims no cell: its arms are measurements
             assert st.get("primary") and set(st.primary) <= set(arms), name
     cells = pd.DataFrame([_cell("pclc", "cw", "0.0", 21.8, 75.5)])
-    res = pd.DataFrame([{"study": "cw_lr", "arm": arm, "dataset": "fmnist", "method": "pclc", "seed": 0, "run": "r",
-                         "attack": atk, "source": "white", "eps": None, "n": n, "accuracy": acc, "max_linf": None}
-                        for arm, atk, n, acc in (("paper", "cw", 10000, 75.5), ("lr0.01", "cw", 10000, 32.8),
-                                                 ("lr0.03-sub", "cw", 1000, 17.5))])
+    res = pd.DataFrame(
+        [
+            {
+                "study": "cw_lr",
+                "arm": arm,
+                "dataset": "fmnist",
+                "method": "pclc",
+                "seed": 0,
+                "run": "r",
+                "attack": atk,
+                "source": "white",
+                "eps": None,
+                "n": n,
+                "accuracy": acc,
+                "max_linf": None,
+            }
+            for arm, atk, n, acc in (
+                ("paper", "cw", 10000, 75.5),
+                ("lr0.01", "cw", 10000, 32.8),
+                ("lr0.03-sub", "cw", 1000, 17.5),
+            )
+        ]
+    )
     from pclc.deviation_report import to_markdown
     from pclc.deviations import judge
 
     judged = judge(cfg, cells, res)
     by_arm = dict(zip(judged.arm, judged.verdict))
     assert by_arm["lr0.03-sub"] == "partly" and by_arm["lr0.01"] == "partly"  # before: lr0.03-sub "explained"
-    sat = pd.DataFrame(columns=["training", "method", "seed", "run", "share_p_y_one", "share_zero_grad",
-                                "margin_q10", "margin_median", "margin_q90"])
+    sat = pd.DataFrame(
+        columns=[
+            "training",
+            "method",
+            "seed",
+            "run",
+            "share_p_y_one",
+            "share_zero_grad",
+            "margin_q10",
+            "margin_median",
+            "margin_q90",
+        ]
+    )
     md = to_markdown(cfg, cells, judged, sat, res)
     assert "| table1 | pclc | cw | 21.8 | 75.5 | +53.7 | **partly** |" in md and "| 3 |" in md
 
@@ -294,8 +527,11 @@ def test_ours_is_the_mean_over_seeds_where_a_cell_has_seeds(tmp_path):
     cfg.experiment.tables = ["table1"]
     cells, notes = committed_cells(cfg)
     got = cells.set_index("attack")
-    assert got.loc["mim", "ours"] == 19.3 and bool(got.loc["mim", "outside"]) and \
-        got.loc["mim", "ours_from"] == "mean of 5 seeds"
+    assert (
+        got.loc["mim", "ours"] == 19.3
+        and bool(got.loc["mim", "outside"])
+        and got.loc["mim", "ours_from"] == "mean of 5 seeds"
+    )
     assert got.loc["fgsm", "ours"] == 25.0 and not bool(got.loc["fgsm", "outside"])  # 17.4 at seed 0 was outside
     assert any("over seeds" in n for n in notes)
 
@@ -312,8 +548,14 @@ def test_the_survivor_analysis_counts_saturated_survivors_of_the_papers_pgd(tmp_
     from pclc.store import load_run
     from pclc.train import train
 
-    over = ["dataset=fake", "model=lenet5", "loss=ce", "logger=none", "trainer.epochs_per_phase=2",
-            f"store={tmp_path}"]
+    over = [
+        "dataset=fake",
+        "model=lenet5",
+        "loss=ce",
+        "logger=none",
+        "trainer.epochs_per_phase=2",
+        f"store={tmp_path}",
+    ]
     s = train(compose("train", over))
     evaluate(compose("evaluate", [*over, "suite.entries=[{attack: pgd, eps: [0.1]}]"]))
     run = RunDir(tmp_path, s["key"])

@@ -5,17 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pclc.attacks import ATTACKS, build_attack
-from pclc.attacks import engine
+from pclc.attacks import ATTACKS, build_attack, engine
 from pclc.attacks.paper import check_engine
-from pclc.metrics import row_blocks
 from pclc.config import compose, group_config
+from pclc.metrics import row_blocks
 from pclc.models import create_model
 
 # every registered attack our engine computes (the ones taking a backend), at small budgets
 ENGINE_ATTACKS = sorted(n for n in ATTACKS if "backend" in ATTACKS.get(n).meta.get("runtime", ()))
-SMALL = {"bim": {"nb_iter": 6}, "pgd": {"nb_iter": 6}, "mim": {"nb_iter": 6},
-         "cw": {"max_iterations": 10, "binary_search_steps": 3, "learning_rate": 0.05}}
+SMALL = {
+    "bim": {"nb_iter": 6},
+    "pgd": {"nb_iter": 6},
+    "mim": {"nb_iter": 6},
+    "cw": {"max_iterations": 10, "binary_search_steps": 3, "learning_rate": 0.05},
+}
 
 
 class Counted(torch.nn.Module):
@@ -70,10 +73,16 @@ def test_ours_equals_advertorch_bit_for_bit(name, scale):
     assert not torch.equal(ref, x)  # the attack did move examples
 
 
-@pytest.mark.parametrize("name,over", [("pgd", {"nb_iter": 5, "rel_eps_iter": 0.3, "eps_iter": None}),
-                                       ("mim", {"decay_factor": 0.5}), ("bim", {"eps_iter": 0.05}),
-                                       ("cw", {"max_iterations": 4, "binary_search_steps": 10}),
-                                       ("cw", {"abort_early": False, "confidence": 2.0})])
+@pytest.mark.parametrize(
+    "name,over",
+    [
+        ("pgd", {"nb_iter": 5, "rel_eps_iter": 0.3, "eps_iter": None}),
+        ("mim", {"decay_factor": 0.5}),
+        ("bim", {"eps_iter": 0.05}),
+        ("cw", {"max_iterations": 4, "binary_search_steps": 10}),
+        ("cw", {"abort_early": False, "confidence": 2.0}),
+    ],
+)
 def test_ours_equals_advertorch_at_other_settings(name, over):
     model = _lenet(50.0, seed=3)
     x, y = _data(model, n=40, seed=4)
@@ -146,7 +155,12 @@ def test_cw_rows_with_zero_gradient_and_moments_skip_the_model_and_stay_exact():
     with torch.no_grad():
         wrong = (model(x).argmax(1) != y).sum().item()
     assert wrong >= 16  # misclassified at the start: zero gradient, zero Adam moments, a fixed point
-    cfg = {**group_config("attack", "cw"), "max_iterations": 6, "binary_search_steps": 2, "abort_early": False}
+    cfg = {
+        **group_config("attack", "cw"),
+        "max_iterations": 6,
+        "binary_search_steps": 2,
+        "abort_early": False,
+    }
     counted = Counted(model)
     ref = build_attack(cfg, engine={"backend": "advertorch"})(model, x, y, None, 0)
     ours = build_attack(cfg, engine={"backend": "pclc", "chunk": 16})(counted, x, y, None, 0)

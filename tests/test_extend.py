@@ -34,13 +34,17 @@ def uniform_noise(model, x, y, eps, seed, draws: int):
 @register_loader("stripes")
 def stripes(root: Path, download: bool, cfg) -> tuple[Split, Split]:
     """Synthetic 4-class data: horizontal or vertical stripes, dark or bright."""
+
     def make(n: int, seed: int) -> Split:
         g = torch.Generator().manual_seed(seed)
         y = torch.arange(n) % 4
         s = int(cfg.size)
         line = (torch.arange(s) % 4 < 2).float()
-        img = torch.where((y % 2 == 0)[:, None, None], line[None, :, None].expand(n, s, s),
-                          line[None, None, :].expand(n, s, s))
+        img = torch.where(
+            (y % 2 == 0)[:, None, None],
+            line[None, :, None].expand(n, s, s),
+            line[None, None, :].expand(n, s, s),
+        )
         img = img * (0.5 + 0.5 * (y >= 2).float())[:, None, None] + 0.1 * torch.randn(n, s, s, generator=g)
         return Split((img.clamp(0, 1)[:, None] * 255).round().to(torch.uint8), y)
 
@@ -87,8 +91,13 @@ def test_a_new_attack_and_dataset_run_through_train_evaluate_and_the_planner(own
 
     from pclc.config import group_config
 
-    cfg.suite = OmegaConf.create({"families": ["grey"], "entries": [{"attack": "uniform_noise", "eps": "dataset"}],
-                                  "attacks": {"uniform_noise": group_config("attack", "uniform_noise")}})
+    cfg.suite = OmegaConf.create(
+        {
+            "families": ["grey"],
+            "entries": [{"attack": "uniform_noise", "eps": "dataset"}],
+            "attacks": {"uniform_noise": group_config("attack", "uniform_noise")},
+        }
+    )
     out = evaluate(cfg)
     assert [r["eps"] for r in out["results"]] == [0.1, 0.3] and out["n"] == 64
     r = json.loads(Path(out["results"][1]["file"]).read_text())

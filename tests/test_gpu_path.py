@@ -16,9 +16,15 @@ from pclc.plan import device_slug
 FAKE = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase=2", "device=cpu"]
 
 
-@pytest.mark.parametrize("name,slug", [("NVIDIA H100 80GB HBM3", "nvidia-h100-80gb-hbm3"),
-                                       ("NVIDIA A100 80GB PCIe", "nvidia-a100-80gb-pcie"),
-                                       ("NVIDIA H100 PCIe", "nvidia-h100-pcie"), ("NVIDIA H200", "nvidia-h200")])
+@pytest.mark.parametrize(
+    "name,slug",
+    [
+        ("NVIDIA H100 80GB HBM3", "nvidia-h100-80gb-hbm3"),
+        ("NVIDIA A100 80GB PCIe", "nvidia-a100-80gb-pcie"),
+        ("NVIDIA H100 PCIe", "nvidia-h100-pcie"),
+        ("NVIDIA H200", "nvidia-h200"),
+    ],
+)
 def test_bench_files_are_named_by_the_whole_gpu_name(monkeypatch, name, slug):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
     assert device_slug(torch.device("cuda")) == slug
@@ -50,8 +56,18 @@ def test_attacks_run_with_cudnn_benchmark_off(tmp_path):
     train_mod.train(compose("train", [*FAKE, f"store={tmp_path}", "loss=ce"]))
     torch.backends.cudnn.benchmark = True  # as training on CUDA leaves it
     try:
-        evaluate(compose("evaluate", [*FAKE, f"store={tmp_path}", "loss=ce", "eval.subset=20",
-                                      "suite.entries=[{attack: fgsm, eps: [0.1]}]"]))
+        evaluate(
+            compose(
+                "evaluate",
+                [
+                    *FAKE,
+                    f"store={tmp_path}",
+                    "loss=ce",
+                    "eval.subset=20",
+                    "suite.entries=[{attack: fgsm, eps: [0.1]}]",
+                ],
+            )
+        )
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = False
@@ -75,8 +91,9 @@ def test_deterministic_mode_requests_deterministic_algorithms(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda flag: calls.append(flag))
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    acc = train_mod.Accel.build(compose("train", ["accel.deterministic=true"]).accel, torch.nn.Linear(2, 2),
-                                torch.device("cpu"))
+    acc = train_mod.Accel.build(
+        compose("train", ["accel.deterministic=true"]).accel, torch.nn.Linear(2, 2), torch.device("cpu")
+    )
     import os
 
     assert calls == [True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not acc.bf16
@@ -94,12 +111,17 @@ def test_gpu_check_runs_every_step_at_a_tiny_size_on_cpu(tmp_path):
     root = Path(__file__).resolve().parents[1]
     if os.environ.get("PCLC_IN_GPU_CHECK"):
         pytest.skip("inside gpu-check's own test step")
-    r = subprocess.run([sys.executable, str(root / "scripts" / "gpu_check.py"), "--device", "cpu", "--out",
-                        str(tmp_path)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gpu_check.py"), "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == ["tests", "bench", "table1", "plan"]
     assert all(s["exit"] == 0 for s in summary["steps"]) and "predicted time" in summary["steps"][3]["last_line"]
     assert json.loads((tmp_path / "bench-cpu.json").read_text())["models"][0]["model"] == "lenet5"
-    assert (tmp_path / "tables" / "tiny" / "table1.csv").exists() and "| table1 | 0 |" in \
-        (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "tables" / "tiny" / "table1.csv").exists() and "| table1 | 0 |" in (
+        tmp_path / "summary.md"
+    ).read_text()

@@ -111,15 +111,26 @@ def test_a_run_config_never_executes_code(tmp_path):
     payload = {"_target_": "builtins.open", "_args_": [str(marker), "w"]}
     _edit_config(run, lambda c: c["resolved"]["model"].update(payload))
     cfg = compose("evaluate", [*FAKE, f"run_dir={run.path}", "eval.subset=20"])
-    cfg.suite = OmegaConf.create({"entries": [{"attack": "fgsm", "eps": [0.1]}],
-                                  "attacks": {"fgsm": group_config("attack", "fgsm")}})
+    cfg.suite = OmegaConf.create(
+        {"entries": [{"attack": "fgsm", "eps": [0.1]}], "attacks": {"fgsm": group_config("attack", "fgsm")}}
+    )
     with pytest.raises(RunIntegrityError, match="was edited"):
         evaluate(cfg)
     from pclc.audit import audit
 
     with pytest.raises(RunIntegrityError):
-        audit(compose("audit", [*FAKE, f"store={tmp_path / 'runs'}", f"audit.run={run.path}", "audit.subset=20",
-                                "audit.reference=gce"]))  # the reference would be trained from this config
+        audit(
+            compose(
+                "audit",
+                [
+                    *FAKE,
+                    f"store={tmp_path / 'runs'}",
+                    f"audit.run={run.path}",
+                    "audit.subset=20",
+                    "audit.reference=gce",
+                ],
+            )
+        )  # the reference would be trained from this config
     from pclc.store import build_model
 
     with pytest.raises(RunIntegrityError, match="model registry"):
@@ -130,8 +141,13 @@ def test_a_run_config_never_executes_code(tmp_path):
 # 3 --------------------------------------------------------------------------------------------------------
 def _eval_cfg(store: Path, *over):
     cfg = compose("evaluate", [*FAKE, "loss=ce", f"store={store}", "eval.subset=40", *over])
-    cfg.suite = OmegaConf.create({"families": ["grey"], "entries": [{"attack": "pgd", "eps": [0.2]}],
-                                  "attacks": {"pgd": {**group_config("attack", "pgd"), "nb_iter": 3}}})
+    cfg.suite = OmegaConf.create(
+        {
+            "families": ["grey"],
+            "entries": [{"attack": "pgd", "eps": [0.2]}],
+            "attacks": {"pgd": {**group_config("attack", "pgd"), "nb_iter": 3}},
+        }
+    )
     return cfg
 
 
@@ -193,8 +209,19 @@ def test_audit_eps_out_of_range_is_refused_before_any_attack(tmp_path):
     from pclc.audit import audit
 
     with pytest.raises(ValueError, match="outside"):
-        audit(compose("audit", [*FAKE, f"store={tmp_path / 'runs'}", f"audit.run={s['key']}", "audit.eps=[1.5]",
-                                "audit.subset=20", "audit.reference=null"]))
+        audit(
+            compose(
+                "audit",
+                [
+                    *FAKE,
+                    f"store={tmp_path / 'runs'}",
+                    f"audit.run={s['key']}",
+                    "audit.eps=[1.5]",
+                    "audit.subset=20",
+                    "audit.reference=null",
+                ],
+            )
+        )
     assert not (Path(s["path"]) / "audit").exists()
 
 
@@ -247,17 +274,25 @@ def test_a_class_count_the_data_does_not_have_is_refused(tmp_path, monkeypatch):
     for prefix, n in (("train", 60), ("t10k", 20)):
         x, y = rng_images(n, 1, 28, seed=n)
         write_idx_gz(tmp_path / "data" / "MNIST" / "raw", prefix, x, y)
-    over = ["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false", "dataset.num_classes=20"]
+    over = [
+        "dataset=mnist",
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.download=false",
+        "dataset.num_classes=20",
+    ]
     with pytest.raises(ValueError, match="has 10 classes, but num_classes=20"):
         train(compose("train", ["model=lenet5", "logger=none", f"store={tmp_path / 'runs'}", *over]))
     runs = tmp_path / "runs"
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # no run folder
 
 
-@pytest.mark.parametrize("over,match", [
-    (["trainer.lr=inf"], "finite"),
-    (["seed=abc"], "seed must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        (["trainer.lr=inf"], "finite"),
+        (["seed=abc"], "seed must be a whole number"),
+    ],
+)
 def test_bad_training_settings_fail_before_a_run_folder_exists(tmp_path, over, match):
     with pytest.raises(ValueError, match=match):
         train(cfg_for(tmp_path, *over))

@@ -19,8 +19,20 @@ FAKE = "dataset_map={fmnist: fake}"
 
 
 def _cfg(tmp, *over):
-    return compose("reproduce", ["experiment=table1", "profile=tiny", "logger=none", f"store={tmp / 'runs'}",
-                                 f"out_dir={tmp / 'results'}", "datasets=[fmnist]", FAKE, "attacks=[fgsm]", *over])
+    return compose(
+        "reproduce",
+        [
+            "experiment=table1",
+            "profile=tiny",
+            "logger=none",
+            f"store={tmp / 'runs'}",
+            f"out_dir={tmp / 'results'}",
+            "datasets=[fmnist]",
+            FAKE,
+            "attacks=[fgsm]",
+            *over,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +91,17 @@ def test_a_run_of_another_protocol_never_mixes_into_a_table(table, tmp_path):
     shutil.copytree(table / "results", tmp / "results")
     before = (tmp / "results" / "tiny" / "table1.csv").read_text()
     keys = sorted(p.name for p in (tmp / "runs").iterdir())
-    with pytest.raises(ValueError, match="holds protocol 'tiny; dataset_map .*', this command's is 'tiny; "
-                                         "dataset_map .*; extra .*trainer.lr=0.05.*': its cells would mix"):
+    with pytest.raises(
+        ValueError,
+        match="holds protocol 'tiny; dataset_map .*', this command's is 'tiny; "
+        "dataset_map .*; extra .*trainer.lr=0.05.*': its cells would mix",
+    ):
         reproduce(_cfg(tmp, "extra=['trainer.lr=0.05']"))
     assert (tmp / "results" / "tiny" / "table1.csv").read_text() == before
     assert sorted(p.name for p in (tmp / "runs").iterdir()) == keys  # nothing trained
     out = reproduce(_cfg(tmp, "extra=['trainer.lr=0.05']", f"out_dir={tmp / 'other'}"))  # elsewhere: its own header
     text = Path(out["outputs"][0]).read_text()
-    assert "protocol: **tiny; dataset_map" in text and "extra [\"trainer.lr=0.05\"]" in text
+    assert "protocol: **tiny; dataset_map" in text and 'extra ["trainer.lr=0.05"]' in text
 
 
 def test_a_seeds_table_is_never_replaced_by_another_seed_set_and_keeps_its_statistics(table, tmp_path):
@@ -137,8 +152,19 @@ def test_a_store_path_with_hydra_grammar_characters_works(tmp_path):
     def quoted(p):  # as a user quotes it on the command line
         return "'" + str(p).replace("'", "\\'") + "'"
 
-    cfg = compose("reproduce", ["experiment=table1", "profile=tiny", "logger=none", f"store={quoted(weird / 'runs')}",
-                                f"out_dir={quoted(weird / 'results')}", "datasets=[fmnist]", FAKE, "attacks=[fgsm]"])
+    cfg = compose(
+        "reproduce",
+        [
+            "experiment=table1",
+            "profile=tiny",
+            "logger=none",
+            f"store={quoted(weird / 'runs')}",
+            f"out_dir={quoted(weird / 'results')}",
+            "datasets=[fmnist]",
+            FAKE,
+            "attacks=[fgsm]",
+        ],
+    )
     out = reproduce(cfg)
     assert Path(out["outputs"][1]).parent == weird / "results" / "tiny"
     assert list((weird / "runs").glob("fake-lenet5-ce-s0-*/eval/*.json"))
@@ -150,9 +176,20 @@ def test_experiment_all_keeps_restrictions_and_numbers_cells_for_a_launcher(tmp_
     from pclc.experiment import sub_experiments
 
     def cfg(*over):
-        return compose("reproduce", ["experiment=all", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
-                                     f"out_dir={tmp_path / 'results'}", "datasets=[mnist]",
-                                     "dataset_map={mnist: fake}", "attacks=[fgsm]", *over])
+        return compose(
+            "reproduce",
+            [
+                "experiment=all",
+                "profile=tiny",
+                "logger=none",
+                f"store={tmp_path / 'runs'}",
+                f"out_dir={tmp_path / 'results'}",
+                "datasets=[mnist]",
+                "dataset_map={mnist: fake}",
+                "attacks=[fgsm]",
+                *over,
+            ],
+        )
 
     subs = sub_experiments(cfg())
     assert subs and all(s.experiment.kind == "table" and list(s.attacks) == ["fgsm"] for s in subs)
@@ -160,8 +197,7 @@ def test_experiment_all_keeps_restrictions_and_numbers_cells_for_a_launcher(tmp_
     total = reproduce(cfg("stage=count"))["cells"]
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(total) and total >= 2
     out = reproduce(cfg("stage=cell", f"cell={total - 1}"))  # the last cell of the last experiment
-    assert out["cell"].startswith("mnist/") and [r["attack"] for r in out["evaluations"][0]["results"]] == \
-        ["fgsm"] * 3
+    assert out["cell"].startswith("mnist/") and [r["attack"] for r in out["evaluations"][0]["results"]] == ["fgsm"] * 3
     with pytest.raises(ValueError, match=rf"stage=cell needs cell in \[0, {total}\), got {total}"):
         reproduce(cfg("stage=cell", f"cell={total}"))
 
@@ -212,8 +248,17 @@ def test_the_audit_refuses_an_edited_config_before_training_its_reference(table,
     (run / "config.yaml").write_text(yaml.safe_dump(conf))
     before = sorted(p.name for p in (tmp / "runs").iterdir())
     with pytest.raises(RunIntegrityError, match="was edited"):
-        audit(compose("audit", [f"audit.run={run.name}", f"store={tmp / 'runs'}", "logger=none",
-                                f"audit.out_dir={tmp / 'audit'}"]))
+        audit(
+            compose(
+                "audit",
+                [
+                    f"audit.run={run.name}",
+                    f"store={tmp / 'runs'}",
+                    "logger=none",
+                    f"audit.out_dir={tmp / 'audit'}",
+                ],
+            )
+        )
     assert sorted(p.name for p in (tmp / "runs").iterdir()) == before
 
 

@@ -46,7 +46,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in state and (c := visit(n)):
                 return c
         stack.pop()
@@ -71,8 +71,13 @@ def test_no_import_cycles(deferred):
     assert find_cycle(graph) is None, find_cycle(graph)
 
 
+# Lines as `ruff format` writes them (line length 120). Before the formatter the limit was 350 hand-packed lines;
+# formatting grew the package by about a quarter (7,768 -> 9,606 lines), so 450 keeps the same bound.
+MAX_MODULE_LINES = 450
+
+
 def test_modules_are_short():
-    long = {_module(p): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
+    long = {_module(p): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not long, long
 
 

@@ -362,8 +362,9 @@ def test_invalid_inputs_raise(call, match):
         call()
 
 
-@pytest.mark.parametrize("name,params", [("ce", {}), ("gce", {"alpha": 0.5}), ("pclc", {"xi": 0.9, "lc": "hard"}),
-                                         ("pclc", {})])
+@pytest.mark.parametrize(
+    "name,params", [("ce", {}), ("gce", {"alpha": 0.5}), ("pclc", {"xi": 0.9, "lc": "hard"}), ("pclc", {})]
+)
 def test_unchecked_losses_equal_the_checked_ones(name, params):
     logits = torch.randn(16, 7, dtype=torch.float64)
     target = torch.randint(0, 7, (16,))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,28 +12,28 @@ import pytest
 import torch
 
 from pclc.attacks import attack_config, build_attack
-from pclc.config import group_config
-from pclc.config import compose
+from pclc.config import compose, group_config
 from pclc.data import load_splits
 from pclc.metrics import with_precision
-from pclc.store import load_run
-from pclc.store import RunDir
+from pclc.store import RunDir, load_run
 from pclc.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["dataset=fake", "model=lenet5", "loss=ce", "logger=none", "trainer.epochs_per_phase=2"]
 
 
-@pytest.mark.parametrize("accel", [["accel.channels_last=true"], ["accel.compile=aot_eager"]],
-                         ids=["channels_last", "compile"])
+@pytest.mark.parametrize(
+    "accel", [["accel.channels_last=true"], ["accel.compile=aot_eager"]], ids=["channels_last", "compile"]
+)
 def test_same_seed_same_accuracy_with_fast_paths(tmp_path, accel):
     plain = train(compose("train", [*BASE, f"store={tmp_path / 'a'}"]))
     fast = train(compose("train", [*BASE, f"store={tmp_path / 'b'}", *accel]))
     # compile is speed only; channels_last sums in another order, so it is part of the run's key (issue 33)
     assert (fast["key"] == plain["key"]) == ("compile" in accel[0])
     assert abs(fast["test_accuracy"] - plain["test_accuracy"]) <= 2.0
-    assert fast["accel"]["channels_last"] == ("channels_last" in accel[0]) and \
-        fast["accel"]["compiled"] == ("compile" in accel[0])
+    assert fast["accel"]["channels_last"] == ("channels_last" in accel[0]) and fast["accel"]["compiled"] == (
+        "compile" in accel[0]
+    )
 
 
 def test_bf16_attacks_stay_within_one_point_of_fp32(tmp_path):
@@ -54,30 +54,75 @@ def test_bf16_attacks_stay_within_one_point_of_fp32(tmp_path):
 
 
 def test_bench_runs_end_to_end_in_tiny_mode(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--models", "fmnist:lenet5",
-                        "--root", str(tmp_path / "no-data"), "--out", str(tmp_path / "bench")],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench.py"),
+            "--tiny",
+            "--models",
+            "fmnist:lenet5",
+            "--root",
+            str(tmp_path / "no-data"),
+            "--out",
+            str(tmp_path / "bench"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "bench.json").read_text())
     m = res["models"][0]
     assert m["model"] == "lenet5" and m["forward_flops_per_image"] > 4e5  # LeNet-5: ~0.4 MMAC = ~0.8 MFLOP
-    for k in ("epoch_ours_s", "epoch_reference_s", "pgd40_ours_s", "pgd40_reference_s", "step_ce_s", "step_pclc_s"):
+    for k in (
+        "epoch_ours_s",
+        "epoch_reference_s",
+        "pgd40_ours_s",
+        "pgd40_reference_s",
+        "step_ce_s",
+        "step_pclc_s",
+    ):
         assert m[k] > 0
     assert res["peak_tflops"] > 0 and "PC+LC / CE" in (tmp_path / "bench.md").read_text()
 
 
 def test_attack_batch_bench_writes_every_row(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_attack_batch.py"), "--tiny",
-                        "--out", str(tmp_path / "ab")], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_attack_batch.py"),
+            "--tiny",
+            "--out",
+            str(tmp_path / "ab"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "ab.json").read_text())
-    assert [(row["attack"], row["batch"]) for row in res["rows"]] == [("spsa", 2), ("spsa", 8), ("pgd", 2), ("pgd", 8)]
+    assert [(row["attack"], row["batch"]) for row in res["rows"]] == [
+        ("spsa", 2),
+        ("spsa", 8),
+        ("pgd", 2),
+        ("pgd", 8),
+    ]
     assert all(row["seconds_per_example"] > 0 for row in res["rows"]) and res["budgets"]["spsa"]["nb_iter"] == 10
     assert (tmp_path / "ab.md").read_text().count("| spsa |") == 2
 
 
-BENCH = {"models": [{"dataset": "fmnist", "model": "lenet5", "train_images": 60000, "epoch_ours_s": 3.0,
-                     "pgd40_ours_s": 50.0, "forward_flops_per_image": 833040.0}]}
+BENCH = {
+    "models": [
+        {
+            "dataset": "fmnist",
+            "model": "lenet5",
+            "train_images": 60000,
+            "epoch_ours_s": 3.0,
+            "pgd40_ours_s": 50.0,
+            "forward_flops_per_image": 833040.0,
+        }
+    ]
+}
 
 
 def test_cost_model_scales_the_benchmark_by_size_steps_flops_and_adversarial_training():
@@ -104,7 +149,13 @@ def test_planner_predicts_unmeasured_work_from_the_benchmark(tmp_path, capsys):
     from pclc.reproduce import reproduce
 
     (tmp_path / "bench.json").write_text(json.dumps(BENCH))
-    over = ["experiment=table3", "datasets=[fmnist]", "plan=true", "logger=none", f"store={tmp_path / 'runs'}"]
+    over = [
+        "experiment=table3",
+        "datasets=[fmnist]",
+        "plan=true",
+        "logger=none",
+        f"store={tmp_path / 'runs'}",
+    ]
     blind = reproduce(compose("reproduce", [*over, f"bench={tmp_path / 'none.json'}"]))
     assert blind["predicted_seconds"] == 0 and blind["unmeasured"]
     p = reproduce(compose("reproduce", [*over, f"bench={tmp_path / 'bench.json'}"]))
@@ -120,8 +171,13 @@ def test_launcher_timeout_is_the_planners_slowest_cell_with_margin(tmp_path, cap
     from pclc.reproduce import reproduce
 
     (tmp_path / "bench.json").write_text(json.dumps(BENCH))
-    over = ["experiment=table1", "datasets=[fmnist]", "logger=none", f"store={tmp_path / 'runs'}",
-            f"bench={tmp_path / 'bench.json'}"]
+    over = [
+        "experiment=table1",
+        "datasets=[fmnist]",
+        "logger=none",
+        f"store={tmp_path / 'runs'}",
+        f"bench={tmp_path / 'bench.json'}",
+    ]
     slowest = max(r["predicted_seconds"] for r in reproduce(compose("reproduce", [*over, "plan=true"]))["cells"])
     assert slowest > 100 * 3.0  # a cell trains 100 epochs at the benchmark's 3 s, then attacks
     capsys.readouterr()
@@ -134,16 +190,39 @@ def test_launcher_timeout_is_the_planners_slowest_cell_with_margin(tmp_path, cap
 def test_column_bench_times_both_backends_and_finds_them_identical(tmp_path):
     from pclc.reproduce import reproduce
 
-    fake = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "
-            "cifar100: fake_large, tinyimagenet: fake_large}")
+    fake = (
+        "dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "
+        "cifar100: fake_large, tinyimagenet: fake_large}"
+    )
     over = ["profile=tiny", fake, "attacks=[fgsm,pgd]"]
     store, out = tmp_path / "runs", tmp_path / "results"
-    args = [sys.executable, str(ROOT / "scripts" / "bench_column.py"), "--store", str(store), "--n", "64",
-            "--out", str(out), "--extra", *over]
+    args = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_column.py"),
+        "--store",
+        str(store),
+        "--n",
+        "64",
+        "--out",
+        str(out),
+        "--extra",
+        *over,
+    ]
     early = subprocess.run(args, capture_output=True, text=True)
     assert early.returncode != 0 and "not trained" in early.stderr  # refused before any work
-    reproduce(compose("reproduce", ["experiment=table1", "datasets=[fmnist]", "logger=none", f"store={store}",
-                                    f"out_dir={out}", *over]))
+    reproduce(
+        compose(
+            "reproduce",
+            [
+                "experiment=table1",
+                "datasets=[fmnist]",
+                "logger=none",
+                f"store={store}",
+                f"out_dir={out}",
+                *over,
+            ],
+        )
+    )
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "bench-column-cpu.json").read_text())

@@ -15,25 +15,57 @@ import pytest
 import pclc.evaluate as ev
 import pclc.train as train_mod
 from pclc.config import CONFIG_DIR, compose
-from pclc.reproduce import reproduce
 from pclc.paper_data import paper_tables, table_rows
 from pclc.reports import combine, substitute_notes, to_markdown
+from pclc.reproduce import reproduce
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "paper" / "paper_tables.csv"
-FAKE_MAP = ("dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "
-            "cifar100: fake_large, tinyimagenet: fake_large}")
+FAKE_MAP = (
+    "dataset_map={mnist: fake, kmnist: fake, fmnist: fake, cifar10: fake_colour, svhn: fake_colour, "
+    "cifar100: fake_large, tinyimagenet: fake_large}"
+)
 # one paper dataset per experiment (mapped to synthetic data): keeps the smoke test to a few minutes
-SMOKE = {"table1": "mnist", "table2": "mnist", "table3": "mnist", "table4": "cifar100", "table5": "mnist",
-         "demo": "fmnist", "figure1": "cifar10", "figure2": "mnist", "figure3": "mnist", "gaps": "cifar100",
-         "audit": "fmnist", "deviations": "fmnist", "autoattack": "fmnist"}
-SMOKE_OVER = {"autoattack": ["experiment.methods=[ce,pclc]", "experiment.seeds.ce=[0]", "experiment.seeds.pclc=[0,1]",
-                             "experiment.arms=[]", "experiment.subset=20"]}  # a few models
+SMOKE = {
+    "table1": "mnist",
+    "table2": "mnist",
+    "table3": "mnist",
+    "table4": "cifar100",
+    "table5": "mnist",
+    "demo": "fmnist",
+    "figure1": "cifar10",
+    "figure2": "mnist",
+    "figure3": "mnist",
+    "gaps": "cifar100",
+    "audit": "fmnist",
+    "deviations": "fmnist",
+    "autoattack": "fmnist",
+}
+SMOKE_OVER = {
+    "autoattack": [
+        "experiment.methods=[ce,pclc]",
+        "experiment.seeds.ce=[0]",
+        "experiment.seeds.pclc=[0,1]",
+        "experiment.arms=[]",
+        "experiment.subset=20",
+    ]
+}  # a few models
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
 def repro_cfg(tmp_path, name, dataset, *over):
-    return compose("reproduce", [f"experiment={name}", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
-                                 f"out_dir={tmp_path / 'results'}", f"datasets=[{dataset}]", FAKE_MAP, *over])
+    return compose(
+        "reproduce",
+        [
+            f"experiment={name}",
+            "profile=tiny",
+            "logger=none",
+            f"store={tmp_path / 'runs'}",
+            f"out_dir={tmp_path / 'results'}",
+            f"datasets=[{dataset}]",
+            FAKE_MAP,
+            *over,
+        ],
+    )
 
 
 def test_every_experiment_has_a_smoke_case():
@@ -56,8 +88,10 @@ def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
         substitutes = [ln for ln in text[".md"].splitlines() if ln.startswith("- substitute for")]
         if name == "table3":  # the transfer attacks' source is named, trained, with its accuracy
             sub = next((tmp_path / "runs").glob("*-cnn3-ce-*"))
-            assert substitutes == [f"- substitute for `mnist/lenet5`: `mnist/cnn3/ce` → run `{sub.name}` (clean test "
-                                   f"accuracy {json.loads((sub / 'summary.json').read_text())['test_accuracy']:.2f}%)"]
+            assert substitutes == [
+                f"- substitute for `mnist/lenet5`: `mnist/cnn3/ce` → run `{sub.name}` (clean test "
+                f"accuracy {json.loads((sub / 'summary.json').read_text())['test_accuracy']:.2f}%)"
+            ]
         else:
             assert substitutes == []
 
@@ -83,7 +117,9 @@ def test_table_writer_has_the_papers_rows_columns_and_numbers(table):
         assert body[i][j + 1] == f"not run (paper {r.accuracy:.1f})"
     first = rows.iloc[0]
     half = combine(rows, {(first.dataset, first.method, first.attack, first.param): 50.0})  # one cell run
-    assert list(half.status).count("run") == 1 and half.status.iloc[0] == "run" and half.ours.isna().sum() == len(rows) - 1
+    assert (
+        list(half.status).count("run") == 1 and half.status.iloc[0] == "run" and half.ours.isna().sum() == len(rows) - 1
+    )
     filled = to_markdown(combine(rows, {(r.dataset, r.method, r.attack, r.param): 50.0 for r in rows.itertuples()}))
     assert f"**50.0** ({first.accuracy:.1f}, {50.0 - first.accuracy:+.1f})" in filled
 
@@ -95,7 +131,7 @@ def test_rerun_trains_and_attacks_nothing_and_rewrites_identical_tables(tmp_path
     monkeypatch.setattr(train_mod, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
     monkeypatch.setattr(ev, "build_attack", lambda *a, **k: pytest.fail("attacked again"))
     reproduce(repro_cfg(tmp_path, "table1", "mnist"))
-    table = lambda t: t[t.index("| attack"):]  # noqa: E731 (the provenance header carries the date)
+    table = lambda t: t[t.index("| attack") :]  # noqa: E731 (the provenance header carries the date)
     data = lambda t: [ln for ln in t.splitlines() if not ln.startswith("#")]  # noqa: E731
     assert table(Path(next(p for p in first["outputs"] if p.endswith(".md"))).read_text()) == table(md)
     assert data(Path(next(p for p in first["outputs"] if p.endswith(".csv"))).read_text()) == data(csv)
@@ -140,17 +176,51 @@ def test_unknown_dataset_restriction_fails_before_work(tmp_path):
 def test_fan_out_with_submitit_local_then_assemble(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    common = ["experiment=table1", "profile=tiny", "logger=none", f"store={tmp_path / 'runs'}",
-              f"out_dir={tmp_path / 'results'}", "datasets=[mnist]", FAKE_MAP]
-    fan = subprocess.run([sys.executable, "-m", "pclc.reproduce", "-m", *common, "stage=cell", "cell=0,1",
-                          "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                          "hydra.launcher.timeout_min=10"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=600)
+    common = [
+        "experiment=table1",
+        "profile=tiny",
+        "logger=none",
+        f"store={tmp_path / 'runs'}",
+        f"out_dir={tmp_path / 'results'}",
+        "datasets=[mnist]",
+        FAKE_MAP,
+    ]
+    fan = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pclc.reproduce",
+            "-m",
+            *common,
+            "stage=cell",
+            "cell=0,1",
+            "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "hydra.launcher.timeout_min=10",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert fan.returncode == 0, fan.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("**/.submitit/**/*_result.pkl"))) >= 2  # ran as submitit jobs
-    done = subprocess.run([sys.executable, "-m", "pclc.reproduce", *common, "stage=tables",
-                           f"hydra.run.dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pclc.reproduce",
+            *common,
+            "stage=tables",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     md = (tmp_path / "results" / "tiny" / "table1.md").read_text()
     assert "not run" not in md and re.search(r"\*\*\d+\.\d\*\*", md)
@@ -177,7 +247,8 @@ def test_a_restricted_run_never_drops_numbers_results_holds(tmp_path):
     kept = after[after.status == "kept"]
     assert set(kept.attack) == {"bim", "pgd", "mim", "cw"}
     assert kept.set_index(["attack", "param"]).ours.equals(
-        before[before.attack.isin(kept.attack)].set_index(["attack", "param"]).ours)
+        before[before.attack.isin(kept.attack)].set_index(["attack", "param"]).ours
+    )
     md = csv_path.with_suffix(".md").read_text()
     assert "cells kept from the file this command rewrote" in md and "†" in md
     reproduce(repro_cfg(tmp_path, "table1", "kmnist", *fresh))  # another column: mnist's stays
@@ -209,25 +280,38 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
     seed0 = (tmp_path / "results" / "tiny" / "table1.csv").read_text()
     out = reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,1]", "attacks=[fgsm]"))
     assert (tmp_path / "results" / "tiny" / "table1.csv").read_text() == seed0  # the mean goes beside it
-    assert out["cells"] == ["mnist/lenet5/ce", "mnist/lenet5/ce/s1", "mnist/lenet5/pclc", "mnist/lenet5/pclc/s1"]
+    assert out["cells"] == [
+        "mnist/lenet5/ce",
+        "mnist/lenet5/ce/s1",
+        "mnist/lenet5/pclc",
+        "mnist/lenet5/pclc/s1",
+    ]
     csv = pd.read_csv(tmp_path / "results" / "tiny" / "seeds" / "table1.csv", comment="#", dtype={"param": str})
     cell = csv[(csv.method == "ce") & (csv.attack == "fgsm") & (csv.param == "0.1")].iloc[0]
-    per_seed = [json.loads(f.read_text())["adv_accuracy"]
-                for f in sorted((tmp_path / "runs").glob("fake-lenet5-ce-s[01]-*/eval/white-fgsm-eps0.1-*.json"))]
+    per_seed = [
+        json.loads(f.read_text())["adv_accuracy"]
+        for f in sorted((tmp_path / "runs").glob("fake-lenet5-ce-s[01]-*/eval/white-fgsm-eps0.1-*.json"))
+    ]
     assert len(per_seed) == 2 and cell.n_seeds == 2
     assert cell.ours == pytest.approx(sum(per_seed) / 2, abs=0.01)
-    assert cell.sd == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5, abs=0.01)
-    assert cell.ci95 == pytest.approx(12.706 * cell.sd / 2 ** 0.5, abs=0.02)  # t(0.975, 1 df)
-    assert cell.pi95 == pytest.approx(12.706 * cell.sd * 1.5 ** 0.5, abs=0.02)  # one more seed: sqrt(1 + 1/2)
+    assert cell.sd == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5, abs=0.01)
+    assert cell.ci95 == pytest.approx(12.706 * cell.sd / 2**0.5, abs=0.02)  # t(0.975, 1 df)
+    assert cell.pi95 == pytest.approx(12.706 * cell.sd * 1.5**0.5, abs=0.02)  # one more seed: sqrt(1 + 1/2)
     assert bool(cell.in_pi95) == (abs(cell["diff"]) <= cell.pi95)
     md = (tmp_path / "results" / "tiny" / "seeds" / "table1.md").read_text()
-    lo, hi = max(0.0, cell.ours - cell.pi95), min(100.0, cell.ours + cell.pi95)  # shown within accuracy's range
+    lo, hi = (
+        max(0.0, cell.ours - cell.pi95),
+        min(100.0, cell.ours + cell.pi95),
+    )  # shown within accuracy's range
     assert f"**{cell.ours:.1f}** ± {cell.sd:.1f} [{lo:.1f}, {hi:.1f}] n=2" in md and "95% prediction interval" in md
     assert "[-" not in md
-    table = md[md.index("| attack |"):]
+    table = md[md.index("| attack |") :]
     assert "n<3: no verdict" in table and "✓" not in table and "✗" not in table  # 2 seeds: the interval says nothing
     notes = substitute_notes(repro_cfg(tmp_path, "table3", "mnist", "seeds=[0,1]"))  # one substitute per seed
-    assert [n.split(":")[0] for n in notes] == ["substitute for `mnist/lenet5`", "substitute for `mnist/lenet5/s1`"]
+    assert [n.split(":")[0] for n in notes] == [
+        "substitute for `mnist/lenet5`",
+        "substitute for `mnist/lenet5/s1`",
+    ]
     assert all(n.endswith("(not trained)") for n in notes) and len({n.split("run ")[1] for n in notes}) == 2
     with pytest.raises(ValueError, match="distinct integers"):
         reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[0,0]", "plan=true"))
@@ -245,15 +329,43 @@ def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path
 
     store, sub = tmp_path / "runs", "mnist-cnn3-ce-s0-bbbb"
     for target, secs in (("mnist-lenet5-ce-s0-aaaa", 100.0), ("mnist-lenet5-pclc-s0-cccc", 1.0)):
-        _eval_file(store, target, "transfer-pgd-eps0.1-x", attack="pgd", source="transfer", substitute=sub,
-                   eps=0.1, n=10, seconds=secs)  # the first target crafted; the second read the cache
-    _eval_file(store, "mnist-lenet5-ce-s1-dddd", "transfer-pgd-eps0.1-x", attack="pgd", source="transfer",
-               substitute="mnist-cnn3-ce-s1-eeee", eps=0.1, n=10, seconds=120.0)  # a substitute with one target
-    _eval_file(store, "mnist-lenet5-ce-s0-aaaa", "white-pgd-eps0.1-x", attack="pgd", source="white", eps=0.1,
-               n=10, seconds=5.0)
+        _eval_file(
+            store,
+            target,
+            "transfer-pgd-eps0.1-x",
+            attack="pgd",
+            source="transfer",
+            substitute=sub,
+            eps=0.1,
+            n=10,
+            seconds=secs,
+        )  # the first target crafted; the second read the cache
+    _eval_file(
+        store,
+        "mnist-lenet5-ce-s1-dddd",
+        "transfer-pgd-eps0.1-x",
+        attack="pgd",
+        source="transfer",
+        substitute="mnist-cnn3-ce-s1-eeee",
+        eps=0.1,
+        n=10,
+        seconds=120.0,
+    )  # a substitute with one target
+    _eval_file(
+        store,
+        "mnist-lenet5-ce-s0-aaaa",
+        "white-pgd-eps0.1-x",
+        attack="pgd",
+        source="white",
+        eps=0.1,
+        n=10,
+        seconds=5.0,
+    )
     assert _transfer_seconds(store, "mnist", "cnn3") == {"pgd": pytest.approx(((9.9 + 12) / 2, 0.1))}
     assert _transfer_seconds(store, "mnist", "resnet56") == {}
-    assert _attack_seconds(store, "mnist", "lenet5") == {"pgd": 0.5}  # white-box only: transfer files are not PGD's cost
+    assert _attack_seconds(store, "mnist", "lenet5") == {
+        "pgd": 0.5
+    }  # white-box only: transfer files are not PGD's cost
 
 
 def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
@@ -268,7 +380,7 @@ def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
     n_eps = len({k[2] for k in transfer})
     assert len(craft) == n_eps and len(transfer) == 2 * n_eps  # one crafting per entry, two targets read it
     assert {k[1] for k in craft} == {next(r["key"] for r in rows if "substitute" in r["label"])}
-    (crafting, target), = _transfer_seconds(store, "mnist", "cnn3").values()  # measured on seed 0's files
+    ((crafting, target),) = _transfer_seconds(store, "mnist", "cnn3").values()  # measured on seed 0's files
     n = json.loads(next(store.glob("*-lenet5-ce-*/eval/transfer-*.json")).read_text())["n"]
     assert all(v == pytest.approx(crafting * n) for v in craft.values()) and crafting > 0
     assert all(v == pytest.approx(target * n) for v in transfer.values())
@@ -284,13 +396,17 @@ def test_plan_counts_a_shared_warm_up_once_and_costs_epochs_at_their_batch_size(
     from pclc.plan import CostModel, plan_items
 
     reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]"))  # measured epochs at the tiny batch size
-    rows, work = plan_items(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", "seeds=[1]"),
-                            CostModel(tmp_path / "runs", None))
+    rows, work = plan_items(
+        repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", "seeds=[1]"),
+        CostModel(tmp_path / "runs", None),
+    )
     train = {k[1]: v for k, v in work.items() if k[0] == "train"}
     ce, pclc = (next(r["key"] for r in rows if r["label"] == f"mnist/lenet5/{m}/s1") for m in ("ce", "pclc"))
     assert train[ce] > 0 and train[pclc] == pytest.approx(train[ce] / 2)  # PC+LC's phase 1 is CE's, planned once
-    _, work = plan_items(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", "seeds=[1]",
-                                   "extra=['trainer.batch_size=7']"), CostModel(tmp_path / "runs", None))
+    _, work = plan_items(
+        repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]", "seeds=[1]", "extra=['trainer.batch_size=7']"),
+        CostModel(tmp_path / "runs", None),
+    )
     assert all(v is None for k, v in work.items() if k[0] == "train")  # no epoch measured at batch 7, no bench
 
 
@@ -302,7 +418,9 @@ def test_autoattack_covers_every_model_of_the_result_set_with_the_deviations_rec
     cfg = compose("reproduce", ["experiment=autoattack", "logger=none", "datasets=[fmnist]"])
     cells = experiment_cells(cfg)
     plain = {(c.method, c.seed) for c in cells if not c.arm}
-    assert plain == {(m, s) for m in ("ce", "gce", "pclc") for s in range(5)} | {(m, 0) for m in ("ce+at", "gce+at", "pclc+at")}
+    assert plain == {(m, s) for m in ("ce", "gce", "pclc") for s in range(5)} | {
+        (m, 0) for m in ("ce+at", "gce+at", "pclc+at")
+    }
     dev = compose("reproduce", ["experiment=deviations", "logger=none"])
     recipe = next(a for a in dev.experiment.studies.ce_baseline.arms if a.name == "gce_recipe")
     arm = [c for c in cells if c.arm == "ce_baseline.gce_recipe"]

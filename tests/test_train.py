@@ -48,7 +48,9 @@ def test_ce_run_writes_the_store_layout_and_learns(tmp_path):
     assert s["finished"] and s["epochs"] == 4 and s["test_accuracy"] == m[-1]["test_accuracy"]
     assert s["test_accuracy"] > 50  # 10 well-separated synthetic classes: chance is 10%
     assert -1.0 <= s["prob_gap"] <= 1.0 and s["provenance"]["commit"]
-    assert torch.load(run.model, weights_only=True).keys() == torch.load(run.checkpoint, weights_only=True)["model"].keys()
+    assert (
+        torch.load(run.model, weights_only=True).keys() == torch.load(run.checkpoint, weights_only=True)["model"].keys()
+    )
 
 
 def test_identical_config_reuses_the_finished_run(tmp_path, monkeypatch):
@@ -148,8 +150,12 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
 
 def test_invalid_settings_fail_before_any_work(tmp_path, monkeypatch):
     calls = count_epochs(monkeypatch)
-    for bad, words in [(["loss.params.xi=1.5"], "xi"), (["loss.params.lam=-1"], "lam"),
-                       (["trainer.lr=0"], "lr"), (["model=vgg13"], "vgg13")]:
+    for bad, words in [
+        (["loss.params.xi=1.5"], "xi"),
+        (["loss.params.lam=-1"], "lam"),
+        (["trainer.lr=0"], "lr"),
+        (["model=vgg13"], "vgg13"),
+    ]:
         with pytest.raises(ValueError, match=words):
             train(cfg_for(tmp_path, *bad, loss="pclc"))
     assert calls == [] and not (tmp_path / "runs").exists()
@@ -159,8 +165,17 @@ def test_wandb_logs_config_metrics_and_finishes_a_crashed_run(tmp_path, monkeypa
     import wandb
 
     def cfg(wandb_dir):
-        return compose("train", [*FAKE[:2], "loss=ce", f"store={tmp_path / 'runs'}", "logger.mode=offline",
-                                 f"logger.dir={wandb_dir}", "trainer.epochs_per_phase=1"])
+        return compose(
+            "train",
+            [
+                *FAKE[:2],
+                "loss=ce",
+                f"store={tmp_path / 'runs'}",
+                "logger.mode=offline",
+                f"logger.dir={wandb_dir}",
+                "trainer.epochs_per_phase=1",
+            ],
+        )
 
     with monkeypatch.context() as m:
         m.setattr(train_mod, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -175,16 +190,35 @@ def test_wandb_logs_config_metrics_and_finishes_a_crashed_run(tmp_path, monkeypa
     files = glob.glob(str(tmp_path / "ok" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
     raw = Path(files[0]).read_bytes()  # protobuf records: keys and names are stored as UTF-8
-    for word in (b"test_accuracy", b"prob_gap", b"train_loss", b"fake-lenet5-ce-s0", b"lenet5", b"fake-lenet5",
-                 run_key(cfg(tmp_path)).encode()):
+    for word in (
+        b"test_accuracy",
+        b"prob_gap",
+        b"train_loss",
+        b"fake-lenet5-ce-s0",
+        b"lenet5",
+        b"fake-lenet5",
+        run_key(cfg(tmp_path)).encode(),
+    ):
         assert word in raw, word
 
 
 def _run_cli(args, tmp_path):
     env = {**os.environ, "PCLC_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "pclc.train", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                           f"hydra.run.dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pclc.train",
+            *args,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_multirun_makes_one_run_per_loss(tmp_path):
@@ -211,18 +245,28 @@ def test_real_fashion_mnist_ce_gce_pclc(real_fmnist_root, tmp_path, monkeypatch)
     (PC+LC fine-tunes the CE warm-up) and 60% for GCE, which learns more slowly from scratch.
     Chance is 10%.
     """
-    over = [f"dataset.root={real_fmnist_root}", "dataset.download=false", "dataset.subset.train=6000",
-            "dataset.subset.test=2000", "trainer.epochs_per_phase=3", "logger=none", f"store={tmp_path / 'runs'}"]
+    over = [
+        f"dataset.root={real_fmnist_root}",
+        "dataset.download=false",
+        "dataset.subset.train=6000",
+        "dataset.subset.test=2000",
+        "trainer.epochs_per_phase=3",
+        "logger=none",
+        f"store={tmp_path / 'runs'}",
+    ]
     calls = count_epochs(monkeypatch)
-    res = {loss: train(compose("train", ["dataset=fmnist", "model=lenet5", f"loss={loss}", *over]))
-           for loss in ("ce", "pclc", "gce")}
+    res = {
+        loss: train(compose("train", ["dataset=fmnist", "model=lenet5", f"loss={loss}", *over]))
+        for loss in ("ce", "pclc", "gce")
+    }
     assert len(calls) == 6 + 3 + 6  # PC+LC trained only its 3 phase-2 epochs
     assert res["pclc"]["warmup_from"] == res["ce"]["key"]
     assert res["ce"]["test_accuracy"] > 70 and res["pclc"]["test_accuracy"] > 70 and res["gce"]["test_accuracy"] > 60
     for s in res.values():
         assert sorted(p.name for p in Path(s["path"]).iterdir()) == sorted(
             ["config.yaml", "checkpoint.pt", "metrics.json", "model.pt", "summary.json"]
-            + (["warmup.pt"] if s["loss"] != "pclc" else []))
+            + (["warmup.pt"] if s["loss"] != "pclc" else [])
+        )
 
     # resume on real data: a PC+LC run interrupted in phase 2 ends with the uninterrupted run's weights
     monkeypatch.undo()
@@ -270,8 +314,14 @@ def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budge
     from pclc.config import group_config
     from pclc.evaluate import evaluate
 
-    over = [*FAKE[:2], "loss=ce", f"store={tmp_path / 'runs'}", "logger.mode=offline", f"logger.dir={tmp_path}",
-            "trainer.epochs_per_phase=1"]
+    over = [
+        *FAKE[:2],
+        "loss=ce",
+        f"store={tmp_path / 'runs'}",
+        "logger.mode=offline",
+        f"logger.dir={tmp_path}",
+        "trainer.epochs_per_phase=1",
+    ]
     calls, real = [], train_mod.train_epoch
 
     def once_then_crash(*a, **k):
@@ -286,8 +336,12 @@ def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budge
     monkeypatch.undo()
     train(compose("train", over))  # resumes: the same W&B run id
     cfg = compose("evaluate", [*over, "eval.subset=20"])
-    cfg.suite = OmegaConf.create({"entries": [{"attack": "fgsm", "eps": [0.1, 0.2]}],
-                                  "attacks": {"fgsm": group_config("attack", "fgsm")}})
+    cfg.suite = OmegaConf.create(
+        {
+            "entries": [{"attack": "fgsm", "eps": [0.1, 0.2]}],
+            "attacks": {"fgsm": group_config("attack", "fgsm")},
+        }
+    )
     evaluate(cfg)
     wandb.teardown()
     runs = sorted(Path(p).name for p in glob.glob(str(tmp_path / "wandb" / "offline-run-*")))
@@ -310,10 +364,24 @@ def test_wandb_offline_is_quiet_with_one_sync_hint(tmp_path):
     env = {**os.environ, "PCLC_RUNS": str(tmp_path / "runs")}
     env.pop("WANDB_MODE", None)
     env.pop("WANDB_SILENT", None)
-    run = subprocess.run([sys.executable, "-m", "pclc.train", "dataset=fake", "trainer.epochs_per_phase=1",
-                          "logger=wandb", "logger.mode=offline", f"logger.dir={tmp_path}",
-                          f"hydra.run.dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pclc.train",
+            "dataset=fake",
+            "trainer.epochs_per_phase=1",
+            "logger=wandb",
+            "logger.mode=offline",
+            f"logger.dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [ln for ln in (run.stdout + run.stderr).splitlines() if "wandb" in ln.lower()]
     assert len(lines) == 1 and "wandb sync" in lines[0] and str(tmp_path / "wandb") in lines[0], lines

@@ -25,9 +25,20 @@ COMMITTED = Path(__file__).resolve().parents[1] / "results" / "zoo"
 
 
 def _cfg(tmp_path, *over, store="runs", out="results"):
-    return compose("reproduce", ["experiment=table3", "profile=tiny", "logger=none", f"store={tmp_path / store}",
-                                 f"out_dir={tmp_path / out}", "datasets=[fmnist]", FAKE,
-                                 f"zoo_dir={tmp_path / 'zoo'}", *over])
+    return compose(
+        "reproduce",
+        [
+            "experiment=table3",
+            "profile=tiny",
+            "logger=none",
+            f"store={tmp_path / store}",
+            f"out_dir={tmp_path / out}",
+            "datasets=[fmnist]",
+            FAKE,
+            f"zoo_dir={tmp_path / 'zoo'}",
+            *over,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +54,11 @@ def exported(tmp_path_factory):
 def test_export_writes_safetensors_and_a_manifest_entry_per_run(exported):
     tmp, out = exported
     models = zoo.read_manifest(tmp / "zoo")
-    assert sorted(out["exported"]) == sorted(e["name"] for e in models) == \
-        ["fake-cnn3-ce-s0", "fake-lenet5-ce-s0", "fake-lenet5-pclc-s0"]
+    assert (
+        sorted(out["exported"])
+        == sorted(e["name"] for e in models)
+        == ["fake-cnn3-ce-s0", "fake-lenet5-ce-s0", "fake-lenet5-pclc-s0"]
+    )
     for e in models:
         run = RunDir(tmp / "runs", e["key"])
         summary = json.loads(run.summary.read_text())
@@ -128,7 +142,7 @@ def test_a_url_entry_whose_hash_differs_is_refused_and_discarded(exported, tmp_p
     with pytest.raises(zoo.ZooError, match="invalid hash value") as info:
         zoo.load("fake-lenet5-ce-s0", zoo=z, cache=tmp_path / "cache")
     assert "\n" not in str(info.value)
-    assert not [p for p in (tmp_path / "cache").iterdir()]  # nothing kept
+    assert not list((tmp_path / "cache").iterdir())  # nothing kept
 
 
 def test_from_zoo_rebuilds_the_table_without_training(exported, tmp_path, monkeypatch):
@@ -138,7 +152,9 @@ def test_from_zoo_rebuilds_the_table_without_training(exported, tmp_path, monkey
     tmp, _ = exported
     trained = []
     real = train_mod._train
-    monkeypatch.setattr(train_mod, "_train", lambda cfg, run, until: (trained.append(run.finished), real(cfg, run, until))[1])
+    monkeypatch.setattr(
+        train_mod, "_train", lambda cfg, run, until: (trained.append(run.finished), real(cfg, run, until))[1]
+    )
     cfg = _cfg(tmp, "attacks=[pgd]", "from_zoo=true", store=tmp_path / "store", out=tmp_path / "out")
     reproduce(cfg)
     assert trained and all(trained)  # every run was finished (restored) before _train saw it: nothing trained
@@ -189,12 +205,25 @@ def test_every_committed_zoo_model_has_its_manifest_accuracy_on_real_fmnist(entr
 def test_verify_records_on_one_machine_and_compares_on_another(exported, tmp_path):
     """--record stores the reference numbers; a later verify reports the difference against them (0 here, the
     same machine), and a manifest number that differs shows as the largest difference."""
-    from pclc.verify import main, machine_slug
+    from pclc.verify import machine_slug, main
 
     tmp, _ = exported
     z = _copy_zoo(tmp, tmp_path / "zoo")
-    assert main(["--zoo", str(z), "--subset", "20", "--record", "--out-dir", str(tmp_path / "a"),
-                 "fake-lenet5-ce-s0"]) == 0
+    assert (
+        main(
+            [
+                "--zoo",
+                str(z),
+                "--subset",
+                "20",
+                "--record",
+                "--out-dir",
+                str(tmp_path / "a"),
+                "fake-lenet5-ce-s0",
+            ]
+        )
+        == 0
+    )
     rec = zoo.find("fake-lenet5-ce-s0", z)["verify"]
     assert rec["subset"] == 20 and {"fgsm eps 0.1 (first 20)", "pgd eps 0.3 (first 20)"} <= set(rec["cells"])
     manifest = json.loads((z / "manifest.json").read_text())
@@ -212,11 +241,26 @@ def test_trained_on_notes_flag_a_table_of_two_machines(tmp_path):
 
     for key, cpu in (("a-s0-1", "AMD EPYC"), ("b-s0-2", "Intel Xeon")):
         (tmp_path / key).mkdir()
-        (tmp_path / key / "summary.json").write_text(json.dumps({"provenance": {"machine": {
-            "cpu_model": cpu, "cpu_capability": "AVX2", "threads": 2, "torch": "2.14.1"}}}))
+        (tmp_path / key / "summary.json").write_text(
+            json.dumps(
+                {
+                    "provenance": {
+                        "machine": {
+                            "cpu_model": cpu,
+                            "cpu_capability": "AVX2",
+                            "threads": 2,
+                            "torch": "2.14.1",
+                        }
+                    }
+                }
+            )
+        )
     notes = trained_on_notes(tmp_path, ["a-s0-1", "b-s0-2"])
     assert notes[0].startswith("MIXED: the weights behind this table were trained on 2 machine types")
-    assert notes[1:] == ["weights trained on: AMD EPYC (AVX2), 2 threads, torch 2.14.1 (1 runs)",
-                         "weights trained on: Intel Xeon (AVX2), 2 threads, torch 2.14.1 (1 runs)"]
-    assert trained_on_notes(tmp_path, ["a-s0-1"]) == \
-        ["weights trained on: AMD EPYC (AVX2), 2 threads, torch 2.14.1 (1 runs)"]
+    assert notes[1:] == [
+        "weights trained on: AMD EPYC (AVX2), 2 threads, torch 2.14.1 (1 runs)",
+        "weights trained on: Intel Xeon (AVX2), 2 threads, torch 2.14.1 (1 runs)",
+    ]
+    assert trained_on_notes(tmp_path, ["a-s0-1"]) == [
+        "weights trained on: AMD EPYC (AVX2), 2 threads, torch 2.14.1 (1 runs)"
+    ]

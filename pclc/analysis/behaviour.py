@@ -36,12 +36,12 @@ def newly_successful(label, clean_pred, clean_top5, adv_preds_by_eps: list[tuple
         raise ValueError(f"{len(label)} labels, {len(clean_pred)} clean and {adv.shape[1]} adversarial predictions")
     ok = clean_pred == label
     label, top5, adv = label[ok], top5[ok], adv[:, ok]
-    wrong = adv != label                                        # (M, n)
+    wrong = adv != label  # (M, n)
     before = np.vstack([np.zeros((1, wrong.shape[1]), bool), wrong[:-1]])
     new = wrong & ~before
-    rank = adv[:, :, None] == top5[None, :, 1:]                 # (M, n, 4): adv pred is clean rank 2..5
+    rank = adv[:, :, None] == top5[None, :, 1:]  # (M, n, 4): adv pred is clean rank 2..5
     counts = new.sum(1)
-    hits = (rank & new[:, :, None]).sum(1)                      # (M, 4)
+    hits = (rank & new[:, :, None]).sum(1)  # (M, 4)
     shares = hits / np.maximum(counts, 1)[:, None]
     out = []
     for m, e in enumerate(eps):
@@ -67,8 +67,12 @@ def behaviour_from_eval_files(paths) -> list[dict]:
         if r["records"]["label"] != first["records"]["label"]:
             raise ValueError(f"{p}: evaluated on different examples than {paths[0]}")
     rec = first["records"]
-    return newly_successful(rec["label"], rec["clean_pred"], rec["clean_top5"],
-                            [(r["eps"], r["records"]["adv_pred"]) for r in runs])
+    return newly_successful(
+        rec["label"],
+        rec["clean_pred"],
+        rec["clean_top5"],
+        [(r["eps"], r["records"]["adv_pred"]) for r in runs],
+    )
 
 
 def plot_behaviour(panels: list[tuple[str, list[dict]]], path, title: str) -> Path:
@@ -85,10 +89,21 @@ def plot_behaviour(panels: list[tuple[str, list[dict]]], path, title: str) -> Pa
     for ax, (name, rows) in zip(axes[0], panels):
         x = np.arange(len(rows))
         for i, r in enumerate(RANKS):
-            ax.bar(x + (i - (len(RANKS) - 1) / 2) * width, [100 * row[f"rank{r}"] for row in rows], width,
-                   color=colors[i], label=f"{ORDINAL[r]} most probable")
-        ax.set(xticks=x, xticklabels=[f"{row['eps']:g}" for row in rows], ylim=(0, 100), title=name,
-               xlabel="perturbation ε", ylabel="newly successful attacks (%)")
+            ax.bar(
+                x + (i - (len(RANKS) - 1) / 2) * width,
+                [100 * row[f"rank{r}"] for row in rows],
+                width,
+                color=colors[i],
+                label=f"{ORDINAL[r]} most probable",
+            )
+        ax.set(
+            xticks=x,
+            xticklabels=[f"{row['eps']:g}" for row in rows],
+            ylim=(0, 100),
+            title=name,
+            xlabel="perturbation ε",
+            ylabel="newly successful attacks (%)",
+        )
         if len(rows) > 8:  # a fine grid: slanted labels stay readable
             ax.tick_params(axis="x", labelrotation=45)
         right = ax.twinx()
@@ -98,8 +113,15 @@ def plot_behaviour(panels: list[tuple[str, list[dict]]], path, title: str) -> Pa
         right.set_ylim(0, 1.1 * max(max(counts), 1))
         right.yaxis.set_major_locator(MaxNLocator(integer=True))
     handles = axes[0, 0].get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
-               title="adversarial prediction = clean sample's ...", title_fontsize=8)
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+        title="adversarial prediction = clean sample's ...",
+        title_fontsize=8,
+    )
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     atomic_savefig(fig, path, dpi=DPI)

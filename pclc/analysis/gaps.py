@@ -28,8 +28,10 @@ def as_input(x: torch.Tensor) -> torch.Tensor:
 def probability_gaps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Per-example probability gap of ``model`` (in eval mode) on ``(x, y)``."""
     dev = _device(model)
-    out = [probability_gap(model(as_input(x[i:i + batch_size]).to(dev)), y[i:i + batch_size].to(dev)).cpu()
-           for i in range(0, len(x), batch_size)]
+    out = [
+        probability_gap(model(as_input(x[i : i + batch_size]).to(dev)), y[i : i + batch_size].to(dev)).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -37,9 +39,14 @@ def gap_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     """Mean, median, std (population), share of negative gaps, and a 40-bin histogram over [-1, 1]."""
     g = probability_gaps(model, x, y, batch_size).astype(np.float64)
     counts, edges = np.histogram(g, bins=BINS, range=RANGE)
-    return {"n": int(g.size), "mean": float(g.mean()), "median": float(np.median(g)), "std": float(g.std()),
-            "negative_share": float((g < 0).mean()),
-            "hist": {"counts": counts.tolist(), "edges": edges.tolist()}}
+    return {
+        "n": int(g.size),
+        "mean": float(g.mean()),
+        "median": float(np.median(g)),
+        "std": float(g.std()),
+        "negative_share": float((g < 0).mean()),
+        "hist": {"counts": counts.tolist(), "edges": edges.tolist()},
+    }
 
 
 def plot_gaps(series: dict[str, np.ndarray], path, title: str) -> Path:

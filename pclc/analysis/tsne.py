@@ -22,8 +22,9 @@ def penultimate_features(model: torch.nn.Module, x: torch.Tensor, batch_size: in
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = torch.cat([model.features(as_input(x[i:i + batch_size]).to(dev)).flatten(1).cpu()
-                     for i in range(0, len(x), batch_size)])
+    out = torch.cat(
+        [model.features(as_input(x[i : i + batch_size]).to(dev)).flatten(1).cpu() for i in range(0, len(x), batch_size)]
+    )
     model.train(was_training)
     return out
 
@@ -40,12 +41,20 @@ def embed(features: np.ndarray, seed: int = 0, perplexity: float = 30) -> np.nda
     # one OpenMP thread: sklearn's threaded Barnes-Hut step is 20x slower on busy cores, and barely
     # faster on idle ones for the few thousand points of a figure
     with threadpool_limits(1):
-        return TSNE(n_components=2, init="pca", random_state=seed,
-                    perplexity=float(min(perplexity, n - 1))).fit_transform(features)
+        return TSNE(
+            n_components=2, init="pca", random_state=seed, perplexity=float(min(perplexity, n - 1))
+        ).fit_transform(features)
 
 
-def tsne_panels(model: torch.nn.Module, x_clean: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None,
-                adv_success: torch.Tensor | None = None, n: int = 2000, seed: int = 0) -> list[dict]:
+def tsne_panels(
+    model: torch.nn.Module,
+    x_clean: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor | None = None,
+    adv_success: torch.Tensor | None = None,
+    n: int = 2000,
+    seed: int = 0,
+) -> list[dict]:
     """Panels for ``plot_tsne`` on a seeded random subset of ``n`` examples.
 
     Without ``x_adv``: one panel of clean points. With it (aligned with ``x_clean``): clean and
@@ -66,15 +75,21 @@ def tsne_panels(model: torch.nn.Module, x_clean: torch.Tensor, y: torch.Tensor, 
     xy = embed(torch.cat([feats, adv_feats]).numpy(), seed)
     labels = torch.cat([y, y[adv_success]]).numpy()
     mask = np.arange(len(labels)) >= len(y)
-    return [{"title": "clean", "xy": xy[~mask], "labels": labels[~mask]},
-            {"title": f"clean + {int(mask.sum())} successful attacks (+)", "xy": xy, "labels": labels,
-             "adv_mask": mask}]
+    return [
+        {"title": "clean", "xy": xy[~mask], "labels": labels[~mask]},
+        {
+            "title": f"clean + {int(mask.sum())} successful attacks (+)",
+            "xy": xy,
+            "labels": labels,
+            "adv_mask": mask,
+        },
+    ]
 
 
 @torch.no_grad()
 def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     dev = next(model.parameters()).device
-    return torch.cat([model(as_input(x[i:i + batch_size]).to(dev)).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([model(as_input(x[i : i + batch_size]).to(dev)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def plot_tsne(panels: list[dict], path, title: str, class_names: list[str] | None = None) -> Path:
@@ -99,12 +114,20 @@ def plot_tsne(panels: list[dict], path, title: str, class_names: list[str] | Non
         ax.set(title=p["title"], xticks=[], yticks=[])
     if k <= 10:
         names = list(class_names or [])
-        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(c), label=names[c] if c < len(names) else str(c))
-                   for c in range(k)]
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=cmap(c), label=names[c] if c < len(names) else str(c))
+            for c in range(k)
+        ]
         if any(np.any(p.get("adv_mask", False)) for p in panels):
             handles.append(Line2D([], [], marker="+", linestyle="", color="k", label="adversarial"))
-        axes[0, -1].legend(handles=handles, title="class", loc="center left", bbox_to_anchor=(1.0, 0.5),
-                           fontsize=7, frameon=False)
+        axes[0, -1].legend(
+            handles=handles,
+            title="class",
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            fontsize=7,
+            frameon=False,
+        )
     else:
         fig.colorbar(sc, ax=axes[0, -1], label="class")
     fig.suptitle(title)

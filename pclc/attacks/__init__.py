@@ -14,8 +14,9 @@ values out of range) and returns an :class:`Attack`. One PGD vocabulary througho
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -26,8 +27,17 @@ from pclc.registry import Registry, params_of
 ATTACKS = Registry("attack", positional=("model", "x", "y", "eps", "seed"))
 
 # The vocabulary's value ranges: counts are integers >= 1, step sizes and rates are > 0.
-_COUNTS = ("nb_iter", "max_iterations", "binary_search_steps", "nb_sample", "max_batch_size", "batch_size",
-           "restarts", "queries", "targets")
+_COUNTS = (
+    "nb_iter",
+    "max_iterations",
+    "binary_search_steps",
+    "nb_sample",
+    "max_batch_size",
+    "batch_size",
+    "restarts",
+    "queries",
+    "targets",
+)
 _POSITIVE = ("eps_iter", "rel_eps_iter", "lr", "learning_rate", "delta", "initial_const", "target_margin")
 _NON_NEGATIVE = ("confidence", "decay_factor")
 
@@ -37,16 +47,21 @@ def check_budget(params: Mapping[str, Any]) -> None:
     for k, v in params.items():
         if k in _COUNTS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"attack parameter {k}={v!r} must be an integer >= 1")
-        if k in _POSITIVE and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
-                                                 or v != v or v == float("inf")):
+        if (
+            k in _POSITIVE
+            and v is not None
+            and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"))
+        ):
             raise ValueError(f"attack parameter {k}={v!r} must be a finite number > 0")
         if k in _NON_NEGATIVE and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
             raise ValueError(f"attack parameter {k}={v!r} must be a number >= 0")
     if "eps_iter" in params or "rel_eps_iter" in params:
         given = [k for k in ("eps_iter", "rel_eps_iter") if params.get(k) is not None]
         if len(given) != 1:
-            raise ValueError(f"an iterative attack takes exactly one of eps_iter (absolute step) or rel_eps_iter "
-                             f"(step as a fraction of eps); got {given or 'neither'}")
+            raise ValueError(
+                f"an iterative attack takes exactly one of eps_iter (absolute step) or rel_eps_iter "
+                f"(step as a fraction of eps); got {given or 'neither'}"
+            )
 
 
 def register_attack(name: str, *, bounded: bool, passes: Callable[[dict], float], **meta):
@@ -70,7 +85,7 @@ class Attack:
     fn: Callable
     params: dict[str, Any]
     bounded: bool
-    passes: float        # forward + input-gradient passes per example (the planner's cost; a forward is 1/2)
+    passes: float  # forward + input-gradient passes per example (the planner's cost; a forward is 1/2)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, seed: int = 0) -> torch.Tensor:
         if self.bounded and eps is None:
@@ -92,8 +107,13 @@ def build_attack(cfg: Mapping | DictConfig, engine: Mapping | None = None, **run
     params = params_of(cfg)
     takes = set(e.meta.get("runtime", ()))
     runtime.update({k: v for k, v in (engine or {}).items() if k in takes})
-    return Attack(e.name, ATTACKS.build(cfg, _convert_="all", **runtime), params, bool(e.meta["bounded"]),
-                  float(e.meta["passes"](params)))
+    return Attack(
+        e.name,
+        ATTACKS.build(cfg, _convert_="all", **runtime),
+        params,
+        bool(e.meta["bounded"]),
+        float(e.meta["passes"](params)),
+    )
 
 
 def list_attacks() -> list[str]:
@@ -102,8 +122,20 @@ def list_attacks() -> list[str]:
 
 from pclc.attacks import adaptive, linf, paper, reference  # noqa: E402  (registers the attacks)
 
-__all__ = ["ATTACKS", "Attack", "attack_config", "register_attack", "build_attack", "attack_entry", "check_eps", "list_attacks",
-           "adaptive", "linf", "paper", "reference"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "attack_config",
+    "register_attack",
+    "build_attack",
+    "attack_entry",
+    "check_eps",
+    "list_attacks",
+    "adaptive",
+    "linf",
+    "paper",
+    "reference",
+]
 
 
 def attack_config(name: str, **params) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -56,15 +56,34 @@ def _steps(p: dict) -> float:
 def ce_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float, rand_init: bool = True, restarts: int = 1):
     """CE-PGD with a constant step ``rel_eps_iter * eps``; each example keeps its first fooling iterate.
     ``nb_iter=1, rel_eps_iter=1, rand_init=false`` is FGSM."""
-    once = partial(sign_pgd, model, eps=eps, nb_iter=int(nb_iter), step=float(rel_eps_iter) * eps,
-                   rand_init=bool(rand_init), keep_first=True)
+    once = partial(
+        sign_pgd,
+        model,
+        eps=eps,
+        nb_iter=int(nb_iter),
+        step=float(rel_eps_iter) * eps,
+        rand_init=bool(rand_init),
+        keep_first=True,
+    )
     with seeded(seed, x.device):
         return _restarts(model, x, y, restarts, once)
 
 
 @register_attack("margin-pgd", bounded=True, passes=_steps)
-def margin_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float | None = None, restarts: int = 1,
-               eps_iter: float | None = None, decay: bool = True, keep_first: bool = True, rand_init: bool = True):
+def margin_pgd(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    nb_iter: int,
+    rel_eps_iter: float | None = None,
+    restarts: int = 1,
+    eps_iter: float | None = None,
+    decay: bool = True,
+    keep_first: bool = True,
+    rand_init: bool = True,
+):
     """PGD on the C&W margin loss max_{k!=y} a_k - a_y (no softmax: cannot saturate); first step
     ``rel_eps_iter * eps`` (or ``eps_iter``), cosine-decayed (``decay``), random start (``rand_init``; off, one
     step of eps is FGSM's update and 10 of 0.01 BIM's); per example the first iterate that fools the model
@@ -72,8 +91,17 @@ def margin_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float | None 
     if (rel_eps_iter is None) == (eps_iter is None):
         raise ValueError("margin_pgd takes one of rel_eps_iter and eps_iter")
     step = float(eps_iter) if eps_iter is not None else float(rel_eps_iter) * eps
-    once = partial(sign_pgd, model, eps=eps, nb_iter=int(nb_iter), step=step, loss=margin_loss,
-                   decay=bool(decay), keep_first=bool(keep_first), rand_init=bool(rand_init))
+    once = partial(
+        sign_pgd,
+        model,
+        eps=eps,
+        nb_iter=int(nb_iter),
+        step=step,
+        loss=margin_loss,
+        decay=bool(decay),
+        keep_first=bool(keep_first),
+        rand_init=bool(rand_init),
+    )
     with seeded(seed, x.device):
         return _restarts(model, x, y, restarts, once)
 
@@ -88,14 +116,35 @@ def _temperature(model, x, y, temperature, target_margin: float):
 
 
 @register_attack("temp-pgd", bounded=True, passes=_steps)
-def temp_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float, restarts: int,
-             temperature: float | str = "auto", target_margin: float = 2.0):
+def temp_pgd(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    nb_iter: int,
+    rel_eps_iter: float,
+    restarts: int,
+    temperature: float | str = "auto",
+    target_margin: float = 2.0,
+):
     """PGD on CE of temperature-scaled logits (logits / T) to un-saturate softmax; first step
     ``rel_eps_iter * eps``, cosine-decayed, random start."""
+
     def once(xs, ys):
         t = _temperature(model, xs, ys, temperature, float(target_margin))
-        return sign_pgd(model, xs, ys, eps, int(nb_iter), float(rel_eps_iter) * eps, ce_loss, t, decay=True,
-                        keep_first=True)
+        return sign_pgd(
+            model,
+            xs,
+            ys,
+            eps,
+            int(nb_iter),
+            float(rel_eps_iter) * eps,
+            ce_loss,
+            t,
+            decay=True,
+            keep_first=True,
+        )
 
     with seeded(seed, x.device):
         return _restarts(model, x, y, restarts, once)
@@ -106,8 +155,15 @@ def apgd(model, x, y, eps, seed, loss: str, nb_iter: int, restarts: int):
     """APGD-CE or APGD-DLR (torchattacks); DLR needs at least 3 classes."""
     if loss == "dlr" and _num_classes(model, x) < 3:
         raise ValueError("APGD-DLR needs at least 3 classes")
-    atk = _torchattacks().APGD(model, norm="Linf", eps=float(eps), steps=int(nb_iter), n_restarts=int(restarts),
-                               seed=int(seed), loss=loss)
+    atk = _torchattacks().APGD(
+        model,
+        norm="Linf",
+        eps=float(eps),
+        steps=int(nb_iter),
+        n_restarts=int(restarts),
+        seed=int(seed),
+        loss=loss,
+    )
     with seeded(seed, x.device):
         return project(atk(x, y), x, eps)
 
@@ -118,8 +174,15 @@ def apgdt(model, x, y, eps, seed, nb_iter: int, restarts: int, targets: int):
     k = _num_classes(model, x)
     if k < 4:
         raise ValueError("targeted APGD needs at least 4 classes")
-    atk = _torchattacks().APGDT(model, norm="Linf", eps=float(eps), steps=int(nb_iter), n_restarts=int(restarts),
-                                seed=int(seed), n_classes=k)
+    atk = _torchattacks().APGDT(
+        model,
+        norm="Linf",
+        eps=float(eps),
+        steps=int(nb_iter),
+        n_restarts=int(restarts),
+        seed=int(seed),
+        n_classes=k,
+    )
     atk.n_target_classes = min(int(targets), k - 1)
     with seeded(seed, x.device):
         return project(atk(x, y), x, eps)
@@ -128,14 +191,24 @@ def apgdt(model, x, y, eps, seed, nb_iter: int, restarts: int, targets: int):
 @register_attack("square", bounded=True, passes=lambda p: float(p["queries"]) * p["restarts"] / 2)
 def square(model, x, y, eps, seed, queries: int, restarts: int):
     """Square attack (torchattacks): black-box random search on the margin loss, ``queries`` per example."""
-    atk = _torchattacks().Square(model, norm="Linf", eps=float(eps), n_queries=int(queries),
-                                 n_restarts=int(restarts), seed=int(seed), loss="margin")
+    atk = _torchattacks().Square(
+        model,
+        norm="Linf",
+        eps=float(eps),
+        n_queries=int(queries),
+        n_restarts=int(restarts),
+        seed=int(seed),
+        loss="margin",
+    )
     with seeded(seed, x.device):
         return project(atk(x, y), x, eps)
 
 
-@register_attack("autoattack", bounded=True,
-                 passes=lambda p: float(p["steps"]) * (1 + 2 * p["targets"]) + float(p["queries"]) / 2)
+@register_attack(
+    "autoattack",
+    bounded=True,
+    passes=lambda p: float(p["steps"]) * (1 + 2 * p["targets"]) + float(p["queries"]) / 2,
+)
 def autoattack(model, x, y, eps, seed, steps: int = 100, targets: int = 9, queries: int = 5000):
     """AutoAttack "standard" (Croce & Hein 2020) at its published budgets: APGD-CE, APGD-T and FAB-T (100 steps,
     the 9 most likely wrong classes) and Square (5,000 queries), each on what the ones before left robust.
@@ -145,16 +218,20 @@ def autoattack(model, x, y, eps, seed, steps: int = 100, targets: int = 9, queri
     apgdt = ta.APGDT(model, steps=int(steps), n_restarts=1, n_classes=k, **common)
     fab = ta.FAB(model, steps=int(steps), n_restarts=1, multi_targeted=True, n_classes=k, **common)
     apgdt.n_target_classes = fab.n_target_classes = min(int(targets), k - 1)
-    ensemble = ta.MultiAttack([ta.APGD(model, steps=int(steps), n_restarts=1, loss="ce", **common), apgdt, fab,
-                               ta.Square(model, n_queries=int(queries), n_restarts=1, **common)])
+    ensemble = ta.MultiAttack(
+        [
+            ta.APGD(model, steps=int(steps), n_restarts=1, loss="ce", **common),
+            apgdt,
+            fab,
+            ta.Square(model, n_queries=int(queries), n_restarts=1, **common),
+        ]
+    )
     with seeded(seed, x.device):
         return project(ensemble(x, y), x, eps)
 
 
-@register_attack("transfer-pgd", bounded=True, passes=lambda p: float(p["nb_iter"]),
-                 runtime=("source", "cache_dir"))
-def transfer_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float, source=None,
-                 cache_dir: Path | None = None):
+@register_attack("transfer-pgd", bounded=True, passes=lambda p: float(p["nb_iter"]), runtime=("source", "cache_dir"))
+def transfer_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float, source=None, cache_dir: Path | None = None):
     """CE-PGD crafted on ``source`` (its last iterate), to be evaluated on ``model``.
 
     The examples depend on the source alone, so with ``cache_dir`` (the source run's) they are saved under

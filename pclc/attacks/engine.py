@@ -52,8 +52,9 @@ def rows_independent(model, x: torch.Tensor, y: torch.Tensor, chunk: int | None)
         return False
     g = ce_grad(model, xs, ys, None)
     mid = slice(n // 2, n // 2 + MIN_ROWS)
-    return (torch.equal(g, ce_grad(model, xs, ys, chunk or n // 2))
-            and torch.equal(g[mid], ce_grad(model, xs[mid], ys[mid], None)))
+    return torch.equal(g, ce_grad(model, xs, ys, chunk or n // 2)) and torch.equal(
+        g[mid], ce_grad(model, xs[mid], ys[mid], None)
+    )
 
 
 def _all_zero(t: torch.Tensor) -> torch.Tensor:
@@ -75,8 +76,17 @@ def fgsm(model, x, y, eps: float, chunk: int | None) -> torch.Tensor:
     return torch.clamp(torch.clamp(x + step, min=0.0), max=1.0)
 
 
-def sign_iterations(model, x, y, eps: float, nb_iter: int, eps_iter: float, chunk: int | None,
-                    delta: torch.Tensor | None = None, decay: float | None = None) -> torch.Tensor:
+def sign_iterations(
+    model,
+    x,
+    y,
+    eps: float,
+    nb_iter: int,
+    eps_iter: float,
+    chunk: int | None,
+    delta: torch.Tensor | None = None,
+    decay: float | None = None,
+) -> torch.Tensor:
     """advertorch's L-inf iterative attacks on CE, final iterate: ``perturb_iterative`` (BIM; PGD from
     ``delta``) or, with ``decay``, ``MomentumIterativeAttack`` (MIM: L1-normalised gradients accumulate
     in ``g``, the step follows ``sign(g)``, and the result is ``x + delta`` unclamped, as advertorch's)."""
@@ -124,8 +134,20 @@ def pgd_start(x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.clamp(torch.clamp(x + delta, min=0.0), max=1.0) - x
 
 
-def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float, learning_rate: float,
-          binary_search_steps: int, max_iterations: int, abort_early: bool, initial_const: float) -> torch.Tensor:
+def cw_l2(
+    model,
+    x,
+    y,
+    num_classes: int,
+    chunk: int | None,
+    *,
+    confidence: float,
+    learning_rate: float,
+    binary_search_steps: int,
+    max_iterations: int,
+    abort_early: bool,
+    initial_const: float,
+) -> torch.Tensor:
     """advertorch ``CarliniWagnerL2Attack`` (untargeted, [0, 1]): per binary-search step a fresh Adam on
     the tanh-space perturbation, the batch's summed loss checked every ``max_iterations // 10`` steps for
     the early abort, the smallest successful L2 kept; constants bisected (x10 while no success)."""
@@ -162,12 +184,15 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
             adv = torch.tanh(delta + x_atanh) * 0.5 * 1.0 + 0.5
             active = (~frozen).nonzero().squeeze(1)
             part = free and len(active) < n and len(active) >= MIN_ROWS
-            src, oh, ot, bg, cst = (adv.detach()[active], onehot[active], others[active], big[active], const[active]) \
-                if part else (adv.detach(), onehot, others, big, const)
+            src, oh, ot, bg, cst = (
+                (adv.detach()[active], onehot[active], others[active], big[active], const[active])
+                if part
+                else (adv.detach(), onehot, others, big, const)
+            )
             # The classification term is a sum of per-example terms, so each block runs forward and backward
             # at once (its activations stay in cache); its value is summed over the whole batch as advertorch's.
             outs, terms, grads = [], [], []
-            for a, b in (row_blocks(len(src), chunk) if part else blocks):
+            for a, b in row_blocks(len(src), chunk) if part else blocks:
                 ab = src[a:b].detach().requires_grad_()
                 out = model(ab)
                 real = (oh[a:b] * out).sum(dim=1)
@@ -177,7 +202,11 @@ def cw_l2(model, x, y, num_classes: int, chunk: int | None, *, confidence: float
                 outs.append(out.detach())
                 terms.append(term.detach())
             if part:
-                out_all[active], term_all[active], grad_all[active] = torch.cat(outs), torch.cat(terms), torch.cat(grads)
+                out_all[active], term_all[active], grad_all[active] = (
+                    torch.cat(outs),
+                    torch.cat(terms),
+                    torch.cat(grads),
+                )
             else:
                 out_all, term_all, grad_all = torch.cat(outs), torch.cat(terms), torch.cat(grads)
             out, term = out_all, term_all

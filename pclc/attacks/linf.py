@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -20,8 +20,9 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> 
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device):
     """Seed torch's RNGs for the block and restore them afterwards (reproducible, no side effects)."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         yield
@@ -47,10 +48,21 @@ def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (x.dim() - 1)))
 
 
-def sign_pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, nb_iter: int,
-             step: float | torch.Tensor, loss: Callable = ce_loss, temperature=1.0, rand_init: bool = True,
-             generator: torch.Generator | None = None, decay: bool = False, keep_first: bool = False,
-             compact_every: int = 10) -> torch.Tensor:
+def sign_pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    nb_iter: int,
+    step: float | torch.Tensor,
+    loss: Callable = ce_loss,
+    temperature=1.0,
+    rand_init: bool = True,
+    generator: torch.Generator | None = None,
+    decay: bool = False,
+    keep_first: bool = False,
+    compact_every: int = 10,
+) -> torch.Tensor:
     """Sign-gradient ascent on ``loss(logits, y, temperature).sum()`` in the eps-ball ∩ [0, 1].
 
     ``eps``/``step``: numbers, or tensors of shape (B,) (one per example: adversarial training).
@@ -110,8 +122,15 @@ class HalfAdversarial:
     only the steps). Crafted with CE on the model in eval mode, without weight gradients.
     """
 
-    def __init__(self, attack: str, eps_range, nb_iter: int = 1, rel_eps_iter: float | None = None,
-                 rand_init: bool = False, fraction: float = 0.5):
+    def __init__(
+        self,
+        attack: str,
+        eps_range,
+        nb_iter: int = 1,
+        rel_eps_iter: float | None = None,
+        rand_init: bool = False,
+        fraction: float = 0.5,
+    ):
         if attack not in ("fgsm", "pgd"):
             raise ValueError(f"adversarial training supports fgsm or pgd, got {attack!r}")
         lo, hi = (float(v) for v in eps_range)
@@ -139,8 +158,17 @@ class HalfAdversarial:
         for p in params:  # no weight gradients while crafting
             p.requires_grad_(False)
         try:
-            adv = sign_pgd(model, x[:n], y[:n], eps, self.nb_iter, step, _ce_sum, rand_init=self.rand_init,
-                           generator=generator)
+            adv = sign_pgd(
+                model,
+                x[:n],
+                y[:n],
+                eps,
+                self.nb_iter,
+                step,
+                _ce_sum,
+                rand_init=self.rand_init,
+                generator=generator,
+            )
         finally:
             for p, f in zip(params, flags):
                 p.requires_grad_(f)

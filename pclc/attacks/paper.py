@@ -18,7 +18,8 @@ import functools
 import torch
 import torch.nn as nn
 
-from pclc.attacks import engine as engine_mod, register_attack
+from pclc.attacks import engine as engine_mod
+from pclc.attacks import register_attack
 from pclc.attacks.linf import seeded
 
 BACKENDS = ("pclc", "advertorch")
@@ -95,12 +96,19 @@ def fgsm(model, x, y, eps, seed, backend: str = "pclc", chunk="auto"):
     ours, chunk = _ours(backend, chunk, x)
     if ours:
         return engine_mod.fgsm(model, x, y, eps, chunk)
-    return _run(advertorch_attacks().GradientSignAttack(model, loss_fn=_ce_sum(), eps=eps, clip_min=0.0,
-                                                        clip_max=1.0, targeted=False), x, y, seed)
+    return _run(
+        advertorch_attacks().GradientSignAttack(
+            model, loss_fn=_ce_sum(), eps=eps, clip_min=0.0, clip_max=1.0, targeted=False
+        ),
+        x,
+        y,
+        seed,
+    )
 
 
-def _iterative(cls: str, model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter, backend, chunk,
-               **extra) -> torch.Tensor:
+def _iterative(
+    cls: str, model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter, backend, chunk, **extra
+) -> torch.Tensor:
     """An L-inf iterative attack (BIM, PGD, MIM) on CE, ``nb_iter`` steps of the step size."""
     step = step_size(eps, eps_iter, rel_eps_iter)
     ours, chunk = _ours(backend, chunk, x)
@@ -108,55 +116,169 @@ def _iterative(cls: str, model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter
         with seeded(seed, x.device):
             start = engine_mod.pgd_start(x, eps) if extra.get("rand_init") else None
         return engine_mod.sign_iterations(model, x, y, eps, int(nb_iter), step, chunk, start, extra.get("decay_factor"))
-    attack = getattr(advertorch_attacks(), cls)(model, loss_fn=_ce_sum(), eps=eps, nb_iter=int(nb_iter),
-                                                eps_iter=step, clip_min=0.0, clip_max=1.0, targeted=False, **extra)
+    attack = getattr(advertorch_attacks(), cls)(
+        model,
+        loss_fn=_ce_sum(),
+        eps=eps,
+        nb_iter=int(nb_iter),
+        eps_iter=step,
+        clip_min=0.0,
+        clip_max=1.0,
+        targeted=False,
+        **extra,
+    )
     return _run(attack, x, y, seed)
 
 
 @register_attack("bim", bounded=True, passes=lambda p: p["nb_iter"], runtime=_ENGINE)
-def bim(model, x, y, eps, seed, nb_iter: int, eps_iter: float | None = None, rel_eps_iter: float | None = None,
-        backend: str = "pclc", chunk="auto"):
+def bim(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    nb_iter: int,
+    eps_iter: float | None = None,
+    rel_eps_iter: float | None = None,
+    backend: str = "pclc",
+    chunk="auto",
+):
     """BIM (Kurakin et al. 2016): ``nb_iter`` sign steps, no random start."""
-    return _iterative("LinfBasicIterativeAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter,
-                      backend, chunk)
+    return _iterative(
+        "LinfBasicIterativeAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter, backend, chunk
+    )
 
 
 @register_attack("pgd", bounded=True, passes=lambda p: p["nb_iter"], runtime=_ENGINE)
-def pgd(model, x, y, eps, seed, nb_iter: int, rand_init: bool, eps_iter: float | None = None,
-        rel_eps_iter: float | None = None, backend: str = "pclc", chunk="auto"):
+def pgd(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    nb_iter: int,
+    rand_init: bool,
+    eps_iter: float | None = None,
+    rel_eps_iter: float | None = None,
+    backend: str = "pclc",
+    chunk="auto",
+):
     """PGD (Madry et al. 2017): ``nb_iter`` sign steps from a random start (``rand_init``)."""
-    return _iterative("LinfPGDAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter, backend, chunk,
-                      rand_init=bool(rand_init))
+    return _iterative(
+        "LinfPGDAttack",
+        model,
+        x,
+        y,
+        eps,
+        seed,
+        nb_iter,
+        eps_iter,
+        rel_eps_iter,
+        backend,
+        chunk,
+        rand_init=bool(rand_init),
+    )
 
 
 @register_attack("mim", bounded=True, passes=lambda p: p["nb_iter"], runtime=_ENGINE)
-def mim(model, x, y, eps, seed, nb_iter: int, decay_factor: float, eps_iter: float | None = None,
-        rel_eps_iter: float | None = None, backend: str = "pclc", chunk="auto"):
+def mim(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    nb_iter: int,
+    decay_factor: float,
+    eps_iter: float | None = None,
+    rel_eps_iter: float | None = None,
+    backend: str = "pclc",
+    chunk="auto",
+):
     """MIM (Dong et al. 2018): momentum iterative sign steps."""
-    return _iterative("MomentumIterativeAttack", model, x, y, eps, seed, nb_iter, eps_iter, rel_eps_iter,
-                      backend, chunk, decay_factor=float(decay_factor))
+    return _iterative(
+        "MomentumIterativeAttack",
+        model,
+        x,
+        y,
+        eps,
+        seed,
+        nb_iter,
+        eps_iter,
+        rel_eps_iter,
+        backend,
+        chunk,
+        decay_factor=float(decay_factor),
+    )
 
 
-@register_attack("cw", bounded=False, passes=lambda p: p["max_iterations"] * p["binary_search_steps"],
-                 runtime=_ENGINE)
-def cw(model, x, y, eps, seed, max_iterations: int, learning_rate: float, confidence: float,
-       binary_search_steps: int, initial_const: float, abort_early: bool, backend: str = "pclc", chunk="auto"):
+@register_attack("cw", bounded=False, passes=lambda p: p["max_iterations"] * p["binary_search_steps"], runtime=_ENGINE)
+def cw(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    max_iterations: int,
+    learning_rate: float,
+    confidence: float,
+    binary_search_steps: int,
+    initial_const: float,
+    abort_early: bool,
+    backend: str = "pclc",
+    chunk="auto",
+):
     """C&W L2 (Carlini & Wagner 2017), untargeted and unbounded (``eps`` is None)."""
-    settings = dict(confidence=float(confidence), learning_rate=float(learning_rate),
-                    binary_search_steps=int(binary_search_steps), max_iterations=int(max_iterations),
-                    abort_early=bool(abort_early), initial_const=float(initial_const))
+    settings = {
+        "confidence": float(confidence),
+        "learning_rate": float(learning_rate),
+        "binary_search_steps": int(binary_search_steps),
+        "max_iterations": int(max_iterations),
+        "abort_early": bool(abort_early),
+        "initial_const": float(initial_const),
+    }
     ours, chunk = _ours(backend, chunk, x)
     if ours:
         return engine_mod.cw_l2(model, x, y, _num_classes(model, x), chunk, **settings)
-    return _run(advertorch_attacks().CarliniWagnerL2Attack(
-        model, _num_classes(model, x), targeted=False, clip_min=0.0, clip_max=1.0, **settings), x, y, seed)
+    return _run(
+        advertorch_attacks().CarliniWagnerL2Attack(
+            model, _num_classes(model, x), targeted=False, clip_min=0.0, clip_max=1.0, **settings
+        ),
+        x,
+        y,
+        seed,
+    )
 
 
 @register_attack("spsa", bounded=True, passes=lambda p: p["nb_iter"] * p["nb_sample"] * 2 / 2)
-def spsa(model, x, y, eps, seed, lr: float, delta: float, nb_iter: int, nb_sample: int, max_batch_size: int,
-         batch_size: int = 10):
+def spsa(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    lr: float,
+    delta: float,
+    nb_iter: int,
+    nb_sample: int,
+    max_batch_size: int,
+    batch_size: int = 10,
+):
     """SPSA (Uesato et al. 2018), gradient-free. ``batch_size``: examples per call, read by pclc.evaluate
     (SPSA forwards ``max_batch_size`` copies of each example, so it runs in smaller batches than the others)."""
-    return _run(advertorch_attacks().LinfSPSAAttack(
-        model, eps=eps, delta=float(delta), lr=float(lr), nb_iter=int(nb_iter), nb_sample=int(nb_sample),
-        max_batch_size=int(max_batch_size), targeted=False, clip_min=0.0, clip_max=1.0), x, y, seed)
+    return _run(
+        advertorch_attacks().LinfSPSAAttack(
+            model,
+            eps=eps,
+            delta=float(delta),
+            lr=float(lr),
+            nb_iter=int(nb_iter),
+            nb_sample=int(nb_sample),
+            max_batch_size=int(max_batch_size),
+            targeted=False,
+            clip_min=0.0,
+            clip_max=1.0,
+        ),
+        x,
+        y,
+        seed,
+    )

@@ -27,21 +27,41 @@ def _passes(p: dict) -> float:
 
 
 @register_attack("autoattack-ref", bounded=True, passes=_passes)
-def autoattack_ref(model, x, y, eps, seed, version: str = "standard", nb_iter: int = 100, targets: int = 9,
-                   queries: int = 5000):
+def autoattack_ref(
+    model,
+    x,
+    y,
+    eps,
+    seed,
+    version: str = "standard",
+    nb_iter: int = 100,
+    targets: int = 9,
+    queries: int = 5000,
+):
     """Reference AutoAttack at ``eps`` (L-inf) on a batch; its adversarial examples, projected onto the ball."""
     try:
         from pyautoattack import AutoAttack
     except ImportError as e:
-        raise ImportError("the reference AutoAttack needs pyautoattack==0.2.0: make setup installs it "
-                          "(pip install -c constraints.txt pyautoattack)") from e
+        raise ImportError(
+            "the reference AutoAttack needs pyautoattack==0.2.0: make setup installs it "
+            "(pip install -c constraints.txt pyautoattack)"
+        ) from e
     if version not in ("standard", "custom"):
         raise ValueError(f"autoattack-ref: version must be standard or custom, got {version!r}")
     if version == "standard" and (nb_iter, targets, queries) != (100, 9, 5000):
-        raise ValueError("autoattack-ref: version=standard runs the published budgets; use version=custom to change "
-                         "nb_iter, targets or queries")
-    aa = AutoAttack(model, attacks=None if version == "standard" else STANDARD, device=x.device, eps=float(eps),
-                    norm="Linf", seed=int(seed), version=version)
+        raise ValueError(
+            "autoattack-ref: version=standard runs the published budgets; use version=custom to change "
+            "nb_iter, targets or queries"
+        )
+    aa = AutoAttack(
+        model,
+        attacks=None if version == "standard" else STANDARD,
+        device=x.device,
+        eps=float(eps),
+        norm="Linf",
+        seed=int(seed),
+        version=version,
+    )
     aa.verbose = False
     aa.logger.setLevel(logging.WARNING)
     if version == "custom":

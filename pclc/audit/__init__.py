@@ -23,6 +23,24 @@ from pclc.audit.report import CSV_COLUMNS, paper_rows, write_audit_report
 from pclc.audit.result import AuditResult
 from pclc.audit.run import CASCADE, attack_specs, audit_model, audit_run, method_of, saturation_probe
 
-__all__ = ["AuditResult", "CASCADE", "CSV_COLUMNS", "HEALTHY", "MASKING_FLAGS", "VERDICTS", "attack_specs", "audit",
-           "audit_model", "audit_run", "audit_settings", "checks", "method_of", "paper_rows", "saturation_probe",
-           "verdict", "verdict_evidence", "worst_case", "write_audit_report"]
+__all__ = [
+    "AuditResult",
+    "CASCADE",
+    "CSV_COLUMNS",
+    "HEALTHY",
+    "MASKING_FLAGS",
+    "VERDICTS",
+    "attack_specs",
+    "audit",
+    "audit_model",
+    "audit_run",
+    "audit_settings",
+    "checks",
+    "method_of",
+    "paper_rows",
+    "saturation_probe",
+    "verdict",
+    "verdict_evidence",
+    "worst_case",
+    "write_audit_report",
+]

@@ -1,7 +1,7 @@
 """``python -m pclc.audit``: audit one run of the store and its CE reference; write the report.
 
-    python -m pclc.audit dataset=fmnist model=lenet5 loss=pclc      # the run the training config names
-    python -m pclc.audit audit.run=<key or path>                    # any run of the store
+python -m pclc.audit dataset=fmnist model=lenet5 loss=pclc      # the run the training config names
+python -m pclc.audit audit.run=<key or path>                    # any run of the store
 """
 
 from __future__ import annotations
@@ -26,10 +26,14 @@ def audit_settings(cfg: DictConfig) -> dict[str, Any]:
     """``audit_run``'s settings from an audit config (configs/audit.yaml): eps, attacks and their budgets,
     profile, subset, data root, thresholds."""
     a = cfg.audit
-    return {"eps_list": None if a.eps is None else list(a.eps),
-            "attacks": OmegaConf.to_container(a.attacks, resolve=True),
-            "profile": OmegaConf.to_container(a.profile, resolve=True), "subset": a.subset,
-            "data_root": cfg.dataset.root, "thresholds": OmegaConf.to_container(a.thresholds, resolve=True)}
+    return {
+        "eps_list": None if a.eps is None else list(a.eps),
+        "attacks": OmegaConf.to_container(a.attacks, resolve=True),
+        "profile": OmegaConf.to_container(a.profile, resolve=True),
+        "subset": a.subset,
+        "data_root": cfg.dataset.root,
+        "thresholds": OmegaConf.to_container(a.thresholds, resolve=True),
+    }
 
 
 def _named_run(cfg: DictConfig) -> tuple[DictConfig, RunDir]:
@@ -41,7 +45,11 @@ def _named_run(cfg: DictConfig) -> tuple[DictConfig, RunDir]:
     run = RunDir.at(a.run) if "/" in str(a.run) else RunDir(cfg.store, str(a.run))
     if not run.config.exists():
         raise ValueError(f"audit.run={a.run}: no run at {run.path} (expected {run.config})")
-    cfg, resolved, root = cfg.copy(), checked_config(run), cfg.dataset.root  # an edited config.yaml: refused now
+    cfg, resolved, root = (
+        cfg.copy(),
+        checked_config(run),
+        cfg.dataset.root,
+    )  # an edited config.yaml: refused now
     with open_dict(cfg):
         for k in ("dataset", "model", "loss", "trainer", "seed"):
             cfg[k] = resolved[k]
@@ -56,8 +64,10 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     cfg, run = _named_run(cfg)
     a = cfg.audit
     if not run.finished:
-        raise ValueError(f"run {run.key} is not finished; train it first: python -m pclc.train "
-                         f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}")
+        raise ValueError(
+            f"run {run.key} is not finished; train it first: python -m pclc.train "
+            f"dataset={cfg.dataset.name} model={cfg.model.name} loss={cfg.loss.name}"
+        )
     checked_config(run)  # before a reference run is trained from it
     ref_run = None
     if a.reference and (a.reference != cfg.loss.name or cfg.trainer.get("adversarial")):
@@ -72,8 +82,9 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     audits = [audit_run(run, device, reference_run=ref_run, **kw)]
     if ref_run is not None and a.include_reference:
         audits.append(audit_run(ref_run, device, **kw))
-    files = write_audit_report(audits, Path(a.out_dir), paper_rows(cfg.dataset.name, cfg.model.name),
-                               config_yaml=config_yaml(cfg))
+    files = write_audit_report(
+        audits, Path(a.out_dir), paper_rows(cfg.dataset.name, cfg.model.name), config_yaml=config_yaml(cfg)
+    )
     for x in audits:
         log.info("%s: %s", x.run, x.verdict_reason)
     return {"audits": audits, "files": [str(f) for f in files]}

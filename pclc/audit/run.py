@@ -8,23 +8,31 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pclc.attacks import Attack, build_attack
+from pclc.attacks import Attack, build_attack, check_eps
 from pclc.attacks.linf import margin
-from pclc.audit.checks import checks, explain_verdict, named, paper_attack, pct, verdict, verdict_evidence, \
-    worst_case
+from pclc.audit.checks import (
+    checks,
+    explain_verdict,
+    named,
+    paper_attack,
+    pct,
+    verdict,
+    verdict_evidence,
+    worst_case,
+)
 from pclc.audit.result import AuditResult
 from pclc.data import eval_tensors
 from pclc.io import CorruptFileError, atomic_write_json, read_json
-from pclc.attacks import check_eps
 from pclc.store import RunDir, load_run, provenance, weights_digest
 
 log = logging.getLogger(__name__)
@@ -42,10 +50,10 @@ class Spec:
     name: str
     attack: Attack
     params: dict
-    group: str                                  # single-step | paper | steps | adaptive | black-box | transfer
+    group: str  # single-step | paper | steps | adaptive | black-box | transfer
     source_key: str | None = None
     batch_size: int | None = None
-    source_weights: str | None = None           # the transfer source's weights hash (what a cached result needs)
+    source_weights: str | None = None  # the transfer source's weights hash (what a cached result needs)
 
 
 def attack_specs(attacks: dict[str, dict], num_classes: int, source: tuple | None = None) -> list[Spec]:
@@ -63,17 +71,30 @@ def attack_specs(attacks: dict[str, dict], num_classes: int, source: tuple | Non
         if a["group"] == "transfer":
             if source is None:
                 continue
-            key, runtime = source[0], {"source": source[1], "cache_dir": source[2] if len(source) > 2 else None}
+            key, runtime = (
+                source[0],
+                {"source": source[1], "cache_dir": source[2] if len(source) > 2 else None},
+            )
             weights = weights_digest(source[1].state_dict())
         atk = build_attack(a["attack"], **runtime)
-        out.append(Spec(name, atk, atk.params, a["group"], key, None if a.get("batch_size") is None
-                        else int(a["batch_size"]), weights))
+        out.append(
+            Spec(
+                name,
+                atk,
+                atk.params,
+                a["group"],
+                key,
+                None if a.get("batch_size") is None else int(a["batch_size"]),
+                weights,
+            )
+        )
     paper_attack({s.name: s.group for s in out})  # exactly one paper attack
     return out
 
 
-def saturation_probe(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, bins: int = 20,
-                     indices: bool = False) -> dict:
+def saturation_probe(
+    model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, bins: int = 20, indices: bool = False
+) -> dict:
     """Float32 saturation: share with p_y == 1.0 exactly, share with an all-zero CE input gradient, margins
     (``indices``: also which examples, ``p_y_one_idx`` and ``zero_grad_idx``).
 
@@ -81,7 +102,7 @@ def saturation_probe(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 
     """
     p1, zero, margins = [], [], []
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].clone().requires_grad_(True), y[i:i + batch_size]
+        xb, yb = x[i : i + batch_size].clone().requires_grad_(True), y[i : i + batch_size]
         logits = model(xb).float()
         (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb, reduction="sum"), xb)
         logits = logits.detach()
@@ -91,14 +112,24 @@ def saturation_probe(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 
     p1, zero, m = (torch.cat(t).cpu() for t in (p1, zero, margins))
     finite = m[torch.isfinite(m)].double().numpy()
     counts, edges = np.histogram(finite, bins=bins) if len(finite) else (np.zeros(0), np.zeros(0))
-    return {"n": len(m), "share_p_y_one": float(p1.float().mean()), "share_zero_grad": float(zero.float().mean()),
-            "margin_mean": float(finite.mean()) if len(finite) else math.nan,
-            "margin_median": float(np.median(finite)) if len(finite) else math.nan,
-            "margin_q10": float(np.quantile(finite, 0.1)) if len(finite) else math.nan,
-            "margin_q90": float(np.quantile(finite, 0.9)) if len(finite) else math.nan,
-            "margin_hist": {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]},
-            **({"p_y_one_idx": p1.nonzero().flatten().tolist(), "zero_grad_idx": zero.nonzero().flatten().tolist()}
-               if indices else {})}
+    return {
+        "n": len(m),
+        "share_p_y_one": float(p1.float().mean()),
+        "share_zero_grad": float(zero.float().mean()),
+        "margin_mean": float(finite.mean()) if len(finite) else math.nan,
+        "margin_median": float(np.median(finite)) if len(finite) else math.nan,
+        "margin_q10": float(np.quantile(finite, 0.1)) if len(finite) else math.nan,
+        "margin_q90": float(np.quantile(finite, 0.9)) if len(finite) else math.nan,
+        "margin_hist": {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]},
+        **(
+            {
+                "p_y_one_idx": p1.nonzero().flatten().tolist(),
+                "zero_grad_idx": zero.nonzero().flatten().tolist(),
+            }
+            if indices
+            else {}
+        ),
+    }
 
 
 def attack_correct(model, x, y, attack: Callable, eps: float, batch_size: int, seed: int = 0) -> torch.Tensor:
@@ -106,7 +137,7 @@ def attack_correct(model, x, y, attack: Callable, eps: float, batch_size: int, s
     ``seed + i``; one host sync at the end."""
     out = []
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         adv = attack(model, xb, yb, float(eps), seed + i).detach()
         with torch.no_grad():
             out.append((model(xb).argmax(1) == yb) & (model(adv).argmax(1) == yb))
@@ -117,19 +148,25 @@ def _labels_digest(y: torch.Tensor) -> str:
     return hashlib.sha256(y.cpu().numpy().astype(np.int64).tobytes()).hexdigest()[:16]
 
 
-def cache_name(spec: Spec, eps: float, subset: int | None, batch_size: int, seed: int,
-               only: torch.Tensor | None = None) -> str:
+def cache_name(
+    spec: Spec, eps: float, subset: int | None, batch_size: int, seed: int, only: torch.Tensor | None = None
+) -> str:
     """``<attack>-eps<eps>[-sub<N>][-only<hash>]-<hash of params, source, batch size, seed>.json``; ``only``
     (the examples attacked, when not all) enters the name."""
-    digest = hashlib.sha256(json.dumps([spec.name, spec.params, spec.source_key, spec.batch_size or batch_size,
-                                        seed], sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(
+        json.dumps(
+            [spec.name, spec.params, spec.source_key, spec.batch_size or batch_size, seed], sort_keys=True
+        ).encode()
+    ).hexdigest()[:8]
     sub = "" if subset is None else f"-sub{subset}"
     if only is not None:
         sub += "-only" + hashlib.sha256(only.cpu().numpy().astype(np.uint8).tobytes()).hexdigest()[:8]
     return f"{spec.name}-eps{eps:g}{sub}-{digest}.json"
 
 
-def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None, y, weights: str) -> torch.Tensor | None:
+def _from_eval(
+    eval_dir: Path | None, spec: Spec, eps: float, subset: int | None, y, weights: str
+) -> torch.Tensor | None:
     """The paper's PGD at ``eps`` as pclc.evaluate already computed it for this run, if it did."""
     if eval_dir is None or spec.group != "paper":
         return None
@@ -151,9 +188,20 @@ def _from_eval(eval_dir: Path | None, spec: Spec, eps: float, subset: int | None
     return (torch.tensor(rec["clean_pred"]) == label) & (torch.tensor(rec["adv_pred"]) == label)
 
 
-def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset: int | None, batch_size: int,
-                   seed: int, eval_dir: Path | None = None, only: torch.Tensor | None = None,
-                   weights: str | None = None) -> torch.Tensor:
+def cached_correct(
+    spec: Spec,
+    model,
+    x,
+    y,
+    eps: float,
+    cache_dir: Path,
+    subset: int | None,
+    batch_size: int,
+    seed: int,
+    eval_dir: Path | None = None,
+    only: torch.Tensor | None = None,
+    weights: str | None = None,
+) -> torch.Tensor:
     """Per-example correctness under ``spec`` at ``eps``: from the cache, from pclc.evaluate's file for the
     paper's PGD, or computed (and cached atomically). ``only`` (bool per example): attack just these; the
     others count as not robust (the cascade passes the examples that survived every attack so far)."""
@@ -182,11 +230,27 @@ def cached_correct(spec: Spec, model, x, y, eps: float, cache_dir: Path, subset:
             i = idx.to(x.device)
             correct[idx] = attack_correct(model, x[i], y[i], spec.attack, eps, bs, seed)
     secs = time.perf_counter() - t0
-    atomic_write_json(path, {"attack": spec.name, "group": spec.group, "eps": eps, "params": spec.params, "weights": tie,
-                             "source_run": spec.source_key, "subset": subset, "n": len(correct), "labels": labels,
-                             "attacked": len(y) if only is None else int(only.sum()), "batch_size": bs,
-                             "accuracy": pct(correct), "seconds": secs, "computed_by": source,
-                             "provenance": provenance(x.device), "correct": correct.int().tolist()})
+    atomic_write_json(
+        path,
+        {
+            "attack": spec.name,
+            "group": spec.group,
+            "eps": eps,
+            "params": spec.params,
+            "weights": tie,
+            "source_run": spec.source_key,
+            "subset": subset,
+            "n": len(correct),
+            "labels": labels,
+            "attacked": len(y) if only is None else int(only.sum()),
+            "batch_size": bs,
+            "accuracy": pct(correct),
+            "seconds": secs,
+            "computed_by": source,
+            "provenance": provenance(x.device),
+            "correct": correct.int().tolist(),
+        },
+    )
     log.info("%s eps=%g: %.2f%% (%.1fs)", spec.name, eps, pct(correct), secs)
     return correct
 
@@ -210,18 +274,37 @@ def _num_classes(model, x: torch.Tensor) -> int:
         return int(model(x[:1]).shape[1])
 
 
-def reference_level(model, x, y, eps_list, attacks: dict, profile: dict, cache_dir: Path, subset: int | None = None,
-                    eval_dir: Path | None = None) -> dict[float, float]:
+def reference_level(
+    model,
+    x,
+    y,
+    eps_list,
+    attacks: dict,
+    profile: dict,
+    cache_dir: Path,
+    subset: int | None = None,
+    eval_dir: Path | None = None,
+) -> dict[float, float]:
     """The CE reference's accuracy (%) per eps: worst case of the paper's PGD and the first adaptive attack
     (margin PGD)."""
     specs = attack_specs(attacks, _num_classes(model, x))
     groups = {s.name: s.group for s in specs}
     keep = {paper_attack(groups), *named(groups, "adaptive")[:1]}
-    run = partial(cached_correct, model=model, x=x, y=y, cache_dir=cache_dir, subset=subset,
-                  batch_size=int(profile["batch_size"]), seed=int(profile["seed"]), eval_dir=eval_dir,
-                  weights=weights_digest(model.state_dict()))
-    return {float(e): pct(worst_case({s.name: run(s, eps=float(e)) for s in specs if s.name in keep}))
-            for e in eps_list}
+    run = partial(
+        cached_correct,
+        model=model,
+        x=x,
+        y=y,
+        cache_dir=cache_dir,
+        subset=subset,
+        batch_size=int(profile["batch_size"]),
+        seed=int(profile["seed"]),
+        eval_dir=eval_dir,
+        weights=weights_digest(model.state_dict()),
+    )
+    return {
+        float(e): pct(worst_case({s.name: run(s, eps=float(e)) for s in specs if s.name in keep})) for e in eps_list
+    }
 
 
 def _cascade(specs: list[Spec], standalone: dict, clean: torch.Tensor, eps_list: list[float], run: Callable):
@@ -251,9 +334,20 @@ def _cascade(specs: list[Spec], standalone: dict, clean: torch.Tensor, eps_list:
     return correct, counts, strongest, cascade_at
 
 
-def audit_model(model, x, y, eps_list, attacks: dict, profile: dict, thresholds: dict, cache_dir: Path,
-                subset: int | None = None, source: tuple | None = None, reference: dict[float, float] | None = None,
-                eval_dir: Path | None = None) -> AuditResult:
+def audit_model(
+    model,
+    x,
+    y,
+    eps_list,
+    attacks: dict,
+    profile: dict,
+    thresholds: dict,
+    cache_dir: Path,
+    subset: int | None = None,
+    source: tuple | None = None,
+    reference: dict[float, float] | None = None,
+    eval_dir: Path | None = None,
+) -> AuditResult:
     """Probe, every attack at each eps, sweeps, worst case, flags and verdict for one model.
 
     ``source``: (run key, model, cache dir) to transfer from; ``reference``: the CE reference's accuracy per eps.
@@ -264,10 +358,20 @@ def audit_model(model, x, y, eps_list, attacks: dict, profile: dict, thresholds:
         check_eps(e, "audit")
     bs = int(p["batch_size"])
     specs = attack_specs(attacks, _num_classes(model, x), source)
-    run = partial(cached_correct, model=model, x=x, y=y, cache_dir=cache_dir, subset=subset, batch_size=bs,
-                  seed=int(p["seed"]), eval_dir=eval_dir, weights=weights_digest(model.state_dict()))
+    run = partial(
+        cached_correct,
+        model=model,
+        x=x,
+        y=y,
+        cache_dir=cache_dir,
+        subset=subset,
+        batch_size=bs,
+        seed=int(p["seed"]),
+        eval_dir=eval_dir,
+        weights=weights_digest(model.state_dict()),
+    )
     with torch.no_grad():
-        clean = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, len(x), bs)]).cpu()
+        clean = torch.cat([model(x[i : i + bs]).argmax(1) == y[i : i + bs] for i in range(0, len(x), bs)]).cpu()
     cascade = [s for s in specs if s.group == "adaptive"] if p["cascade"] else []
     correct = {s.name: {e: run(s, eps=e) for e in eps_list} for s in specs if s not in cascade}
     by_name = {s.name: s for s in specs}
@@ -291,14 +395,29 @@ def audit_model(model, x, y, eps_list, attacks: dict, profile: dict, thresholds:
     evidence = verdict_evidence(probe, acc, worst, flags, groups, th, reference)
     result = verdict(evidence, th)
     return AuditResult(
-        n=len(y), subset=subset, eps=eps_list, clean_accuracy=pct(clean), probe=probe,
-        accuracy={n: _keyed(d) for n, d in acc.items()}, groups=groups, cascade=[s.name for s in cascade],
-        cascade_counts=counts, worst_case=_keyed(worst), strongest_adaptive=strongest, sweeps=sweeps, flags=flags,
-        flag_notes={k: v[1] for k, v in found.items()}, evidence={**evidence, "eps": f"{evidence['eps']:g}"},
-        verdict=result, verdict_reason=explain_verdict(evidence, result),
+        n=len(y),
+        subset=subset,
+        eps=eps_list,
+        clean_accuracy=pct(clean),
+        probe=probe,
+        accuracy={n: _keyed(d) for n, d in acc.items()},
+        groups=groups,
+        cascade=[s.name for s in cascade],
+        cascade_counts=counts,
+        worst_case=_keyed(worst),
+        strongest_adaptive=strongest,
+        sweeps=sweeps,
+        flags=flags,
+        flag_notes={k: v[1] for k, v in found.items()},
+        evidence={**evidence, "eps": f"{evidence['eps']:g}"},
+        verdict=result,
+        verdict_reason=explain_verdict(evidence, result),
         reference=None if reference is None else _keyed(reference),
-        transfer_source=None if source is None else source[0], profile={**p, "attacks": attacks}, thresholds=th,
-        provenance=provenance(x.device))
+        transfer_source=None if source is None else source[0],
+        profile={**p, "attacks": attacks},
+        thresholds=th,
+        provenance=provenance(x.device),
+    )
 
 
 def method_of(run_cfg) -> str:
@@ -306,9 +425,17 @@ def method_of(run_cfg) -> str:
     return run_cfg.loss.name + ("+at" if run_cfg.trainer.get("adversarial") else "")
 
 
-def audit_run(run: RunDir, device: torch.device, attacks: dict, profile: dict, thresholds: dict, eps_list=None,
-              reference_run: RunDir | None = None, subset: int | None = None,
-              data_root: str | None = None) -> AuditResult:
+def audit_run(
+    run: RunDir,
+    device: torch.device,
+    attacks: dict,
+    profile: dict,
+    thresholds: dict,
+    eps_list=None,
+    reference_run: RunDir | None = None,
+    subset: int | None = None,
+    data_root: str | None = None,
+) -> AuditResult:
     """Audit a finished run on its test set (or a class-balanced subset); ``eps_list`` None = the dataset's
     grid. ``reference_run`` (the CE run of the same architecture and data) is the transfer source and sets
     the reference level. Per-attack results are cached in ``run.audit``."""
@@ -323,15 +450,20 @@ def audit_run(run: RunDir, device: torch.device, attacks: dict, profile: dict, t
     source, reference = None, None
     if reference_run is not None:
         ref_cfg, ref_model = load_run(reference_run, device)
-        if ref_cfg.dataset.name != run_cfg.dataset.name or \
-                int(ref_cfg.dataset.num_classes) != int(run_cfg.dataset.num_classes):
-            raise ValueError(f"reference {reference_run.key} was trained on {ref_cfg.dataset.name}; "
-                             f"{run.key} on {run_cfg.dataset.name}")
+        if ref_cfg.dataset.name != run_cfg.dataset.name or int(ref_cfg.dataset.num_classes) != int(
+            run_cfg.dataset.num_classes
+        ):
+            raise ValueError(
+                f"reference {reference_run.key} was trained on {ref_cfg.dataset.name}; "
+                f"{run.key} on {run_cfg.dataset.name}"
+            )
         source = (reference_run.key, ref_model, reference_run.audit / "adv")
-        reference = reference_level(ref_model, x, y, eps_list, attacks, profile, reference_run.audit, subset,
-                                    reference_run.eval)
-    out = audit_model(model, x, y, eps_list, attacks, profile, thresholds, run.audit, subset, source, reference,
-                      run.eval)
+        reference = reference_level(
+            ref_model, x, y, eps_list, attacks, profile, reference_run.audit, subset, reference_run.eval
+        )
+    out = audit_model(
+        model, x, y, eps_list, attacks, profile, thresholds, run.audit, subset, source, reference, run.eval
+    )
     out.run, out.dataset, out.model = run.key, run_cfg.dataset.name, run_cfg.model.name
     out.loss, out.method = run_cfg.loss.name, method_of(run_cfg)
     out.reference_run = None if reference_run is None else reference_run.key

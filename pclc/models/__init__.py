@@ -8,8 +8,8 @@ architecture modules imported at the bottom of this file.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from torch import nn
 
@@ -72,9 +72,7 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}; known models: {', '.join(list_models())}"
-        ) from None
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 def _square_size(input_size: int | Sequence[int]) -> int | tuple[int, ...]:
@@ -84,9 +82,7 @@ def _square_size(input_size: int | Sequence[int]) -> int | tuple[int, ...]:
     return size[0] if len(size) == 2 and size[0] == size[1] else size
 
 
-def check_model_fits(
-    name: str, in_channels: int, input_size: int | Sequence[int], num_classes: int
-) -> ModelSpec:
+def check_model_fits(name: str, in_channels: int, input_size: int | Sequence[int], num_classes: int) -> ModelSpec:
     """Raise ValueError unless model ``name`` accepts ``in_channels x input_size^2`` and ``num_classes``."""
     spec = get_model_spec(name)
     if not isinstance(num_classes, int) or num_classes < 2:
@@ -95,27 +91,19 @@ def check_model_fits(
     if in_channels == spec.in_channels and size in spec.input_sizes:
         return spec
     given = f"{in_channels}x{size}x{size}" if isinstance(size, int) else f"{in_channels}x{'x'.join(map(str, size))}"
-    fitting = [
-        s.name for s in _REGISTRY.values() if s.in_channels == in_channels and size in s.input_sizes
-    ]
+    fitting = [s.name for s in _REGISTRY.values() if s.in_channels == in_channels and size in s.input_sizes]
     hint = (
         f"use {' or '.join(sorted(fitting))} for this dataset"
         if fitting
         else f"no registered model takes {given} inputs"
     )
-    raise ValueError(
-        f"model {name!r} takes {spec.accepts()} inputs, but dataset gives {given}; {hint}"
-    )
+    raise ValueError(f"model {name!r} takes {spec.accepts()} inputs, but dataset gives {given}; {hint}")
 
 
-def create_model(
-    name: str, num_classes: int, in_channels: int, input_size: int | Sequence[int], **kwargs
-) -> nn.Module:
+def create_model(name: str, num_classes: int, in_channels: int, input_size: int | Sequence[int], **kwargs) -> nn.Module:
     """Build a registered model after checking it fits the dataset's input shape."""
     spec = check_model_fits(name, in_channels, input_size, num_classes)
-    return spec.builder(
-        num_classes=num_classes, in_channels=in_channels, input_size=_square_size(input_size), **kwargs
-    )
+    return spec.builder(num_classes=num_classes, in_channels=in_channels, input_size=_square_size(input_size), **kwargs)
 
 
 # Populate the registry (imports must come after register_model is defined).

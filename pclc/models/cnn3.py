@@ -20,11 +20,17 @@ class CNN3(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 5), nn.ReLU(inplace=True),  # 16x24x24
-            nn.Conv2d(16, 32, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 32x10x10
-            nn.Conv2d(32, 64, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 64x3x3
+            nn.Conv2d(in_channels, 16, 5),
+            nn.ReLU(inplace=True),  # 16x24x24
+            nn.Conv2d(16, 32, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 32x10x10
+            nn.Conv2d(32, 64, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 64x3x3
             nn.Flatten(),  # 576
-            nn.Linear(64 * 3 * 3, 100), nn.ReLU(inplace=True),
+            nn.Linear(64 * 3 * 3, 100),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Linear(100, num_classes)
 

@@ -33,9 +33,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = (
-            ShortcutA(planes - in_planes) if stride != 1 or in_planes != planes else nn.Identity()
-        )
+        self.shortcut = ShortcutA(planes - in_planes) if stride != 1 or in_planes != planes else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
