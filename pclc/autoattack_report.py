@@ -13,11 +13,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pclc.config import resolve_device
-from pclc.experiment import entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
+from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
 from pclc.io import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
-from pclc.results import read_result, run_weights
+from pclc.results import item_results, run_weights
 from pclc.store import RunDir, provenance, run_key
 from pclc.zoo import zoo_name
 
@@ -47,12 +47,9 @@ def _numbers(cell, cfg: DictConfig, suite: str, attack: str | None = None) -> di
     ec = eval_cfg(cell, cfg, suite)
     run = RunDir(cfg.store, run_key(ec))
     out = {}
-    for e in entries(ec):
-        f = run.eval / f"{eval_name(ec, e)}.json"
-        if (attack is None or e.config == attack) and e.source == "white" and f.exists():
-            r = read_result(f, run)
-            if r is not None:
-                out[float(e.eps)] = r
+    mine = [e for e in entries(ec) if (attack is None or e.config == attack) and e.source == "white"]
+    for e, r in item_results(run, ec, mine):
+        out[float(e.eps)] = r
     return out
 
 
@@ -93,7 +90,7 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
                         recipe if cell.train_extra else "",
                     ),
                     "clean_accuracy": r["clean_accuracy"],
-                    "autoattack": r["adv_accuracy"],
+                    "autoattack": r["accuracy"],
                     "pgd_ours": pgd[eps]["adv_accuracy"] if eps in pgd else None,
                     "pgd_n": pgd[eps]["n"] if eps in pgd else None,
                     "pgd_paper": float(p.accuracy.iloc[0]) if len(p) and recipe == "paper" else None,

@@ -14,16 +14,16 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.config import resolve_device
+from pclc.deviation_saturation import saturation
 from pclc.deviations import (
     RANK,
-    _applies,
-    _arm_value,
-    _matches,
-    _rows_of,
+    applies,
     arm_results,
+    arm_value,
+    claim_matches,
     committed_cells,
     judge,
-    saturation,
+    table_row_specs,
 )
 from pclc.experiment import chosen_studies, experiment_cells, out_dir, train_cfg
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
@@ -183,12 +183,12 @@ def full_rows(cfg: DictConfig, name: str, cells: pd.DataFrame, res: pd.DataFrame
     for arm_name in st.get("full_rows") or []:
         arm, lines, counts = arms[arm_name], [], [0, 0, 0, 0]  # cells; within tolerance: ours, paper arm, arm
         for c in cells.itertuples():
-            rows = _rows_of(c.table)
-            if not any(_matches(cl, c) for cl in st.claims) or not _applies(arm, c, rows):
+            rows = table_row_specs(c.table)
+            if not any(claim_matches(cl, c) for cl in st.claims) or not applies(arm, c, rows):
                 continue
             got = [
-                _arm_value(res[(res.study == name) & (res.arm == a) & (res.dataset == c.dataset)], arms[a], c, rows)
-                if a in arms and _applies(arms[a], c, rows)
+                arm_value(res[(res.study == name) & (res.arm == a) & (res.dataset == c.dataset)], arms[a], c, rows)
+                if a in arms and applies(arms[a], c, rows)
                 else []
                 for a in ("paper", arm_name)
             ]

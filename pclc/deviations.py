@@ -1,14 +1,14 @@
 """The deviations study (configs/experiment/deviations.yaml): every committed cell of the chosen datasets in
 Tables 1, 3 and 5 outside tolerance of the paper, the studies that claim it, their arms' numbers (from the run
-store: nothing here trains or attacks), a verdict computed from the numbers, and the saturation of every
-trained arm over seeds (and of transfer substitutes). :mod:`pclc.deviation_report` writes them
+store: nothing here trains or attacks) and a verdict computed from the numbers; :mod:`pclc.deviation_saturation`
+measures the float32 saturation of every trained arm over seeds (and of transfer substitutes).
+:mod:`pclc.deviation_report` writes them
 (``<out_dir>/deviations.{md,csv}``); :mod:`pclc.deviation_figures` draws ``figures/deviations_cw_lr.png`` (C&W
 accuracy against its learning rate) and ``figures/deviations_saturation.png`` (PGD survival against saturation).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 from pathlib import Path
@@ -16,22 +16,20 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.config import compose, resolve_device
+from pclc.config import compose
 from pclc.experiment import (
     cell_suites,
     chosen_studies,
     entries,
     eval_cfg,
-    eval_name,
     experiment_cells,
     train_cfg,
 )
 from pclc.headers import csv_provenance
-from pclc.io import atomic_write_json
 from pclc.paper_data import paper_tables
-from pclc.reports import seed_interval, substitute_run
-from pclc.results import read_result, run_weights
-from pclc.store import RunDir, load_run, run_key
+from pclc.reports import seed_interval
+from pclc.results import item_results, run_weights
+from pclc.store import RunDir, run_key
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +105,7 @@ def _with_seed_means(df: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(dict.fromkeys([*df.columns, "n_seeds", "pi95", "ours_from"])))
 
 
-def _matches(claim, row) -> bool:
+def claim_matches(claim, row) -> bool:
     for key in ("table", "method", "attack"):
         want = claim.get(key)
         if want is not None and getattr(row, key) not in ([want] if isinstance(want, str) else list(want)):
@@ -115,7 +113,7 @@ def _matches(claim, row) -> bool:
     return True
 
 
-def _rows_of(table: str) -> dict:
+def table_row_specs(table: str) -> dict:
     return OmegaConf.to_container(compose("reproduce", [f"experiment={table}"]).experiment.rows)
 
 
@@ -147,20 +145,18 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
             }
         )
         for ec in [eval_cfg(cell, cfg, suite) for suite in cell_suites(cell, cfg)]:
-            for e in entries(ec):
-                f = run.eval / f"{eval_name(ec, e)}.json"
-                if f.exists() and (r := read_result(f, run)) is not None:
-                    rows.append(
-                        {
-                            **base,
-                            "attack": e.config,
-                            "source": e.source,
-                            "eps": e.eps,
-                            "n": r["n"],
-                            "accuracy": r["adv_accuracy"],
-                            "max_linf": r.get("max_linf"),
-                        }
-                    )
+            for e, r in item_results(run, ec, entries(ec)):
+                rows.append(
+                    {
+                        **base,
+                        "attack": e.config,
+                        "source": e.source,
+                        "eps": e.eps,
+                        "n": r["n"],
+                        "accuracy": r["accuracy"],
+                        "max_linf": r["max_linf"],
+                    }
+                )
     return pd.DataFrame(
         rows,
         columns=[
@@ -186,7 +182,7 @@ def _row_attack(arm, cell, table_rows: dict) -> tuple[str, str]:
     return (arm.get("rows") or {}).get(cell.attack) or spec.get("attack"), spec.get("source", "white")
 
 
-def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
+def arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
     """The arm's numbers (one per seed) at a paper cell: its attack standing for the cell's row."""
     if cell.attack == "clean":
         hit = res[(res.method == cell.method) & (res.attack == "clean")]
@@ -202,7 +198,7 @@ def _arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
     return [float(v) for v in hit.accuracy]
 
 
-def _applies(arm, cell, table_rows: dict) -> bool:
+def applies(arm, cell, table_rows: dict) -> bool:
     """Whether an arm has a number for the cell: it runs the cell's method, and an attack of its entries stands
     for the cell's row, from the same source (white-box or transfer; the clean row: any arm that trains)."""
     if arm.get("methods") is not None and cell.method not in list(arm.methods):
@@ -243,7 +239,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
     """One row per (cell outside tolerance, study claiming it, arm): the arm's numbers and verdict. A cell no
     chosen study claims gets one row with study "—" and verdict "not run": no cell is left unlisted."""
     exp, paper, out = cfg.experiment, paper_tables(), []
-    rows_of = {t: _rows_of(t) for t in exp.tables}
+    rows_of = {t: table_row_specs(t) for t in exp.tables}
     for c in cells[cells.outside].itertuples():
         key = {
             "table": c.table,
@@ -261,7 +257,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
         claimed = False
         for name in chosen_studies(cfg):
             st = exp.studies[name]
-            if not any(_matches(cl, c) for cl in st.get("claims") or []):
+            if not any(claim_matches(cl, c) for cl in st.get("claims") or []):
                 continue
             claimed = True
             if st.get("reference"):
@@ -292,7 +288,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                     }
                 )
                 continue
-            arms = [a for a in st.get("arms") or [] if _applies(a, c, rows_of[c.table])]
+            arms = [a for a in st.get("arms") or [] if applies(a, c, rows_of[c.table])]
             if not arms:  # claimed, but no arm runs this cell: listed as not run
                 out.append(
                     {
@@ -309,7 +305,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
             got = {}
             for arm in arms:
                 mine = res[(res.study == name) & (res.arm == arm.name) & (res.dataset == c.dataset)]
-                got[arm.name] = _arm_value(mine, arm, c, rows_of[c.table])
+                got[arm.name] = arm_value(mine, arm, c, rows_of[c.table])
             base = statistics.fmean(got["paper"]) if got.get("paper") else c.ours  # the same runs' paper settings
             for arm in arms:
                 vals = got[arm.name]
@@ -375,99 +371,3 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
             "verdict",
         ],
     )
-
-
-def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
-    """pclc.audit's float32 saturation probe of a finished run on its full test set, cached in the run directory
-    as ``saturation.json`` (beside eval/, whose files are attack results only)."""
-    from pclc.audit.run import saturation_probe
-    from pclc.data import eval_tensors
-
-    path = run.path / "saturation.json"
-    if (
-        path.exists()
-        and (cached := json.loads(path.read_text())).get("weights") == run_weights(run)
-        and "p_y_one_idx" in cached
-    ):
-        sat = {k: v for k, v in cached.items() if k != "weights"}
-    else:
-        run_cfg, model = load_run(run, device)
-        run_cfg.dataset.root = root
-        x, y = eval_tensors(run_cfg.dataset, None, device)
-        sat = {k: v for k, v in saturation_probe(model, x, y, indices=True).items() if k != "margin_hist"}
-        atomic_write_json(path, {**sat, "weights": run.read_summary().get("weights")})
-    return {**sat, **_survivors(run, sat)}
-
-
-def _survivors(run: RunDir, sat: dict) -> dict[str, int]:
-    """Of the examples the paper's PGD at eps 0.1 (full test set) leaves correct, how many have p_y == 1.0 and an
-    all-zero CE gradient: whether CE's survival is float32 saturation, per example (issue 29)."""
-    for f in sorted(run.eval.glob("white-pgd-eps0.1-*.json")) if run.eval.exists() else []:
-        r = read_result(f, run)
-        if r is None or r.get("subset") is not None or (r.get("params") or {}).get("nb_iter") != 40:
-            continue
-        rec = r["records"]
-        alive = {i for i, (a, lab) in enumerate(zip(rec["adv_pred"], rec["label"])) if a == lab}
-        return {
-            "pgd01_survivors": len(alive),
-            "pgd01_survivors_p_y_one": len(alive & set(sat["p_y_one_idx"])),
-            "pgd01_survivors_zero_grad": len(alive & set(sat["zero_grad_idx"])),
-        }
-    return {}
-
-
-def saturation(cfg: DictConfig) -> pd.DataFrame:
-    """Float32 saturation of every trained arm run, and of the CE substitute transfer arms craft on (finding 6:
-    is the substitute saturated like our CE target?), on the full test set."""
-    device, rows, seen = resolve_device(cfg.device), [], set()
-    for cell in experiment_cells(cfg):
-        tc = train_cfg(cell, cfg)
-        runs = [
-            (
-                cell.arm if cell.train_extra else "the paper's protocol",
-                cell.method,
-                RunDir(cfg.store, run_key(tc)),
-            )
-        ]
-        for suite in cell_suites(cell, cfg):
-            found = substitute_run(cell, cfg, suite)
-            if found is not None:
-                sc, run = found
-                runs.append((f"transfer substitute ({sc.model.name})", sc.loss.name, run))
-        for training, method, run in runs:
-            if not run.finished or run.key in seen:
-                continue
-            seen.add(run.key)
-            sat = _saturation_of(run, tc.dataset.root, device)
-            rows.append(
-                {
-                    "training": training,
-                    "method": method,
-                    "seed": cell.seed,
-                    "run": run.key,
-                    "share_p_y_one": 100 * sat["share_p_y_one"],
-                    "share_zero_grad": 100 * sat["share_zero_grad"],
-                    "margin_q10": sat["margin_q10"],
-                    "margin_median": sat["margin_median"],
-                    "margin_q90": sat["margin_q90"],
-                    **{k: sat.get(k) for k in SURVIVORS},
-                }
-            )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "training",
-            "method",
-            "seed",
-            "run",
-            "share_p_y_one",
-            "share_zero_grad",
-            "margin_q10",
-            "margin_median",
-            "margin_q90",
-            *SURVIVORS,
-        ],
-    )
-
-
-SURVIVORS = ["pgd01_survivors", "pgd01_survivors_p_y_one", "pgd01_survivors_zero_grad"]

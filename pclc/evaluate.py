@@ -10,11 +10,10 @@ files are reused, and an interrupted attack resumes from its last batch group.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.attacks import attack_entry, build_attack, check_eps
+from pclc.attacks import build_attack
 from pclc.attacks.paper import check_engine
+from pclc.attacks.suite import SuiteItem, expand_suite
 from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.data import eval_tensors
 from pclc.inputs import optional_whole
@@ -38,97 +38,17 @@ from pclc.io import (
 )
 from pclc.locks import held, lock_path
 from pclc.metrics import predict, with_precision
-from pclc.registry import params_of
+from pclc.results import craft_cache, result_path
 from pclc.store import RunDir, load_run, provenance, run_fingerprint, run_key
 from pclc.tracking import build_tracker
 from pclc.zoo import restore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): results at it keep their plain names
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One cell of a suite: an attack config at one eps, white-box or transferred from the substitute."""
-
-    config: str  # the attack config's name (configs/attack/<config>.yaml)
-    kind: str  # the registered attack (fgsm, bim, pgd, mim, cw, spsa)
-    eps: float | None
-    source: str  # white | transfer
-    params: dict = field(hash=False, compare=False)
-    attack: dict = field(hash=False, compare=False, default_factory=dict)  # the config to build it from
-
-    def name(self, subset: int | None, precision: str = "fp32", batch_size: int = DEFAULT_BATCH) -> str:
-        """The result's file stem. A random start is seeded per batch, so a stochastic attack's result at
-        another batch size than the default is another result (``-bs<N>``)."""
-        eps = "" if self.eps is None else f"-eps{self.eps:g}"
-        sub = ("" if subset is None else f"-sub{subset}") + ("" if precision == "fp32" else f"-{precision}")
-        if self.params.get("rand_init") and int(batch_size) != DEFAULT_BATCH:
-            sub += f"-bs{int(batch_size)}"
-        digest = hashlib.sha256(json.dumps([self.kind, self.params], sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.source}-{self.config}{eps}{sub}-{digest}"
-
 
 def percent(correct: torch.Tensor) -> float:
     """Accuracy in % from a per-example bool tensor, exactly (count / n: 0.01 per example of 10,000)."""
     return 100.0 * int(correct.sum()) / len(correct) if len(correct) else 0.0
-
-
-def _grid(eps, dataset: DictConfig, attack: str) -> list:
-    if eps == "dataset":
-        return list(dataset.eps)
-    if eps is None:
-        return [None]
-    if isinstance(eps, DictConfig):
-        if dataset.family not in eps:
-            raise ValueError(f"suite entry {attack} has no eps for family {dataset.family!r}")
-        eps = eps[dataset.family]
-    if not list(eps):
-        raise ValueError(f"suite entry {attack}: eps=[] names no epsilon (omit the entry, or give eps values)")
-    return list(eps)
-
-
-def expand_suite(suite: DictConfig, dataset: DictConfig, param_overrides=None) -> list[Entry]:
-    """Suite entries -> (attack, eps, source) cells for ``dataset``; refuses a suite for another family and
-    any attack config that names no registered attack or sets a parameter it does not take.
-
-    ``param_overrides`` ({attack config: {param: value}}) changes attack budgets (tiny smoke profiles);
-    the parameters used are recorded in each result and its file name's hash.
-    """
-    families = list(suite.get("families") or [])
-    if families and dataset.family not in families:
-        raise ValueError(
-            f"this attack suite is for {families} datasets; {dataset.name} is {dataset.family!r} "
-            f"(its eps grid is {list(dataset.eps)})"
-        )
-    attacks = suite.get("attacks") or {}
-    out = []
-    for e in suite.entries:
-        if e.attack not in attacks:
-            raise ValueError(
-                f"suite entry {e.attack!r} has no attack config (the suite's defaults list "
-                f"`/attack@attacks.{e.attack}: {e.attack}`); known: {sorted(attacks)}"
-            )
-        cfg = {
-            **OmegaConf.to_container(attacks[e.attack], resolve=True),
-            **dict((param_overrides or {}).get(e.attack, {})),
-        }
-        try:
-            spec = attack_entry(cfg)
-        except ValueError as err:
-            raise ValueError(f"attack config {e.attack}: {err}") from None
-        source = e.get("source") or "white"
-        if source not in ("white", "transfer"):
-            raise ValueError(f"attack source must be white or transfer, got {source!r}")
-        for v in _grid(e.get("eps"), dataset, e.attack):
-            if spec.meta["bounded"] and v is None:
-                raise ValueError(f"attack {e.attack} needs eps")
-            check_eps(v, e.attack)
-            out.append(Entry(e.attack, spec.name, None if v is None else float(v), source, params_of(cfg), cfg))
-    if not out:
-        raise ValueError("the attack suite has no (attack, eps) cells: suite.entries is empty")
-    return out
 
 
 def substitute_cfg(cfg: DictConfig, substitutes: DictConfig) -> DictConfig:
@@ -172,7 +92,7 @@ def craft(
 
 
 def run_entry(
-    entry: Entry,
+    entry: SuiteItem,
     target,
     crafter,
     x: torch.Tensor,
@@ -181,13 +101,13 @@ def run_entry(
     group_batches: int,
     out: Path,
     header: dict[str, Any],
-    cache: Path | None = None,
+    cache: Callable[[int], Path] | None = None,
     engine: dict | None = None,
 ) -> dict[str, Any]:
     """Attack ``x`` in batches; checkpoint finished batch groups in ``<out>.partial``; write ``out``.
 
     An attack's own ``batch_size`` parameter (SPSA's: it forwards ``nb_sample`` copies of each example)
-    replaces ``batch_size``. ``cache``: a directory for :func:`craft`, suffixed here with the batch size.
+    replaces ``batch_size``. ``cache``: the batch size -> the folder for :func:`craft` (transfer attacks).
     ``engine``: ``{backend, chunk}`` for the paper's attacks; both backends give the same examples, so it is
     recorded in the result, not in its name.
     """
@@ -211,8 +131,7 @@ def run_entry(
             )
         out.rename(out.with_name(f"{out.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.json"))
     batch_size = int(entry.params.get("batch_size", batch_size))
-    if cache is not None:  # the crafted examples depend on the substitute's weights and the batches
-        cache = cache.with_name(f"{cache.name}-bs{batch_size}-w{header['substitute_weights'][:8]}")
+    folder = None if cache is None else cache(batch_size)
     partial = out.with_suffix(".partial.pt")
     done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
     if done.get("weights", header["weights"]) != header["weights"]:  # a partial result of other weights
@@ -224,7 +143,7 @@ def run_entry(
     while done["n"] < n:
         t0 = time.perf_counter()
         lo, hi = done["n"], min(done["n"] + step, n)
-        adv = craft(attack, crafter, x, y, entry.eps, lo, hi, batch_size, cache)
+        adv = craft(attack, crafter, x, y, entry.eps, lo, hi, batch_size, folder)
         pred = predict(target, adv, batch_size).argmax(1)
         linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
         done = {
@@ -384,7 +303,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "provenance": prov,
             "records": records,
         }
-        out = run.eval / f"{e.name(subset, precision, bs)}.json"
+        out = result_path(run, e, subset, precision, bs)
         t0 = time.perf_counter()
         with held(lock_path(run.path.parent, f"{run.key}.eval.{out.stem}"), f"evaluation {out.name}"):
             r = run_entry(
@@ -397,7 +316,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 int(cfg.eval.group_batches),
                 out,
                 header,
-                sub_run.adv / out.stem if transfer else None,
+                (lambda b, stem=out.stem: craft_cache(sub_run, stem, b, sub_tie)) if transfer else None,
                 engine,
             )
         log.info(

@@ -10,10 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pclc.attacks.suite import expand_suite
 from pclc.config import compose, group_config, quoted
-from pclc.evaluate import expand_suite
 from pclc.inputs import file_name, not_empty, seed
 from pclc.paper_data import table_rows
+from pclc.results import result_file
 from pclc.store import RunDir, run_key
 
 
@@ -253,12 +254,6 @@ def check_attacks(cfg: DictConfig) -> None:
         )
 
 
-def eval_name(ec: DictConfig, e) -> str:
-    """The file stem of entry ``e``'s result under evaluation config ``ec`` (``runs/<key>/eval/<stem>.json``)."""
-    sub = ec.eval.subset
-    return e.name(None if sub is None else int(sub), ec.eval.get("precision") or "fp32", int(ec.eval.batch_size))
-
-
 def entries(ec: DictConfig) -> list:
     """The (attack, eps, source) entries of an evaluation config."""
     return expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides"))
@@ -270,7 +265,7 @@ def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]
     for suite in cell_suites(cell, cfg):
         ec = eval_cfg(cell, cfg, suite, restrict=True)
         run = RunDir(cfg.store, run_key(ec))
-        out += [(ec, e) for e in entries(ec) if not (run.eval / f"{eval_name(ec, e)}.json").exists()]
+        out += [(ec, e) for e in entries(ec) if not result_file(run, ec, e).exists()]
     return out
 
 

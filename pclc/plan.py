@@ -23,9 +23,10 @@ from omegaconf import DictConfig
 from pclc.attacks import build_attack
 from pclc.config import group_config, resolve_device
 from pclc.evaluate import substitute_cfg
-from pclc.experiment import Cell, eval_name, experiment_cells, missing_entries, sub_experiments, train_cfg
+from pclc.experiment import Cell, experiment_cells, missing_entries, sub_experiments, train_cfg
 from pclc.models import create_model
-from pclc.store import RunDir, run_key
+from pclc.results import crafted_groups, eval_settings, read_store, result_stem
+from pclc.store import RunDir, run_key, runs_in
 from pclc.train import warmup_source
 
 
@@ -131,59 +132,51 @@ def _epoch_seconds(store: Path, dataset: str, model: str, trainer: DictConfig) -
     """Median measured epoch time of this model with this kind of training (batch size, adversarial steps), on
     this dataset (else any)."""
     kind = _epoch_kind(trainer)
-    for pattern in (f"{dataset}-{model}-*/metrics.json", f"*-{model}-*/metrics.json"):
+    runs = [r for r in runs_in(store) if f"-{model}-" in r.key and r.metrics.exists()]
+    for mine in ([r for r in runs if r.key.startswith(f"{dataset}-{model}-")], runs):
         secs = []
-        for m in store.glob(pattern):
-            run = RunDir.at(m.parent)
-            trainer = run.stored_config().get("trainer") if run.config.exists() else None
-            if _epoch_kind(trainer) == kind:
-                secs += [r["seconds"] for r in json.loads(m.read_text()) if "source" not in r]
+        for run in mine:
+            if _epoch_kind(run.stored_config().get("trainer")) == kind:
+                secs += [r["seconds"] for r in json.loads(run.metrics.read_text()) if "source" not in r]
         if secs:
             return statistics.median(secs)
     return None
 
 
-def _attack_seconds(store: Path, dataset: str, model: str) -> dict[str, float]:
+def _per_example(df: pd.DataFrame) -> pd.Series:
+    return df.seconds / df.n.clip(lower=1)
+
+
+def _attack_seconds(results: pd.DataFrame, dataset: str, model: str) -> dict[str, float]:
     """Measured seconds per example of each white-box attack config on this model and dataset (else any)."""
-    per: dict[str, list[float]] = {}
-    for pattern in (f"*-{model}-*/eval/*.json", f"{dataset}-{model}-*/eval/*.json"):  # the exact pair wins
-        found: dict[str, list[float]] = {}
-        for f in store.glob(pattern):
-            r = json.loads(f.read_text())
-            if r.get("source", "white") == "white":
-                found.setdefault(r["attack"], []).append(r["seconds"] / max(1, r["n"]))
-        per.update(found)
-    return {k: statistics.median(v) for k, v in per.items()}
+    white = results[(results.source == "white") & (results.model == model)]
+    per: dict[str, float] = {}
+    for mine in (white, white[white.dataset == dataset]):  # the exact pair wins
+        per.update(_per_example(mine).groupby(mine.attack).median().to_dict())
+    return per
 
 
-def _transfer_seconds(store: Path, dataset: str, substitute: str) -> dict[str, tuple[float, float]]:
+def _transfer_seconds(results: pd.DataFrame, dataset: str, substitute: str) -> dict[str, tuple[float, float]]:
     """Measured (crafting, target) seconds per example of each transfer attack config crafted on a
     ``substitute`` model, on this dataset (else any). The first target of a substitute crafts (its file's
     seconds include the crafting); the others read the substitute's cache: the fastest file of a group is the
     target's own pass, and the slowest minus it the crafting."""
+    tr = results[(results.source == "transfer") & results.substitute.fillna("").str.contains(f"-{substitute}-")]
     per: dict[str, tuple[float, float]] = {}
-    for pattern in ("*/eval/transfer-*.json", f"{dataset}-*/eval/transfer-*.json"):  # the dataset's own win
-        groups: dict[tuple, list[float]] = {}
-        for f in store.glob(pattern):
-            r = json.loads(f.read_text())
-            if f"-{substitute}-" in str(r.get("substitute") or ""):
-                group = groups.setdefault((r["attack"], r["substitute"], r.get("eps")), [])
-                group.append(r["seconds"] / max(1, r["n"]))
+    for mine in (tr, tr[tr.dataset == dataset]):  # the dataset's own win
         found: dict[str, tuple[list[float], list[float]]] = {}
-        for (attack, _, _), secs in groups.items():
+        for (attack, _, _), secs in _per_example(mine).groupby([mine.attack, mine.substitute, mine.eps.fillna(-1)]):
             craft, target = found.setdefault(attack, ([], []))
-            craft.append(max(secs) - (min(secs) if len(secs) > 1 else 0.0))
-            target += [min(secs)] if len(secs) > 1 else []
+            craft.append(secs.max() - (secs.min() if len(secs) > 1 else 0.0))
+            target += [secs.min()] if len(secs) > 1 else []
         per.update({a: (statistics.median(c), statistics.median(t) if t else 0.0) for a, (c, t) in found.items()})
     return per
 
 
 def crafted_share(store: Path, sub_key: str, stem: str, n: int, step: int) -> float:
-    """Share of a transfer attack's examples already crafted in the substitute's cache
-    (``runs/<substitute>/adv/<stem>-bs<B>-w<weights>/<lo>-<hi>.pt``, one file per batch group)."""
-    groups = -(-n // step)
-    done = [len(list(d.glob("*.pt"))) for d in (store / sub_key / "adv").glob(f"{stem}-bs*")]
-    return min(1.0, max(done, default=0) / groups)
+    """Share of a transfer attack's examples already crafted in the substitute's cache (one file per batch
+    group, :func:`pclc.results.craft_cache`)."""
+    return min(1.0, crafted_groups(RunDir(store, sub_key), stem) / -(-n // step))
 
 
 def _examples(ec: DictConfig) -> int:
@@ -198,6 +191,14 @@ class CostModel:
         self.sources: set[str] = set()
         self._attacks: dict[tuple, dict[str, float]] = {}  # the store is read once per (dataset, model)
         self._epochs: dict[tuple, float | None] = {}
+        self._results: pd.DataFrame | None = None
+
+    @property
+    def results(self) -> pd.DataFrame:
+        """Every result in the store (unchecked: only its seconds and n are read), read once."""
+        if self._results is None:
+            self._results = read_store(self.store, checked=False)
+        return self._results
 
     def epoch(self, tc: DictConfig) -> float | None:
         k = (tc.dataset.name, tc.model.name, _epoch_kind(tc.trainer))
@@ -223,7 +224,7 @@ class CostModel:
         per substitute whatever the number of targets; the target's own pass)."""
         key = ("transfer", ec.dataset.name, substitute)
         if key not in self._attacks:
-            self._attacks[key] = _transfer_seconds(self.store, ec.dataset.name, substitute)
+            self._attacks[key] = _transfer_seconds(self.results, ec.dataset.name, substitute)
         measured = self._attacks[key].get(entry.config)
         if measured is not None:
             self.sources.add("store")
@@ -236,7 +237,7 @@ class CostModel:
         n = _examples(ec)
         key = (ec.dataset.name, model)
         if key not in self._attacks:
-            self._attacks[key] = _attack_seconds(self.store, *key)
+            self._attacks[key] = _attack_seconds(self.results, *key)
         measured = self._attacks[key].get(entry.config)
         if measured is not None:
             self.sources.add("store")
@@ -290,7 +291,7 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
         todo = missing_entries(cell, cfg)
         eval_s: float | None = 0.0
         for ec, e in todo:
-            name = eval_name(ec, e)
+            name = result_stem(e, *eval_settings(ec))
             if e.source == "transfer":
                 sc = substitute_cfg(tc, ec.eval.substitute)
                 skey = run_key(sc)

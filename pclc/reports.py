@@ -20,11 +20,11 @@ from scipy import stats as scipy_stats
 
 from pclc.config import resolve_device
 from pclc.evaluate import substitute_cfg
-from pclc.experiment import entries, eval_cfg, eval_name, experiment_cells, out_dir, train_cfg
+from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
 from pclc.headers import config_block, config_yaml, csv_header, csv_provenance, header, trained_on_notes
 from pclc.io import atomic_write_text
 from pclc.paper_data import table_rows
-from pclc.results import read_result, run_weights
+from pclc.results import item_results, run_weights
 from pclc.store import RunDir, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -148,24 +148,22 @@ def evaluations(cfg: DictConfig) -> pd.DataFrame:
         run = RunDir(cfg.store, run_key(ec))
         if run_weights(run) is None:  # not finished, or its weights are not those it was trained to
             continue
-        for e in entries(ec):
-            f = run.eval / f"{eval_name(ec, e)}.json"
-            if f.exists() and (r := read_result(f, run)) is not None:
-                rows.append(
-                    {
-                        "dataset": cell.dataset,
-                        "model": cell.model,
-                        "method": cell.method,
-                        "run": run.key,
-                        "attack": e.config,
-                        "source": e.source,
-                        "eps": e.eps,
-                        "n": r["n"],
-                        "clean_accuracy": r["clean_accuracy"],
-                        "adv_accuracy": r["adv_accuracy"],
-                        "file": str(f),
-                    }
-                )
+        for e, r in item_results(run, ec, entries(ec)):
+            rows.append(
+                {
+                    "dataset": cell.dataset,
+                    "model": cell.model,
+                    "method": cell.method,
+                    "run": run.key,
+                    "attack": e.config,
+                    "source": e.source,
+                    "eps": e.eps,
+                    "n": r["n"],
+                    "clean_accuracy": r["clean_accuracy"],
+                    "adv_accuracy": r["accuracy"],
+                    "file": r["file"],
+                }
+            )
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 

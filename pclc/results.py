@@ -1,5 +1,12 @@
-"""Reading numbers back from the run store: one invariant, checked wherever a result is read for a table, a
-study or a summary. A result is shown only if
+"""The results layer: the one home of evaluation file names and of reading them back from the run store.
+
+Every evaluation is one JSON file ``runs/<key>/eval/<stem>.json`` (:func:`result_stem` names it); transfer
+examples crafted on a substitute are cached under ``runs/<substitute>/adv/`` (:func:`craft_cache`).
+:func:`read_store` reads a store (or some of its runs) into one flat table, one record per (run, attack, eps,
+source, budget, subset) in the manner of RobustBench's model-info records; tables, studies, the planner's measured
+costs and the audit filter it. No other module builds an evaluation path or globs a run's ``eval/``.
+
+One invariant is checked wherever a result is read for a table, a study or a summary. A result is shown only if
 
 - its ``weights`` hash is the hash of the run's current ``model.pt``, and that is the hash the run's summary
   recorded when it was trained (a swapped or retrained ``model.pt`` leaves old numbers behind);
@@ -12,12 +19,21 @@ Anything else is set aside for that read with one line naming the file and why; 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from omegaconf import OmegaConf
+
+from pclc.attacks.suite import SuiteItem
 from pclc.io import CorruptFileError, read_json
-from pclc.store import RunDir, model_state, weights_digest
+from pclc.store import RunDir, model_state, runs_in, weights_digest
+
+DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): results at it keep their plain names
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +111,123 @@ def read_result(path: Path, run: RunDir, substitute: RunDir | None = None) -> di
         log.warning("result %s set aside: %s", path, "; ".join(why))
         return None
     return r
+
+
+# ------------------------------------------------------------------------------------------
+# Names: where each evaluation lives
+# ------------------------------------------------------------------------------------------
+def result_stem(item: SuiteItem, subset: int | None, precision: str = "fp32", batch_size: int = DEFAULT_BATCH) -> str:
+    """The file stem of ``item``'s result: ``<source>-<config>[-eps<e>][-sub<N>][-<precision>][-bs<B>]-<hash>``,
+    the hash over the registered attack and its parameters (so another budget is another file). A random start
+    is seeded per batch, so a stochastic attack's result at another batch size than the default is another
+    result (``-bs<N>``)."""
+    eps = "" if item.eps is None else f"-eps{item.eps:g}"
+    sub = ("" if subset is None else f"-sub{subset}") + ("" if precision == "fp32" else f"-{precision}")
+    if item.params.get("rand_init") and int(batch_size) != DEFAULT_BATCH:
+        sub += f"-bs{int(batch_size)}"
+    digest = hashlib.sha256(json.dumps([item.kind, item.params], sort_keys=True).encode()).hexdigest()[:8]
+    return f"{item.source}-{item.config}{eps}{sub}-{digest}"
+
+
+def eval_settings(ec) -> tuple[int | None, str, int]:
+    """(subset, precision, batch size) of an evaluation config: what, beside the item, names its results."""
+    sub = ec.eval.get("subset")
+    return None if sub is None else int(sub), ec.eval.get("precision") or "fp32", int(ec.eval.batch_size)
+
+
+def result_path(
+    run: RunDir, item: SuiteItem, subset: int | None, precision: str = "fp32", batch_size: int = DEFAULT_BATCH
+) -> Path:
+    """Where ``item``'s result on ``subset`` (None: the full test set) lives in ``run``."""
+    return run.eval / f"{result_stem(item, subset, precision, batch_size)}.json"
+
+
+def result_file(run: RunDir, ec, item: SuiteItem) -> Path:
+    """Where ``item``'s result under evaluation config ``ec`` lives in ``run``."""
+    return result_path(run, item, *eval_settings(ec))
+
+
+def craft_cache(substitute: RunDir, stem: str, batch_size: int, weights: str) -> Path:
+    """The folder of transfer examples for result ``stem`` crafted on ``substitute`` (one ``<lo>-<hi>.pt`` per
+    batch group): they depend on the substitute's weights and on the batches, so both name it."""
+    return substitute.adv / f"{stem}-bs{int(batch_size)}-w{weights[:8]}"
+
+
+def crafted_groups(substitute: RunDir, stem: str) -> int:
+    """How many batch groups of result ``stem`` are already crafted on ``substitute`` (any batch size)."""
+    folders = substitute.adv.glob(f"{stem}-bs*") if substitute.adv.exists() else []
+    return max((len(list(d.glob("*.pt"))) for d in folders), default=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading: one flat record per result
+# ------------------------------------------------------------------------------------------
+RECORD_COLUMNS = [
+    "run", "dataset", "model", "loss", "adversarial", "seed", "attack", "kind", "source", "eps", "budget",
+    "subset", "precision", "n", "clean_accuracy", "accuracy", "max_linf", "seconds", "weights", "substitute",
+    "file",
+]  # fmt: skip
+
+
+def _record(r: dict[str, Any], f: Path, run_config: dict) -> dict[str, Any]:
+    adv = (run_config.get("trainer") or {}).get("adversarial")
+    return {
+        "run": r.get("run", f.parent.parent.name),
+        "dataset": (run_config.get("dataset") or {}).get("name"),
+        "model": (run_config.get("model") or {}).get("name"),
+        "loss": (run_config.get("loss") or {}).get("name"),
+        "adversarial": None if not adv else adv.get("attack"),
+        "seed": run_config.get("seed"),
+        "attack": r.get("attack"),
+        "kind": r.get("kind"),
+        "source": r.get("source", "white"),
+        "eps": r.get("eps"),
+        "budget": json.dumps(r.get("params") or {}, sort_keys=True),
+        "subset": r.get("subset"),
+        "precision": r.get("precision", "fp32"),
+        "n": r.get("n"),
+        "clean_accuracy": r.get("clean_accuracy"),
+        "accuracy": r.get("adv_accuracy"),
+        "max_linf": r.get("max_linf"),
+        "seconds": r.get("seconds"),
+        "weights": r.get("weights"),
+        "substitute": r.get("substitute"),
+        "file": str(f),
+    }
+
+
+def run_results(run: RunDir, files: Iterable[Path] | None = None, checked: bool = True) -> list[dict[str, Any]]:
+    """Flat records of ``run``'s results: those in ``files`` (default: every result file the run holds). With
+    ``checked`` only results that pass the invariant (:func:`read_result`); unchecked reads (the planner's
+    measured costs) skip files that cannot be read."""
+    if files is None:
+        files = sorted(run.eval.glob("*.json")) if run.eval.exists() else []
+    files = [f for f in files if f.exists() and ".stale-" not in f.name]
+    if not files or (checked and run_weights(run) is None):
+        return []
+    config = OmegaConf.to_container(run.stored_config()) if run.config.exists() else {}
+    out = []
+    for f in files:
+        if checked:
+            r = read_result(f, run)
+        else:
+            try:
+                r = read_json(f)
+            except CorruptFileError:
+                r = None
+        if r is not None:
+            out.append(_record(r, f, config))
+    return out
+
+
+def item_results(run: RunDir, ec, items: Iterable[SuiteItem]) -> list[tuple[SuiteItem, dict[str, Any]]]:
+    """(item, record) for each of ``items`` that ``run`` holds a checked result of under ``ec``."""
+    items = list(items)
+    by_file = {str(result_file(run, ec, i)): i for i in items}
+    return [(by_file[r["file"]], r) for r in run_results(run, [Path(f) for f in by_file])]
+
+
+def read_store(store: Path | str, keys: Iterable[str] | None = None, checked: bool = True) -> pd.DataFrame:
+    """Every result of the store's runs (or of the runs ``keys``) as one flat table (:data:`RECORD_COLUMNS`)."""
+    runs = [RunDir(store, k) for k in keys] if keys is not None else runs_in(store)
+    return pd.DataFrame([r for run in runs for r in run_results(run, checked=checked)], columns=RECORD_COLUMNS)

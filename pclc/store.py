@@ -149,6 +149,13 @@ class RunDir:
         return cfg
 
 
+def runs_in(store: str | Path) -> list[RunDir]:
+    """Every run of a store (a folder with a ``config.yaml``), by key."""
+    root = Path(store)
+    folders = sorted(p for p in root.iterdir() if (p / "config.yaml").exists()) if root.is_dir() else []
+    return [RunDir(root, p.name) for p in folders]
+
+
 class RunIntegrityError(ValueError):
     """A run directory does not hold what its key says (an edited config.yaml, weights that do not fit)."""
 

@@ -165,7 +165,7 @@ def test_unknown_missing_or_out_of_range_parameters_are_refused(kind):
 def test_attack_configs_are_hydra_targets_with_their_budgets_overridable():
     cfg = compose("evaluate", ["attack/suite=table1", "suite.attacks.pgd.nb_iter=100"])
     assert cfg.suite.attacks.pgd.nb_iter == 100 and cfg.suite.attacks.bim.nb_iter == 10
-    from pclc.evaluate import expand_suite
+    from pclc.attacks.suite import expand_suite
 
     pgd = [e for e in expand_suite(cfg.suite, cfg.dataset) if e.config == "pgd"]
     assert [e.eps for e in pgd] == [0.1, 0.2, 0.3] and all(e.params["nb_iter"] == 100 for e in pgd)

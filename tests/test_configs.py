@@ -89,7 +89,7 @@ def test_attack_configs_name_a_registered_attack_with_valid_parameters(name):
 
 @pytest.mark.parametrize("name", SUITES)
 def test_attack_suites_compose_and_expand(name):
-    from pclc.evaluate import expand_suite
+    from pclc.attacks.suite import expand_suite
 
     cfg = compose("evaluate", [f"attack/suite={name}"])
     family_dataset = {"grey": "fmnist", "colour": "cifar10", "large": "cifar100"}

@@ -206,7 +206,8 @@ def test_the_transfer_study_reports_the_substitutes_saturation(tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     cfg.arms = ["transfer.paper"]
     from pclc.deviation_figures import saturation_figure
-    from pclc.deviations import arm_results, saturation
+    from pclc.deviation_saturation import saturation
+    from pclc.deviations import arm_results
 
     assert saturation_figure(cfg, saturation(cfg), arm_results(cfg), tmp_path / "none.png") is None
 
@@ -541,9 +542,9 @@ def test_the_survivor_analysis_counts_saturated_survivors_of_the_papers_pgd(tmp_
     an all-zero CE gradient, from the result's own per-example records and the probe of the same weights."""
     import torch
 
-    from pclc.audit.run import saturation_probe
+    from pclc.analysis.saturation import saturation_probe
     from pclc.data import eval_tensors
-    from pclc.deviations import _saturation_of
+    from pclc.deviation_saturation import _saturation_of
     from pclc.evaluate import evaluate
     from pclc.store import load_run
     from pclc.train import train

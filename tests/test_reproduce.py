@@ -320,12 +320,17 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
 
 
 def _eval_file(store: Path, key: str, name: str, **rec):
+    """A result file in a run whose config.yaml names its dataset and model (the results layer reads them)."""
     (store / key / "eval").mkdir(parents=True, exist_ok=True)
+    dataset, model, loss, seed = key.split("-")[:4]
+    resolved = {"dataset": {"name": dataset}, "model": {"name": model}, "loss": {"name": loss}, "seed": int(seed[1:])}
+    (store / key / "config.yaml").write_text(json.dumps({"identity": {}, "resolved": resolved}))
     (store / key / "eval" / f"{name}.json").write_text(json.dumps(rec))
 
 
 def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path):
     from pclc.plan import _attack_seconds, _transfer_seconds
+    from pclc.results import read_store
 
     store, sub = tmp_path / "runs", "mnist-cnn3-ce-s0-bbbb"
     for target, secs in (("mnist-lenet5-ce-s0-aaaa", 100.0), ("mnist-lenet5-pclc-s0-cccc", 1.0)):
@@ -361,9 +366,10 @@ def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path
         n=10,
         seconds=5.0,
     )
-    assert _transfer_seconds(store, "mnist", "cnn3") == {"pgd": pytest.approx(((9.9 + 12) / 2, 0.1))}
-    assert _transfer_seconds(store, "mnist", "resnet56") == {}
-    assert _attack_seconds(store, "mnist", "lenet5") == {
+    results = read_store(store, checked=False)  # fabricated files: no weights or records to check
+    assert _transfer_seconds(results, "mnist", "cnn3") == {"pgd": pytest.approx(((9.9 + 12) / 2, 0.1))}
+    assert _transfer_seconds(results, "mnist", "resnet56") == {}
+    assert _attack_seconds(results, "mnist", "lenet5") == {
         "pgd": 0.5
     }  # white-box only: transfer files are not PGD's cost
 
@@ -380,7 +386,7 @@ def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
     n_eps = len({k[2] for k in transfer})
     assert len(craft) == n_eps and len(transfer) == 2 * n_eps  # one crafting per entry, two targets read it
     assert {k[1] for k in craft} == {next(r["key"] for r in rows if "substitute" in r["label"])}
-    ((crafting, target),) = _transfer_seconds(store, "mnist", "cnn3").values()  # measured on seed 0's files
+    ((crafting, target),) = _transfer_seconds(cost.results, "mnist", "cnn3").values()  # measured on seed 0's files
     n = json.loads(next(store.glob("*-lenet5-ce-*/eval/transfer-*.json")).read_text())["n"]
     assert all(v == pytest.approx(crafting * n) for v in craft.values()) and crafting > 0
     assert all(v == pytest.approx(target * n) for v in transfer.values())

@@ -17,11 +17,12 @@ an attack when the model classifies it correctly both clean and attacked (AutoAt
 - :mod:`pclc.audit.cli`: ``python -m pclc.audit`` (one run and its CE reference).
 """
 
+from pclc.analysis.saturation import saturation_probe
 from pclc.audit.checks import HEALTHY, MASKING_FLAGS, VERDICTS, checks, verdict, verdict_evidence, worst_case
 from pclc.audit.cli import audit, audit_settings
 from pclc.audit.report import CSV_COLUMNS, paper_rows, write_audit_report
 from pclc.audit.result import AuditResult
-from pclc.audit.run import CASCADE, attack_specs, audit_model, audit_run, method_of, saturation_probe
+from pclc.audit.run import CASCADE, attack_specs, audit_model, audit_run, method_of
 
 __all__ = [
     "AuditResult",

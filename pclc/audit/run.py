@@ -1,12 +1,11 @@
 """Running the audit: its attacks from ``audit.attacks`` (configs/audit.yaml), a per-example cache, the
-cascade of adaptive attacks on survivors, eps sweeps, the saturation probe, and one model's result."""
+cascade of adaptive attacks on survivors, eps sweeps, and one model's result."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from pclc.analysis.saturation import saturation_probe
 from pclc.attacks import Attack, build_attack, check_eps
-from pclc.attacks.linf import margin
 from pclc.audit.checks import (
     checks,
     explain_verdict,
@@ -92,46 +90,6 @@ def attack_specs(attacks: dict[str, dict], num_classes: int, source: tuple | Non
     return out
 
 
-def saturation_probe(
-    model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, bins: int = 20, indices: bool = False
-) -> dict:
-    """Float32 saturation: share with p_y == 1.0 exactly, share with an all-zero CE input gradient, margins
-    (``indices``: also which examples, ``p_y_one_idx`` and ``zero_grad_idx``).
-
-    The CE is summed (not averaged) so that a tiny per-example gradient is not scaled into underflow.
-    """
-    p1, zero, margins = [], [], []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size].clone().requires_grad_(True), y[i : i + batch_size]
-        logits = model(xb).float()
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb, reduction="sum"), xb)
-        logits = logits.detach()
-        p1.append(logits.softmax(1).gather(1, yb[:, None]).squeeze(1) == 1.0)
-        zero.append((grad.flatten(1) == 0).all(1))
-        margins.append(margin(logits, yb))
-    p1, zero, m = (torch.cat(t).cpu() for t in (p1, zero, margins))
-    finite = m[torch.isfinite(m)].double().numpy()
-    counts, edges = np.histogram(finite, bins=bins) if len(finite) else (np.zeros(0), np.zeros(0))
-    return {
-        "n": len(m),
-        "share_p_y_one": float(p1.float().mean()),
-        "share_zero_grad": float(zero.float().mean()),
-        "margin_mean": float(finite.mean()) if len(finite) else math.nan,
-        "margin_median": float(np.median(finite)) if len(finite) else math.nan,
-        "margin_q10": float(np.quantile(finite, 0.1)) if len(finite) else math.nan,
-        "margin_q90": float(np.quantile(finite, 0.9)) if len(finite) else math.nan,
-        "margin_hist": {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]},
-        **(
-            {
-                "p_y_one_idx": p1.nonzero().flatten().tolist(),
-                "zero_grad_idx": zero.nonzero().flatten().tolist(),
-            }
-            if indices
-            else {}
-        ),
-    }
-
-
 def attack_correct(model, x, y, attack: Callable, eps: float, batch_size: int, seed: int = 0) -> torch.Tensor:
     """Per example (CPU bool): correct on the clean input and on ``attack``'s output. Batch ``i`` is seeded
     ``seed + i``; one host sync at the end."""
@@ -165,14 +123,15 @@ def cache_name(
 
 
 def _from_eval(
-    eval_dir: Path | None, spec: Spec, eps: float, subset: int | None, y, weights: str
+    evaluated: RunDir | None, spec: Spec, eps: float, subset: int | None, y, weights: str
 ) -> torch.Tensor | None:
     """The paper's PGD at ``eps`` as pclc.evaluate already computed it for this run, if it did."""
-    if eval_dir is None or spec.group != "paper":
+    if evaluated is None or spec.group != "paper":
         return None
-    from pclc.evaluate import Entry
+    from pclc.attacks.suite import SuiteItem
+    from pclc.results import result_path
 
-    path = Path(eval_dir) / f"{Entry('pgd', spec.attack.name, float(eps), 'white', spec.params).name(subset)}.json"
+    path = result_path(evaluated, SuiteItem("pgd", spec.attack.name, float(eps), "white", spec.params), subset)
     if not path.exists():
         return None
     try:
@@ -198,7 +157,7 @@ def cached_correct(
     subset: int | None,
     batch_size: int,
     seed: int,
-    eval_dir: Path | None = None,
+    evaluated: RunDir | None = None,
     only: torch.Tensor | None = None,
     weights: str | None = None,
 ) -> torch.Tensor:
@@ -221,7 +180,7 @@ def cached_correct(
             log.warning("%s was computed on other examples or weights; recomputing", path)
     t0 = time.perf_counter()
     bs = spec.batch_size or batch_size
-    correct = None if only is not None else _from_eval(eval_dir, spec, eps, subset, y, weights)
+    correct = None if only is not None else _from_eval(evaluated, spec, eps, subset, y, weights)
     source = "pclc.evaluate" if correct is not None else "audit"
     if correct is None:
         idx = torch.arange(len(y)) if only is None else only.cpu().nonzero().squeeze(1)
@@ -283,7 +242,7 @@ def reference_level(
     profile: dict,
     cache_dir: Path,
     subset: int | None = None,
-    eval_dir: Path | None = None,
+    evaluated: RunDir | None = None,
 ) -> dict[float, float]:
     """The CE reference's accuracy (%) per eps: worst case of the paper's PGD and the first adaptive attack
     (margin PGD)."""
@@ -299,7 +258,7 @@ def reference_level(
         subset=subset,
         batch_size=int(profile["batch_size"]),
         seed=int(profile["seed"]),
-        eval_dir=eval_dir,
+        evaluated=evaluated,
         weights=weights_digest(model.state_dict()),
     )
     return {
@@ -346,7 +305,7 @@ def audit_model(
     subset: int | None = None,
     source: tuple | None = None,
     reference: dict[float, float] | None = None,
-    eval_dir: Path | None = None,
+    evaluated: RunDir | None = None,
 ) -> AuditResult:
     """Probe, every attack at each eps, sweeps, worst case, flags and verdict for one model.
 
@@ -367,7 +326,7 @@ def audit_model(
         subset=subset,
         batch_size=bs,
         seed=int(p["seed"]),
-        eval_dir=eval_dir,
+        evaluated=evaluated,
         weights=weights_digest(model.state_dict()),
     )
     with torch.no_grad():
@@ -459,11 +418,9 @@ def audit_run(
             )
         source = (reference_run.key, ref_model, reference_run.audit / "adv")
         reference = reference_level(
-            ref_model, x, y, eps_list, attacks, profile, reference_run.audit, subset, reference_run.eval
+            ref_model, x, y, eps_list, attacks, profile, reference_run.audit, subset, reference_run
         )
-    out = audit_model(
-        model, x, y, eps_list, attacks, profile, thresholds, run.audit, subset, source, reference, run.eval
-    )
+    out = audit_model(model, x, y, eps_list, attacks, profile, thresholds, run.audit, subset, source, reference, run)
     out.run, out.dataset, out.model = run.key, run_cfg.dataset.name, run_cfg.model.name
     out.loss, out.method = run_cfg.loss.name, method_of(run_cfg)
     out.reference_run = None if reference_run is None else reference_run.key

@@ -1,0 +1,95 @@
+"""The results layer (pclc.results): evaluation file names have one home and stay what stores already hold, and
+a store reads back as one flat table that every table, study and cost estimate filters."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pclc.attacks.suite import SuiteItem
+from pclc.config import compose
+from pclc.reproduce import reproduce
+from pclc.results import RECORD_COLUMNS, read_store, result_stem
+
+PKG = Path(__file__).resolve().parents[1] / "pclc"
+PGD = {"nb_iter": 40, "eps_iter": 0.01, "rand_init": True}
+
+
+@pytest.mark.parametrize(
+    "item, settings, stem",
+    [
+        (SuiteItem("pgd", "pgd", 0.1, "white", PGD), (None, "fp32", 1000), "white-pgd-eps0.1-869c9a92"),
+        (SuiteItem("pgd", "pgd", 0.1, "white", PGD), (1000, "fp32", 1000), "white-pgd-eps0.1-sub1000-869c9a92"),
+        (SuiteItem("pgd", "pgd", 0.1, "white", PGD), (None, "bf16", 256), "white-pgd-eps0.1-bf16-bs256-869c9a92"),
+        (SuiteItem("cw", "cw", None, "transfer", {"lr": 0.01}), (None, "fp32", 1000), "transfer-cw-e297a014"),
+    ],
+)
+def test_result_names_are_the_ones_stores_and_the_zoo_already_hold(item, settings, stem):
+    """Pinned literally: another name would orphan every finished evaluation of every store."""
+    assert result_stem(item, *settings) == stem
+
+
+def test_no_module_but_the_results_layer_builds_an_evaluation_path_or_globs_a_store():
+    patterns = [r"\.eval\s*/", r"\.adv\s*/", r"\.eval\.glob\(", r"\.adv\.glob\(", r"store\.glob\(", r"\"eval/"]
+    found = {
+        str(p.relative_to(PKG)): pat
+        for p in PKG.rglob("*.py")
+        if p.name != "results.py"
+        for pat in patterns
+        if re.search(pat, p.read_text())
+    }
+    assert found == {}, found
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("layer")
+    cfg = compose(
+        "reproduce",
+        [
+            "experiment=table1",
+            "profile=tiny",
+            "logger=none",
+            f"store={tmp / 'runs'}",
+            f"out_dir={tmp / 'results'}",
+            "datasets=[fmnist]",
+            "dataset_map={fmnist: fake}",
+            "attacks=[fgsm,pgd]",
+        ],
+    )
+    reproduce(cfg)
+    return tmp
+
+
+def test_a_store_reads_as_one_flat_record_per_result_file(store):
+    df = read_store(store / "runs")
+    files = sorted((store / "runs").glob("*/eval/*.json"))
+    assert list(df.columns) == RECORD_COLUMNS
+    assert sorted(df.file) == sorted(map(str, files)) and len(files) >= 2 * 6  # 2 methods, fgsm + pgd at 3 eps
+    for r in df.itertuples():
+        raw = json.loads(Path(r.file).read_text())
+        assert r.accuracy == raw["adv_accuracy"] and r.run == Path(r.file).parent.parent.name
+        assert r.dataset == "fake" and r.model == "lenet5" and r.loss in ("ce", "pclc") and r.seed == 0
+        assert json.loads(r.budget) == raw["params"] and r.eps in (0.1, 0.2, 0.3)
+    # the table the command wrote is a pivot of these records
+    table = pd.read_csv(store / "results" / "tiny" / "table1.csv", comment="#", dtype={"param": str})
+    row = table[(table.method == "pclc") & (table.attack == "pgd") & (table.param == "0.2")].iloc[0]
+    mine = df[(df.loss == "pclc") & (df.attack == "pgd") & (df.eps == 0.2)]
+    assert len(mine) == 1 and row.ours == round(float(mine.accuracy.iloc[0]), 2)
+
+
+def test_a_hand_edited_result_leaves_the_checked_table_and_stays_in_the_unchecked_one(store, tmp_path):
+    shutil.copytree(store / "runs", tmp_path / "runs")
+    f = sorted((tmp_path / "runs").glob("*/eval/white-fgsm-eps0.1-*.json"))[0]
+    raw = json.loads(f.read_text())
+    f.write_text(json.dumps({**raw, "adv_accuracy": raw["adv_accuracy"] + 5}))
+    checked, unchecked = read_store(tmp_path / "runs"), read_store(tmp_path / "runs", checked=False)
+    assert str(f) not in set(checked.file) and str(f) in set(unchecked.file)  # the planner reads its seconds
+    assert len(unchecked) == len(checked) + 1
+    only = read_store(tmp_path / "runs", keys=[f.parent.parent.name])
+    assert set(only.run) == {f.parent.parent.name}
