@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from pclc.config import resolve_device
 from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
+from pclc.files import atomic_write_json, atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
-from pclc.io import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
 from pclc.results import item_results, run_weights
 from pclc.store import RunDir, provenance, run_key

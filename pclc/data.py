@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from pclc.augment import build_augment
-from pclc.io import atomic_torch_save, load_tensors
+from pclc.files import atomic_torch_save, load_tensors
+from pclc.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +45,13 @@ class Split:
 # --------------------------------------------------------------------------------------------
 # Loaders: name -> function(root, download, cfg) -> (train Split, test Split), all on the CPU.
 # --------------------------------------------------------------------------------------------
-LOADERS: dict[str, Callable[..., tuple[Split, Split]]] = {}
-CLASSES: dict[str, int] = {}  # the class count of each real dataset (synthetic ones take the config's)
+LOADERS = Registry("dataset", positional=("root", "download", "cfg"))
 
 
 def register_loader(name: str, classes: int | None = None):
-    """Register ``loader(root, download, cfg) -> (train, test)``; ``classes``: the dataset's class count."""
-
-    def wrap(fn):
-        LOADERS[name] = fn
-        if classes is not None:
-            CLASSES[name] = int(classes)
-        return fn
-
-    return wrap
+    """Register ``loader(root, download, cfg) -> (train, test)``; ``classes``: the dataset's class count (a
+    synthetic dataset takes its config's)."""
+    return LOADERS.register(name, classes=None if classes is None else int(classes))
 
 
 def _not_found(title: str, folder: Path, files: list[str], how: str, cause: BaseException | None = None):
@@ -259,23 +253,23 @@ def _without_leftovers(root: Path, load: Callable):
 def load_splits(cfg) -> tuple[Split, Split]:
     """Parse a dataset once, cache it as uint8 tensors under ``<root>/.pclc-cache``, apply ``subset``."""
     name = cfg.name
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}")
-    if name in CLASSES and int(cfg.num_classes) != CLASSES[name]:
+    loader = LOADERS.get(name)  # an unknown name: one line listing the known ones
+    classes = loader.meta["classes"]
+    if classes is not None and int(cfg.num_classes) != classes:
         raise ValueError(
-            f"dataset {name} has {CLASSES[name]} classes, but num_classes={cfg.num_classes}; "
+            f"dataset {name} has {classes} classes, but num_classes={cfg.num_classes}; "
             f"leave dataset.num_classes at the dataset's count"
         )
     root = Path(cfg.root).expanduser()
     if name == "fake":
-        train, test = LOADERS[name](root, False, cfg)
+        train, test = loader.fn(root, False, cfg)
     else:
         cache = root / ".pclc-cache" / f"{name}-v{CACHE_VERSION}.pt"
         if cache.exists():
             t = load_tensors(cache)
             train, test = Split(t["train_x"], t["train_y"]), Split(t["test_x"], t["test_y"])
         else:
-            train, test = _without_leftovers(root, lambda: LOADERS[name](root, bool(cfg.download), cfg))
+            train, test = _without_leftovers(root, lambda: loader.fn(root, bool(cfg.download), cfg))
             for s in (train, test):
                 _check(name, s, cfg)
             cache.parent.mkdir(parents=True, exist_ok=True)

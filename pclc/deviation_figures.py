@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from pclc.config import compose
 from pclc.experiment import chosen_studies
-from pclc.io import atomic_savefig
+from pclc.files import atomic_savefig
 
 
 def _save(fig, path: Path) -> Path:

@@ -26,8 +26,8 @@ from pclc.deviations import (
     table_row_specs,
 )
 from pclc.experiment import chosen_studies, experiment_cells, out_dir, train_cfg
+from pclc.files import atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
-from pclc.io import atomic_write_text
 from pclc.reports import mean_interval
 from pclc.store import provenance, run_key
 

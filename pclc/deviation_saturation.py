@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from pclc.analysis.saturation import saturation_probe
 from pclc.config import resolve_device
 from pclc.experiment import cell_suites, experiment_cells, train_cfg
-from pclc.io import atomic_write_json
+from pclc.files import atomic_write_json
 from pclc.reports import substitute_run
 from pclc.results import read_result, run_results, run_weights
 from pclc.store import RunDir, load_run, run_key

@@ -26,8 +26,7 @@ from pclc.attacks.paper import check_engine
 from pclc.attacks.suite import SuiteItem, expand_suite
 from pclc.config import CONFIG_DIR, resolve_device, variant
 from pclc.data import eval_tensors
-from pclc.inputs import optional_whole
-from pclc.io import (
+from pclc.files import (
     CorruptFileError,
     atomic_torch_save,
     atomic_write_json,
@@ -36,6 +35,7 @@ from pclc.io import (
     read_json,
     remove_stale_temp,
 )
+from pclc.inputs import optional_whole
 from pclc.locks import held, lock_path
 from pclc.metrics import predict, with_precision
 from pclc.results import craft_cache, result_path
@@ -385,7 +385,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from pclc.callbacks import run_job
+    from pclc.jobs import run_job
 
     return run_job(evaluate, cfg)
 

@@ -17,7 +17,7 @@ from pclc.config import group_config, resolve_device
 from pclc.data import eval_tensors
 from pclc.evaluate import evaluate
 from pclc.experiment import eval_cfg, out_dir, train_cfg
-from pclc.io import atomic_write_json, atomic_write_text
+from pclc.files import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_gaps
 from pclc.store import RunDir, load_run, provenance, provenance_lines, run_key
 

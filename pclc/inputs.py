@@ -1,5 +1,5 @@
 """Checks of user inputs that can fail before any work: each refuses with one line naming the setting, its
-value and what is allowed (``pclc.callbacks.run_job`` prints it and exits 2)."""
+value and what is allowed (``pclc.jobs.run_job`` prints it and exits 2)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def held(path: Path, what: str, report_every: float = 60.0):
             if e.errno not in READ_ONLY:
                 raise
             # a read-only store (a shared copy of finished results): nothing can be written there, so there is
-            # nothing to serialise; a write that is attempted still fails, with one line (pclc.io)
+            # nothing to serialise; a write that is attempted still fails, with one line (pclc.files)
             log.info("%s: the store is read-only (%s); reading without a lock", what, e.strerror)
             yield
             return

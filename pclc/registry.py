@@ -1,4 +1,5 @@
-"""A registry of named functions (losses, attacks) that configs reach through Hydra's ``_target_``.
+"""The one registry mechanism: named functions (losses, attacks, models, dataset loaders); losses and attacks are
+reached from configs through Hydra's ``_target_``.
 
 A component's config is ``{_target_: <dotted path of a registered function>, _partial_: true, <params>}``.
 :meth:`Registry.build` checks, before any work, that the target is registered and that every parameter
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass(frozen=True)
-class Entry:
+class Registered:
     """A registered function, the parameters it takes from a config, and what else is known of it."""
 
     name: str
@@ -43,17 +44,19 @@ class Registry:
 
     def __init__(self, kind: str, positional: tuple[str, ...]):
         self.kind, self.positional = kind, positional
-        self._by_name: dict[str, Entry] = {}
+        self._by_name: dict[str, Registered] = {}
 
     def register(self, name: str, **meta) -> Callable[[Callable], Callable]:
         def deco(fn: Callable) -> Callable:
             if name in self._by_name:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             skip = set(self.positional) | set(meta.get("runtime", ()))  # runtime: passed by code, never by configs
-            sig = {k: v for k, v in inspect.signature(fn).parameters.items() if k not in skip}
+            variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            params = inspect.signature(fn).parameters.items()
+            sig = {k: v for k, v in params if k not in skip and v.kind not in variadic}
             required = tuple(k for k, v in sig.items() if v.default is inspect.Parameter.empty)
             flags = tuple(k for k, v in sig.items() if v.annotation in (bool, "bool") or isinstance(v.default, bool))
-            self._by_name[name] = Entry(name, fn, tuple(sig), required, meta, flags)
+            self._by_name[name] = Registered(name, fn, tuple(sig), required, meta, flags)
             return fn
 
         return deco
@@ -67,12 +70,12 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._by_name)
 
-    def get(self, name: str) -> Entry:
+    def get(self, name: str) -> Registered:
         if name not in self._by_name:
             raise ValueError(f"unknown {self.kind} {name!r}; known: {self.names()}")
         return self._by_name[name]
 
-    def entry(self, cfg: Mapping | DictConfig) -> Entry:
+    def entry(self, cfg: Mapping | DictConfig) -> Registered:
         """The registered function a component config names, its parameters checked (nothing is run)."""
         target = (cfg or {}).get("_target_")
         if target is None:

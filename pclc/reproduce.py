@@ -310,7 +310,7 @@ def reproduce_all(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="reproduce", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from pclc.callbacks import run_job
+    from pclc.jobs import run_job
 
     return run_job(reproduce, cfg)
 

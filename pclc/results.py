@@ -30,7 +30,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from pclc.attacks.suite import SuiteItem
-from pclc.io import CorruptFileError, read_json
+from pclc.files import CorruptFileError, read_json
 from pclc.store import RunDir, model_state, runs_in, weights_digest
 
 DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): results at it keep their plain names

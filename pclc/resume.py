@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.errors import UserError
-from pclc.io import (
+from pclc.files import (
     CorruptFileError,
     atomic_write_json,
     atomic_write_text,

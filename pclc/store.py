@@ -120,7 +120,7 @@ class RunDir:
         return self.summary.exists()
 
     def read_summary(self) -> dict[str, Any]:
-        from pclc.io import CorruptFileError, read_json
+        from pclc.files import CorruptFileError, read_json
 
         try:
             return read_json(self.summary)
@@ -191,7 +191,7 @@ def build_model(model_cfg) -> torch.nn.Module:
 def model_state(run: RunDir) -> dict[str, torch.Tensor]:
     """A finished run's final weights: ``model.pt``, or, when that is missing or unreadable, the final
     checkpoint (the same weights), from which ``model.pt`` is written again."""
-    from pclc.io import CorruptFileError, atomic_torch_save, load_tensors
+    from pclc.files import CorruptFileError, atomic_torch_save, load_tensors
 
     try:
         return load_tensors(run.model)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pclc.files import atomic_savefig, atomic_write_text
 from pclc.headers import csv_provenance
-from pclc.io import atomic_savefig, atomic_write_text
 from pclc.paper_data import paper_tables
 from pclc.store import provenance, provenance_lines
 

@@ -28,8 +28,8 @@ from pclc.attacks.linf import HalfAdversarial
 from pclc.config import CONFIG_DIR, resolve_device, validate_data_model, variant
 from pclc.data import build_data
 from pclc.errors import UserError
+from pclc.files import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.inputs import seed, whole
-from pclc.io import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.locks import held, lock_path
 from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
@@ -428,7 +428,7 @@ def _progress(total: int, desc: str):
 # ------------------------------------------------------------------------------------------
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from pclc.callbacks import run_job
+    from pclc.jobs import run_job
 
     return run_job(train, cfg)
 

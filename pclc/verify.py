@@ -119,7 +119,7 @@ def verify(
 
 
 def _write(df: pd.DataFrame, out_dir: Path, here: dict[str, Any], subset: int, record: bool) -> Path:
-    from pclc.io import atomic_write_text
+    from pclc.files import atomic_write_text
 
     diffs = df["diff"].dropna().abs()
     worst = df.loc[diffs.idxmax()] if len(diffs) else None

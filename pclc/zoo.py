@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from pclc.errors import UserError
-from pclc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from pclc.files import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from pclc.locks import held
 from pclc.store import RunDir, build_model, run_key, weights_digest
 

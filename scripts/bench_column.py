@@ -27,7 +27,7 @@ from pclc.attacks.suite import expand_suite
 from pclc.config import compose
 from pclc.data import eval_tensors
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
-from pclc.io import atomic_write_json, atomic_write_text, read_json
+from pclc.files import atomic_write_json, atomic_write_text, read_json
 from pclc.metrics import predict
 from pclc.plan import CostModel, bench_path, device_slug, forward_flops, load_bench, plan_items
 from pclc.store import RunDir, load_run, provenance, provenance_lines, run_key

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pclc.io import atomic_write_json, atomic_write_text
+from pclc.files import atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
 from pclc.store import RunDir, provenance
 

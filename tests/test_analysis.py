@@ -244,7 +244,7 @@ def test_figures_are_written_atomically(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pclc.io import atomic_savefig
+    from pclc.files import atomic_savefig
 
     path = tmp_path / "f.png"
     fig, ax = plt.subplots()

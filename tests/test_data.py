@@ -160,7 +160,7 @@ def test_missing_dataset_offline_is_a_clear_error(tmp_path, monkeypatch, offline
 
 
 def test_corrupt_cache_is_a_clear_error(tmp_path):
-    from pclc.io import CorruptFileError
+    from pclc.files import CorruptFileError
 
     cache = tmp_path / ".pclc-cache" / f"mnist-v{data.CACHE_VERSION}.pt"
     cache.parent.mkdir(parents=True)

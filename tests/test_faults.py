@@ -20,7 +20,7 @@ import torch
 SCRIPT = r"""
 import sys, time
 from pathlib import Path
-import pclc.io as io, pclc.data as data
+import pclc.files as io, pclc.data as data
 real_atomic, real_batches = io._atomic, data.DeviceData.batches
 def slow_atomic(path, write):
     def w(f):

@@ -33,7 +33,7 @@ def test_bench_files_are_named_by_the_whole_gpu_name(monkeypatch, name, slug):
 
 def test_checkpoints_carry_the_cuda_rng_and_a_resume_restores_it(tmp_path, monkeypatch):
     """VGG-13's Dropout draws on the GPU: a resume restores the CUDA generators as well as the CPU one."""
-    from pclc.io import load_tensors
+    from pclc.files import load_tensors
 
     state = [torch.arange(8, dtype=torch.uint8)]
     restored = []

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import pclc.train as train_mod
 from pclc.config import compose, group_config
 from pclc.evaluate import evaluate
-from pclc.io import CorruptFileError
+from pclc.files import CorruptFileError
 from pclc.store import RunDir, RunIntegrityError, load_run, run_key, weights_digest
 from pclc.train import train
 
@@ -86,7 +86,7 @@ def test_a_finished_warmup_run_without_warmup_pt_is_rebuilt(tmp_path, reference)
 
 def test_a_killed_rebuilds_scratch_folder_is_removed_by_the_next(tmp_path, reference):
     """Issue 28, item 9: a SIGKILL during the warm-up rebuild left its .<key>.rebuild-*/ folder for good."""
-    from pclc.io import _host
+    from pclc.files import _host
 
     _, _, pc_ref = reference
     ce = train(cfg_for(tmp_path))
@@ -322,7 +322,7 @@ def test_secrets_given_as_overrides_are_never_written(tmp_path, monkeypatch):
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
-    from pclc.io import _host
+    from pclc.files import _host
 
     s = train(cfg_for(tmp_path))
     stale = Path(s["path"]) / f".checkpoint.pt.{_host()}.999999999.abcd.tmp"
@@ -337,7 +337,7 @@ def test_another_hosts_temp_file_is_left_to_its_writer(tmp_path):
     import os
     import time
 
-    from pclc.io import STALE_FOREIGN_SECONDS, remove_stale_temp
+    from pclc.files import STALE_FOREIGN_SECONDS, remove_stale_temp
 
     live = tmp_path / ".checkpoint.pt.node17.999999999.abcd.tmp"  # its PID is dead here, not on node17
     old = tmp_path / ".model.pt.node17.999999998.abcd.tmp"
@@ -353,11 +353,11 @@ def test_atomic_files_get_the_umasks_permissions(tmp_path, umask):
     """Issue 28, item 9: mkstemp's 0600 made a shared store unreadable to its group."""
     import os
 
-    import pclc.io as io
+    import pclc.files as files
 
     old = os.umask(umask)
     try:
-        io.atomic_write_text(tmp_path / "x.json", "{}")
+        files.atomic_write_text(tmp_path / "x.json", "{}")
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -208,7 +208,7 @@ def test_a_read_only_store_serves_finished_work_and_refuses_writes_in_one_line(t
     import errno
     import tempfile
 
-    import pclc.io as io
+    import pclc.files as io
     import pclc.locks as locks
 
     tmp = _copy(table, tmp_path)

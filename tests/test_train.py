@@ -14,7 +14,7 @@ import torch
 
 import pclc.train as train_mod
 from pclc.config import compose
-from pclc.io import CorruptFileError
+from pclc.files import CorruptFileError
 from pclc.store import RunDir, run_key
 from pclc.train import CheckpointMismatchError, NonFiniteLossError, train
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pclc.io import atomic_savefig
+from pclc.files import atomic_savefig
 
 RANKS = (2, 3, 4, 5)
 ORDINAL = {2: "2nd", 3: "3rd", 4: "4th", 5: "5th"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pclc.io import atomic_savefig
+from pclc.files import atomic_savefig
 from pclc.metrics import probability_gap
 
 BINS, RANGE = 40, (-1.0, 1.0)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pclc.analysis.gaps import as_input
-from pclc.io import atomic_savefig
+from pclc.files import atomic_savefig
 
 PANEL_SIZE = (5.0, 5.0)  # inches per subplot; figures are saved at DPI without tight cropping
 DPI = 150

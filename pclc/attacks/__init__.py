@@ -12,132 +12,27 @@ values out of range) and returns an :class:`Attack`. One PGD vocabulary througho
 ``eps_iter`` (absolute) or ``rel_eps_iter`` (a fraction of eps), ``rand_init``, ``restarts``.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-import torch
-from omegaconf import DictConfig
-
-from pclc.registry import Registry, params_of
-
-# Call-time arguments: the model and data, the L-inf radius (None for C&W) and the batch's seed.
-ATTACKS = Registry("attack", positional=("model", "x", "y", "eps", "seed"))
-
-# The vocabulary's value ranges: counts are integers >= 1, step sizes and rates are > 0.
-_COUNTS = (
-    "nb_iter",
-    "max_iterations",
-    "binary_search_steps",
-    "nb_sample",
-    "max_batch_size",
-    "batch_size",
-    "restarts",
-    "queries",
-    "targets",
+from pclc.attacks import adaptive, linf, paper, reference  # noqa: E402,F401,I001  (registers the attacks)
+from pclc.attacks._registry import (
+    ATTACKS,
+    Attack,
+    attack_config,
+    attack_entry,
+    build_attack,
+    check_budget,
+    check_eps,
+    list_attacks,
+    register_attack,
 )
-_POSITIVE = ("eps_iter", "rel_eps_iter", "lr", "learning_rate", "delta", "initial_const", "target_margin")
-_NON_NEGATIVE = ("confidence", "decay_factor")
-
-
-def check_budget(params: Mapping[str, Any]) -> None:
-    """Refuse budgets that would silently report 100% robustness (0 steps, a step of 0 or below)."""
-    for k, v in params.items():
-        if k in _COUNTS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"attack parameter {k}={v!r} must be an integer >= 1")
-        if (
-            k in _POSITIVE
-            and v is not None
-            and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"))
-        ):
-            raise ValueError(f"attack parameter {k}={v!r} must be a finite number > 0")
-        if k in _NON_NEGATIVE and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
-            raise ValueError(f"attack parameter {k}={v!r} must be a number >= 0")
-    if "eps_iter" in params or "rel_eps_iter" in params:
-        given = [k for k in ("eps_iter", "rel_eps_iter") if params.get(k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"an iterative attack takes exactly one of eps_iter (absolute step) or rel_eps_iter "
-                f"(step as a fraction of eps); got {given or 'neither'}"
-            )
-
-
-def register_attack(name: str, *, bounded: bool, passes: Callable[[dict], float], **meta):
-    """Register ``fn(model, x, y, eps, seed, **params) -> x_adv``; ``passes(params)``: its cost per example."""
-    return ATTACKS.register(name, bounded=bounded, passes=passes, check=check_budget, **meta)
-
-
-def check_eps(eps: float | None, name: str) -> None:
-    if eps is None:
-        return
-    if not 0.0 <= float(eps) <= 1.0:
-        raise ValueError(f"attack {name}: eps={eps} is outside [0, 1] (pixels are in [0, 1])")
-
-
-@dataclass(frozen=True)
-class Attack:
-    """A built attack: ``attack(model, x, y, eps, seed)`` returns examples projected exactly onto
-    ``[x - eps, x + eps] ∩ [0, 1]`` (``[0, 1]`` for unbounded C&W)."""
-
-    name: str
-    fn: Callable
-    params: dict[str, Any]
-    bounded: bool
-    passes: float  # forward + input-gradient passes per example (the planner's cost; a forward is 1/2)
-
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, seed: int = 0) -> torch.Tensor:
-        if self.bounded and eps is None:
-            raise ValueError(f"attack {self.name} needs an eps")
-        check_eps(eps, self.name)
-        adv = self.fn(model, x, y, None if eps is None else float(eps), int(seed)).detach()
-        return adv.clamp(0.0, 1.0) if eps is None else linf.project(adv, x, float(eps))
-
-
-def attack_entry(cfg: Mapping | DictConfig):
-    """The registry entry of an attack config, checked (nothing is run)."""
-    return ATTACKS.entry(cfg)
-
-
-def build_attack(cfg: Mapping | DictConfig, engine: Mapping | None = None, **runtime) -> Attack:
-    """An :class:`Attack` from its config; ``runtime``: arguments no config sets (a transfer source);
-    ``engine``: ``{backend, chunk}`` (configs/evaluate.yaml ``attack:``) for the attacks that take them."""
-    e = ATTACKS.entry(cfg)
-    params = params_of(cfg)
-    takes = set(e.meta.get("runtime", ()))
-    runtime.update({k: v for k, v in (engine or {}).items() if k in takes})
-    return Attack(
-        e.name,
-        ATTACKS.build(cfg, _convert_="all", **runtime),
-        params,
-        bool(e.meta["bounded"]),
-        float(e.meta["passes"](params)),
-    )
-
-
-def list_attacks() -> list[str]:
-    return ATTACKS.names()
-
-
-from pclc.attacks import adaptive, linf, paper, reference  # noqa: E402  (registers the attacks)
 
 __all__ = [
     "ATTACKS",
     "Attack",
     "attack_config",
-    "register_attack",
-    "build_attack",
     "attack_entry",
+    "build_attack",
+    "check_budget",
     "check_eps",
     "list_attacks",
-    "adaptive",
-    "linf",
-    "paper",
-    "reference",
+    "register_attack",
 ]
-
-
-def attack_config(name: str, **params) -> dict[str, Any]:
-    """The config of registered attack ``name`` with ``params``: ``{_target_: ..., **params}``."""
-    return {"_target_": ATTACKS.get(name).target, **params}

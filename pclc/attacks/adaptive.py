@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pclc.attacks import register_attack
+from pclc.attacks._registry import register_attack
 from pclc.attacks.linf import ce_loss, margin, margin_loss, project, seeded, sign_pgd
-from pclc.io import cached_tensor
+from pclc.files import cached_tensor
 
 
 def _num_classes(model, x: torch.Tensor) -> int:

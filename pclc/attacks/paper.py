@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from pclc.attacks import engine as engine_mod
-from pclc.attacks import register_attack
+from pclc.attacks._registry import register_attack
 from pclc.attacks.linf import seeded
 
 BACKENDS = ("pclc", "advertorch")

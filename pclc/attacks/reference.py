@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from pclc.attacks import register_attack
+from pclc.attacks._registry import register_attack
 from pclc.attacks.linf import project
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.attacks import attack_entry, check_eps
+from pclc.attacks._registry import attack_entry, check_eps
 from pclc.registry import params_of
 
 

@@ -92,6 +92,6 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="audit", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from pclc.callbacks import run_job
+    from pclc.jobs import run_job
 
     return run_job(audit, cfg)

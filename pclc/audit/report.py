@@ -10,8 +10,8 @@ import torch
 
 from pclc.audit.checks import HEALTHY, named, paper_attack, verdict
 from pclc.audit.result import AuditResult
+from pclc.files import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.headers import config_block
-from pclc.io import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.paper_data import paper_tables
 from pclc.store import provenance, provenance_lines
 

@@ -30,7 +30,7 @@ from pclc.audit.checks import (
 )
 from pclc.audit.result import AuditResult
 from pclc.data import eval_tensors
-from pclc.io import CorruptFileError, atomic_write_json, read_json
+from pclc.files import CorruptFileError, atomic_write_json, read_json
 from pclc.store import RunDir, load_run, provenance, weights_digest
 
 log = logging.getLogger(__name__)

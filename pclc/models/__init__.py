@@ -1,110 +1,25 @@
-"""timm-style model registry.
+"""The models: LeNet-5, the 3-layer CNN substitute, VGG-13 and ResNet-56, each registered with the input shapes
+it accepts (:mod:`pclc.models._registry`)."""
 
-Each entry records the input shapes the architecture accepts, so a model/dataset
-mismatch fails up front with a readable message instead of a shape error deep in
-``forward``. Models are registered by the ``@register_model`` decorators in the
-architecture modules imported at the bottom of this file.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-
-from torch import nn
+from pclc.models import cnn3, lenet, resnet, vgg  # noqa: E402,F401,I001  (registers the models)
+from pclc.models._registry import (
+    MODELS,
+    ModelSpec,
+    UnknownModelError,
+    check_model_fits,
+    create_model,
+    get_model_spec,
+    list_models,
+    register_model,
+)
 
 __all__ = [
+    "MODELS",
     "ModelSpec",
     "UnknownModelError",
-    "register_model",
-    "create_model",
-    "list_models",
-    "get_model_spec",
     "check_model_fits",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "register_model",
 ]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Registry entry: constructor plus the input shapes it accepts."""
-
-    name: str
-    builder: Callable[..., nn.Module]
-    in_channels: int
-    input_sizes: tuple[int, ...]
-
-    def accepts(self) -> str:
-        sizes = " or ".join(f"{self.in_channels}x{s}x{s}" for s in self.input_sizes)
-        return sizes
-
-
-class UnknownModelError(KeyError, ValueError):
-    """Unknown model name; catchable as either KeyError or ValueError."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-_REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register_model(
-    name: str, *, in_channels: int, input_sizes: Sequence[int]
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``builder(num_classes, in_channels, input_size, **kw)``."""
-
-    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, builder, int(in_channels), tuple(int(s) for s in input_sizes))
-        return builder
-
-    return deco
-
-
-def list_models() -> list[str]:
-    """Sorted names of all registered models."""
-    return sorted(_REGISTRY)
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    """Registry entry for ``name``; raises UnknownModelError listing the known names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
-
-
-def _square_size(input_size: int | Sequence[int]) -> int | tuple[int, ...]:
-    if isinstance(input_size, int):
-        return input_size
-    size = tuple(int(s) for s in input_size)
-    return size[0] if len(size) == 2 and size[0] == size[1] else size
-
-
-def check_model_fits(name: str, in_channels: int, input_size: int | Sequence[int], num_classes: int) -> ModelSpec:
-    """Raise ValueError unless model ``name`` accepts ``in_channels x input_size^2`` and ``num_classes``."""
-    spec = get_model_spec(name)
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"model {name!r} needs num_classes >= 2 (an integer), got {num_classes!r}")
-    size = _square_size(input_size)
-    if in_channels == spec.in_channels and size in spec.input_sizes:
-        return spec
-    given = f"{in_channels}x{size}x{size}" if isinstance(size, int) else f"{in_channels}x{'x'.join(map(str, size))}"
-    fitting = [s.name for s in _REGISTRY.values() if s.in_channels == in_channels and size in s.input_sizes]
-    hint = (
-        f"use {' or '.join(sorted(fitting))} for this dataset"
-        if fitting
-        else f"no registered model takes {given} inputs"
-    )
-    raise ValueError(f"model {name!r} takes {spec.accepts()} inputs, but dataset gives {given}; {hint}")
-
-
-def create_model(name: str, num_classes: int, in_channels: int, input_size: int | Sequence[int], **kwargs) -> nn.Module:
-    """Build a registered model after checking it fits the dataset's input shape."""
-    spec = check_model_fits(name, in_channels, input_size, num_classes)
-    return spec.builder(num_classes=num_classes, in_channels=in_channels, input_size=_square_size(input_size), **kwargs)
-
-
-# Populate the registry (imports must come after register_model is defined).
-from . import cnn3, lenet, resnet, vgg  # noqa: E402,F401

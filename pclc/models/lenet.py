@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_model
+from pclc.models._registry import register_model
 
 
 class LeNet5(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_model
+from pclc.models._registry import register_model
 
 
 class ShortcutA(nn.Module):

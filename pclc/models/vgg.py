@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_model
+from pclc.models._registry import register_model
 
 # VGG-13 ("B") configuration; "M" = 2x2 max-pool.
 VGG13_CFG = [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]

@@ -45,7 +45,7 @@ def run_job(fn: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
     from pclc.config import hydra_choices
-    from pclc.io import atomic_write_json
+    from pclc.files import atomic_write_json
 
     previous = (
         signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
