@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.attacks import build_attack
 from pclc.attacks.paper import check_engine
 from pclc.attacks.suite import SuiteItem, expand_suite
-from pclc.config import CONFIG_DIR, resolve_device, variant
+from pclc.config import CONFIG_DIR, resolve_device
 from pclc.data import eval_tensors
+from pclc.derived import substitute_cfg
 from pclc.files import (
     CorruptFileError,
     atomic_torch_save,
@@ -49,17 +50,6 @@ log = logging.getLogger(__name__)
 def percent(correct: torch.Tensor) -> float:
     """Accuracy in % from a per-example bool tensor, exactly (count / n: 0.01 per example of 10,000)."""
     return 100.0 * int(correct.sum()) / len(correct) if len(correct) else 0.0
-
-
-def substitute_cfg(cfg: DictConfig, substitutes: DictConfig) -> DictConfig:
-    """The black-box substitute's training config: same data, trainer (without adversarial training) and
-    seed; CE; the mapped model (``eval.substitute``)."""
-    if cfg.model.name not in substitutes:
-        raise ValueError(
-            f"no black-box substitute is defined for model {cfg.model.name!r} "
-            f"(eval.substitute maps {dict(substitutes)})"
-        )
-    return variant(cfg, model=substitutes[cfg.model.name], loss="ce", values={"trainer.adversarial": None})
 
 
 def craft(
@@ -94,7 +84,7 @@ def craft(
 def run_entry(
     entry: SuiteItem,
     target,
-    crafter,
+    source_model,
     x: torch.Tensor,
     y: torch.Tensor,
     batch_size: int,
@@ -143,7 +133,7 @@ def run_entry(
     while done["n"] < n:
         t0 = time.perf_counter()
         lo, hi = done["n"], min(done["n"] + step, n)
-        adv = craft(attack, crafter, x, y, entry.eps, lo, hi, batch_size, folder)
+        adv = craft(attack, source_model, x, y, entry.eps, lo, hi, batch_size, folder)
         pred = predict(target, adv, batch_size).argmax(1)
         linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
         done = {
@@ -264,17 +254,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"eval.{k} must be an integer >= 1, got {v!r}")
     engine = check_engine(cfg.get("attack") or {})
     run_cfg, target = load_run(run, device)
-    tie = run_fingerprint(run, target)
+    fingerprint = run_fingerprint(run, target)
     remove_stale_temp(run.eval)
     target = with_precision(target, precision)
     run_cfg.dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
     entries = expand_suite(cfg.suite, run_cfg.dataset, cfg.eval.get("param_overrides"))
 
-    crafter, sub_run, sub_tie = target, None, None
+    source_model, sub_run, sub_weights = target, None, None
     if any(e.source == "transfer" for e in entries):
         sub_run, sub_model = _substitute(cfg, run, run_cfg, device)
-        sub_tie = run_fingerprint(sub_run, sub_model)["weights"]
-        crafter = with_precision(sub_model, precision)
+        sub_weights = run_fingerprint(sub_run, sub_model)["weights"]
+        source_model = with_precision(sub_model, precision)
 
     x, y = eval_tensors(run_cfg.dataset, subset, device)
     if subset is not None and len(y) < subset:  # a -sub<N> file must hold N examples
@@ -293,10 +283,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for e in entries:
         transfer = e.source == "transfer"
         header = {
-            **tie,
+            **fingerprint,
             "substitute": sub_run.key if transfer else None,
             "precision": precision,
-            "substitute_weights": sub_tie if transfer else None,
+            "substitute_weights": sub_weights if transfer else None,
             "subset": subset,
             "clean_accuracy": clean_acc,
             "device": prov["device"],
@@ -309,14 +299,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             r = run_entry(
                 e,
                 target,
-                crafter if transfer else target,
+                source_model if transfer else target,
                 x,
                 y,
                 bs,
                 int(cfg.eval.group_batches),
                 out,
                 header,
-                (lambda b, stem=out.stem: craft_cache(sub_run, stem, b, sub_tie)) if transfer else None,
+                (lambda b, stem=out.stem: craft_cache(sub_run, stem, b, sub_weights)) if transfer else None,
                 engine,
             )
         log.info(
@@ -378,7 +368,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ),
     )
     tracker.summary({"clean_accuracy": clean_acc, **{Path(r["file"]).stem: r["adv_accuracy"] for r in results}})
-    tracker.log_artifact(f"eval-{run.key}", "evaluation", [r["file"] for r in results], {"run": run.key, **tie})
+    tracker.log_artifact(f"eval-{run.key}", "evaluation", [r["file"] for r in results], {"run": run.key, **fingerprint})
     tracker.finish(0)
     return summary
 

@@ -22,12 +22,11 @@ from omegaconf import DictConfig
 
 from pclc.attacks import build_attack
 from pclc.config import group_config, resolve_device
-from pclc.evaluate import substitute_cfg
+from pclc.derived import substitute_cfg, warmup_source
 from pclc.experiment import Cell, experiment_cells, missing_entries, sub_experiments, train_cfg
 from pclc.models import create_model
 from pclc.results import crafted_groups, eval_settings, read_store, result_stem
 from pclc.store import RunDir, run_key, runs_in
-from pclc.train import warmup_source
 
 
 # ------------------------------------------------------------------------------------------

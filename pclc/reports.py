@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy import stats as scipy_stats
 
 from pclc.config import resolve_device
-from pclc.evaluate import substitute_cfg
+from pclc.derived import substitute_cfg
 from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
 from pclc.files import atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, csv_provenance, header, trained_on_notes

@@ -23,6 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.config import CONFIG_DIR, group_config, resolve_device
+from pclc.derived import audit_reference
 from pclc.experiment import (
     Cell,
     audit_cfg,
@@ -30,7 +31,6 @@ from pclc.experiment import (
     check_attacks,
     eval_cfg,
     experiment_cells,
-    make_cell,
     out_dir,
     sub_experiments,
     train_cfg,
@@ -56,7 +56,7 @@ def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
 def cell_runs(cell: Cell, cfg: DictConfig) -> list[tuple[str, DictConfig, dict[str, Any]]]:
     """The trained models a cell needs, as (zoo name, training config, zoo metadata): its run and the black-box
     substitute its suites transfer from."""
-    from pclc.evaluate import substitute_cfg
+    from pclc.derived import substitute_cfg
     from pclc.experiment import entries
     from pclc.zoo import zoo_name
 
@@ -166,15 +166,13 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
             raise ValueError(f"run {run.key} ({cell.label}) is not trained; run stage=all first")
         checked_config(run)  # an edited config.yaml is refused before its reference run is trained
         ref = None
-        if exp.get("reference"):
-            ref_cell = make_cell(cfg, cell.dataset, cell.model, exp.reference)
-            ref = RunDir(cfg.store, run_key(train_cfg(ref_cell, cfg)))
-            if ref.key == run.key:
-                ref = None
-            elif not ref.finished:
+        rc = audit_reference(train_cfg(cell, cfg), cfg.methods[exp.reference].loss if exp.get("reference") else None)
+        if rc is not None:
+            ref = RunDir(cfg.store, run_key(rc))
+            if not ref.finished:
                 from pclc.train import train
 
-                train(train_cfg(ref_cell, cfg))
+                train(rc)
         audits.append(audit_run(run, device, reference_run=ref, **audit_settings(ac)))
         log.info("%s: %s", cell.label, audits[-1].verdict_reason)
     rows = [r for c in dict.fromkeys((c.dataset, c.model) for c in cells) for r in paper_rows(*c)]

@@ -25,8 +25,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pclc.attacks.linf import HalfAdversarial
-from pclc.config import CONFIG_DIR, resolve_device, validate_data_model, variant
+from pclc.config import CONFIG_DIR, resolve_device, validate_data_model
 from pclc.data import build_data
+from pclc.derived import warmup_source
 from pclc.errors import UserError
 from pclc.files import atomic_torch_save, atomic_write_json, load_tensors
 from pclc.inputs import seed, whole
@@ -64,14 +65,6 @@ def validate(cfg: DictConfig) -> None:
     build_adversary(t)
     if list(t.milestones) != sorted(int(m) for m in t.milestones):
         raise ValueError(f"trainer.milestones must be increasing integers, got {list(t.milestones)}")
-
-
-def warmup_source(cfg: DictConfig) -> DictConfig:
-    """The run whose phase 1 is this run's phase 1: the same config with the warm-up loss (``loss.warmup``)."""
-    try:
-        return variant(cfg, loss=cfg.loss.warmup)
-    except ValueError as e:
-        raise ValueError(f"loss.warmup={cfg.loss.warmup!r}: {e}") from None
 
 
 def build_adversary(trainer: DictConfig) -> HalfAdversarial | None:

@@ -433,3 +433,20 @@ def test_any_run_of_the_store_by_key_or_path(runs, tmp_path):
     assert by_key["audits"][0].method == "pclc"
     with pytest.raises(ValueError, match="no run at"):
         au.audit(compose("audit", [*over, f"audit.run={tmp_path / 'nothing'}"]))
+
+
+def test_the_audit_reference_keeps_the_runs_schedule_and_is_the_run_reproduce_derives():
+    """One derivation (pclc.derived.audit_reference) for `python -m pclc.audit` and `experiment=audit`: an
+    adversarially trained run with a shortened schedule gets a plain CE reference with that schedule (swapping the
+    whole trainer group, as the CLI did, dropped the override and trained a 50-epoch-per-phase reference)."""
+    from pclc.config import compose
+    from pclc.derived import audit_reference
+    from pclc.store import run_key
+
+    over = ["dataset=fmnist", "model=lenet5", "trainer.epochs_per_phase=3", "logger=none"]
+    at = compose("train", [*over, "loss=pclc", "trainer=adv_fgsm"])
+    ref = audit_reference(at, "ce")
+    assert ref.trainer.epochs_per_phase == 3 and ref.trainer.get("adversarial") is None and ref.loss.name == "ce"
+    assert run_key(ref) == run_key(compose("train", [*over, "loss=ce", "trainer=paper"]))
+    plain_ce = compose("train", [*over, "loss=ce"])
+    assert audit_reference(plain_ce, "ce") is None and audit_reference(at, None) is None

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pclc.audit.report import paper_rows, write_audit_report
 from pclc.audit.run import audit_run
-from pclc.config import CONFIG_DIR, resolve_device, variant
+from pclc.config import CONFIG_DIR, resolve_device
+from pclc.derived import audit_reference
 from pclc.headers import config_yaml
 from pclc.store import RunDir, checked_config, run_key
 
@@ -70,8 +71,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         )
     checked_config(run)  # before a reference run is trained from it
     ref_run = None
-    if a.reference and (a.reference != cfg.loss.name or cfg.trainer.get("adversarial")):
-        ref = variant(cfg, loss=a.reference, trainer=a.get("reference_trainer"))
+    ref = audit_reference(cfg, a.reference)
+    if ref is not None:
         ref_run = RunDir(cfg.store, run_key(ref))
         if not ref_run.finished:
             from pclc.train import train

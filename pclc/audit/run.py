@@ -167,14 +167,14 @@ def cached_correct(
     path = Path(cache_dir) / cache_name(spec, eps, subset, batch_size, seed, only)
     labels = _labels_digest(y)
     weights = weights or weights_digest(model.state_dict())  # what a cached result is tied to, and the source's
-    tie = weights if spec.source_weights is None else f"{weights}:{spec.source_weights}"
+    weights_key = weights if spec.source_weights is None else f"{weights}:{spec.source_weights}"
     if path.exists():
         try:
             d = read_json(path)
         except CorruptFileError as e:
             log.warning("%s; recomputing", e)
             d = {}
-        if d.get("labels") == labels and d.get("weights") == tie:
+        if d.get("labels") == labels and d.get("weights") == weights_key:
             return torch.tensor(d["correct"], dtype=torch.bool)
         if d:
             log.warning("%s was computed on other examples or weights; recomputing", path)
@@ -196,7 +196,7 @@ def cached_correct(
             "group": spec.group,
             "eps": eps,
             "params": spec.params,
-            "weights": tie,
+            "weights": weights_key,
             "source_run": spec.source_key,
             "subset": subset,
             "n": len(correct),
