@@ -56,11 +56,16 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
     return copy.deepcopy(_COMPOSED[key])
 
 
+def group_names(group: str) -> list[str]:
+    """The configs of a group (``configs/<group>/*.yaml``, and in ``$PCLC_CONFIG_PATH``'s folders)."""
+    dirs = [CONFIG_DIR, *(Path(d) for d in os.environ.get("PCLC_CONFIG_PATH", "").split(os.pathsep) if d)]
+    return sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+
+
 def group_config(group: str, name: str) -> DictConfig:
     """One config of a group (``configs/<group>/<name>.yaml``) as Hydra composes it into ``train``: its
     interpolations (``${dataset.num_classes}``) stay unresolved, to resolve in the config it joins."""
-    dirs = [CONFIG_DIR, *(Path(d) for d in os.environ.get("PCLC_CONFIG_PATH", "").split(os.pathsep) if d)]
-    known = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+    known = group_names(group)
     if name not in known:
         raise ValueError(f"unknown {group} config {name!r}; known: {known}")
     add = "" if group in ("dataset", "model", "loss", "trainer", "logger") else "+"  # groups train.yaml lacks

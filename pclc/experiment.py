@@ -164,7 +164,8 @@ def experiment_cells(cfg: DictConfig) -> list[Cell]:
 
 
 def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
-    prof = cfg.profiles[cfg.profile]
+    """The cell's training config as overrides: its groups and seed, the arm's and ``extra`` overrides, and the
+    profile's overlay (``configs/profiles/train/<profile>.yaml``, applied after every group)."""
     return [
         f"dataset={dataset_config(cfg, cell.dataset)}",
         f"model={cell.model}",
@@ -175,8 +176,8 @@ def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
         f"device={cfg.device}",
         f"run_group={cfg.experiment.name}",
         f"logger={cfg.logger.name}",
+        f"+profiles/train={cfg.profile}",
         *cell.train_extra,
-        *prof.train,
         *cfg.extra,
         *zoo_overrides(cfg),
     ]
@@ -198,7 +199,7 @@ def eval_cfg(cell: Cell, cfg: DictConfig, suite: str, restrict: bool = False) ->
     engine = [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
     ec = compose(
         "evaluate",
-        [*cell_overrides(cell, cfg), f"attack/suite={suite}", *engine, *cfg.profiles[cfg.profile].eval],
+        [*cell_overrides(cell, cfg), f"attack/suite={suite}", *engine, f"+profiles/eval={cfg.profile}"],
     )
     if cell.evaluation:
         _apply_arm(ec, json.loads(cell.evaluation))
@@ -223,8 +224,8 @@ def _apply_arm(ec: DictConfig, spec: dict) -> None:
 
 
 def audit_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
-    """The cell's audit config (configs/audit.yaml with the profile's audit overrides)."""
-    return compose("audit", [*cell_overrides(cell, cfg), *(cfg.profiles[cfg.profile].get("audit") or [])])
+    """The cell's audit config (configs/audit.yaml with the profile's overlay, configs/profiles/audit/)."""
+    return compose("audit", [*cell_overrides(cell, cfg), f"+profiles/audit={cfg.profile}"])
 
 
 def suites_of(exp: DictConfig) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.config import CONFIG_DIR, group_config, resolve_device
+from pclc.config import CONFIG_DIR, group_config, group_names, resolve_device
 from pclc.derived import audit_reference
 from pclc.experiment import (
     Cell,
@@ -217,8 +217,9 @@ def write_outputs(cfg: DictConfig, tracker=None) -> list[Path]:
 
 
 def reproduce(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.profile not in cfg.profiles:
-        raise ValueError(f"unknown profile {cfg.profile!r}; known: {sorted(cfg.profiles)}")
+    known = group_names("profiles/train")
+    if cfg.profile not in known:
+        raise ValueError(f"unknown profile {cfg.profile!r}; known: {known} (configs/profiles/)")
     if cfg.experiment.kind == "all":
         if cfg.plan:
             return plan(cfg)

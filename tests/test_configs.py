@@ -56,15 +56,42 @@ def test_every_config_file_composes_and_resolves(group, name):
 
 def test_every_config_folder_is_covered():
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
-    assert groups == set(TRAIN_GROUPS) | {"attack", "experiment", "hydra"}
+    assert groups == set(TRAIN_GROUPS) | {"attack", "experiment", "hydra", "profiles"}
     assert ROOTS == ["audit", "evaluate", "reproduce", "train"]
+
+
+PROFILES = sorted(f.stem for f in (CONFIG_DIR / "profiles" / "train").glob("*.yaml"))
+
+
+def test_every_profile_is_an_overlay_for_training_evaluation_and_the_audit():
+    """Budgets are set one way: a profile is three `# @package _global_` overlays (lightning-hydra-template's
+    configs/debug/), never lists of override strings."""
+    assert PROFILES == ["full", "quick", "tiny"]
+    for kind in ("train", "eval", "audit"):
+        files = sorted((CONFIG_DIR / "profiles" / kind).glob("*.yaml"))
+        assert [f.stem for f in files] == PROFILES
+        assert all(f.read_text().startswith("# @package _global_") for f in files)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_profile_sets_what_it_says_in_the_configs_a_cell_composes(profile):
+    from pclc.experiment import audit_cfg, eval_cfg, experiment_cells, train_cfg
+
+    cfg = compose("reproduce", ["experiment=table1", "logger=none", "datasets=[fmnist]", f"profile={profile}"])
+    cell = experiment_cells(cfg)[0]
+    tc, ec, ac = train_cfg(cell, cfg), eval_cfg(cell, cfg, "table1"), audit_cfg(cell, cfg)
+    epochs = {"full": 50, "quick": 3, "tiny": 1}[profile]
+    assert tc.trainer.epochs_per_phase == ec.trainer.epochs_per_phase == ac.trainer.epochs_per_phase == epochs
+    assert ec.eval.subset == {"full": None, "quick": 1000, "tiny": 20}[profile] and "eval" not in tc
+    assert ac.audit.subset == {"full": None, "quick": 500, "tiny": 20}[profile]
+    assert (ec.eval.param_overrides is not None) == (profile == "tiny")
 
 
 ROOT_KEYS = {
     "train": {"dataset", "model", "loss", "trainer", "logger", "seed", "store", "accel"},
     "evaluate": {"dataset", "model", "loss", "suite", "eval", "run_dir"},
     "audit": {"dataset", "model", "loss", "audit"},
-    "reproduce": {"experiment", "methods", "profiles", "stage", "datasets", "attacks"},
+    "reproduce": {"experiment", "methods", "profile", "stage", "datasets", "attacks"},
 }
 
 

@@ -29,7 +29,9 @@ def audit_settings(cfg: DictConfig) -> dict[str, Any]:
     a = cfg.audit
     return {
         "eps_list": None if a.eps is None else list(a.eps),
-        "attacks": OmegaConf.to_container(a.attacks, resolve=True),
+        "attacks": {  # an attack set to null (a profile's overlay) is left out
+            k: v for k, v in OmegaConf.to_container(a.attacks, resolve=True).items() if v is not None
+        },
         "profile": OmegaConf.to_container(a.profile, resolve=True),
         "subset": a.subset,
         "data_root": cfg.dataset.root,
