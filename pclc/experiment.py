@@ -1,5 +1,6 @@
-"""The cells of a paper table or figure (dataset, model, method) and the configs that train, evaluate and
-audit them. Nothing here runs anything."""
+"""The jobs of a paper table or figure (dataset, model, method, seed: a model to train and evaluate) and the
+configs that train, evaluate and audit them. Nothing here runs anything. (A table *cell* is a number of the
+paper's layout; one job fills many.)"""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from pclc.store import RunDir, run_key
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One trained model an experiment needs: dataset, model and method (loss + trainer); a study arm of
+class Job:
+    """One job of an experiment, the unit a launcher fans out (``stage=cell cell=<k>``): a model to train
+    (dataset, model and method: loss + trainer) and its evaluations; a study arm of
     ``experiment=deviations`` adds its training overrides and its evaluation (JSON: suite entries, attack
     parameters, test subset)."""
 
@@ -53,12 +55,12 @@ def family_of(cfg: DictConfig, dataset: str) -> str:
     return str(group_config("dataset", dataset_config(cfg, dataset)).family)
 
 
-def make_cell(cfg: DictConfig, dataset: str, model: str, method: str, seed: int = 0) -> Cell:
+def make_cell(cfg: DictConfig, dataset: str, model: str, method: str, seed: int = 0) -> Job:
     if method not in cfg.methods:
         raise ValueError(f"unknown method {method!r}; known: {sorted(cfg.methods)}")
     m = cfg.methods[method]
     trainer = m.trainer if isinstance(m.trainer, str) else m.trainer[family_of(cfg, dataset)]
-    return Cell(dataset, model, method, m.loss, trainer, seed)
+    return Job(dataset, model, method, m.loss, trainer, seed)
 
 
 def experiment_seeds(cfg: DictConfig) -> list[int]:
@@ -85,7 +87,7 @@ def chosen_studies(cfg: DictConfig) -> list[str]:
     return chosen
 
 
-def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Cell]:
+def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Job]:
     """The cells of the chosen studies' arms (``cfg.arms``: only those ``<study>.<arm>``): each method and seed
     of an arm, with its overrides."""
     out, studies = [], chosen_studies(cfg)
@@ -115,7 +117,7 @@ def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Cell]:
     return out
 
 
-def _autoattack_cells(cfg: DictConfig, dataset: str) -> list[Cell]:
+def _autoattack_cells(cfg: DictConfig, dataset: str) -> list[Job]:
     """``experiment=autoattack``: each method at its seeds, and the deviations study's retraining arms named in
     ``arms`` (their overrides and seeds read from configs/experiment/deviations.yaml: one home)."""
     exp = cfg.experiment
@@ -144,7 +146,7 @@ def _autoattack_cells(cfg: DictConfig, dataset: str) -> list[Cell]:
     return out
 
 
-def experiment_cells(cfg: DictConfig) -> list[Cell]:
+def experiment_cells(cfg: DictConfig) -> list[Job]:
     """Cells of the experiment, restricted to ``cfg.datasets`` when given."""
     exp = cfg.experiment
     datasets = list(cfg.datasets) if cfg.get("datasets") else None
@@ -163,7 +165,7 @@ def experiment_cells(cfg: DictConfig) -> list[Cell]:
     return [make_cell(cfg, *t, seed=s) for t in triples for s in experiment_seeds(cfg)]
 
 
-def cell_overrides(cell: Cell, cfg: DictConfig) -> list[str]:
+def cell_overrides(cell: Job, cfg: DictConfig) -> list[str]:
     """The cell's training config as overrides: its groups and seed, the arm's and ``extra`` overrides, and the
     profile's overlay (``configs/profiles/train/<profile>.yaml``, applied after every group)."""
     return [
@@ -190,11 +192,11 @@ def zoo_overrides(cfg: DictConfig) -> list[str]:
     return ["from_zoo=true", *([f"zoo_dir={quoted(cfg.zoo_dir)}"] if cfg.get("zoo_dir") else [])]
 
 
-def train_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
+def train_cfg(cell: Job, cfg: DictConfig) -> DictConfig:
     return compose("train", cell_overrides(cell, cfg))
 
 
-def eval_cfg(cell: Cell, cfg: DictConfig, suite: str, restrict: bool = False) -> DictConfig:
+def eval_cfg(cell: Job, cfg: DictConfig, suite: str, restrict: bool = False) -> DictConfig:
     """The cell's evaluation config; ``restrict`` keeps only the suite entries of ``cfg.attacks`` (when set)."""
     engine = [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
     ec = compose(
@@ -223,7 +225,7 @@ def _apply_arm(ec: DictConfig, spec: dict) -> None:
         ec.eval.subset = int(spec["subset"]) if sub is None else min(int(sub), int(spec["subset"]))
 
 
-def audit_cfg(cell: Cell, cfg: DictConfig) -> DictConfig:
+def audit_cfg(cell: Job, cfg: DictConfig) -> DictConfig:
     """The cell's audit config (configs/audit.yaml with the profile's overlay, configs/profiles/audit/)."""
     return compose("audit", [*cell_overrides(cell, cfg), f"+profiles/audit={cfg.profile}"])
 
@@ -232,7 +234,7 @@ def suites_of(exp: DictConfig) -> list[str]:
     return [exp.suite] if exp.get("suite") else []
 
 
-def cell_suites(cell: Cell, cfg: DictConfig) -> list[str]:
+def cell_suites(cell: Job, cfg: DictConfig) -> list[str]:
     """The suites a cell is evaluated under: the experiment's; a deviations arm without entries has none."""
     if cfg.experiment.kind == "deviations":
         return suites_of(cfg.experiment) if cell.evaluation and "entries" in json.loads(cell.evaluation) else []
@@ -260,7 +262,7 @@ def entries(ec: DictConfig) -> list:
     return expand_suite(ec.suite, ec.dataset, ec.eval.get("param_overrides"))
 
 
-def missing_entries(cell: Cell, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
+def missing_entries(cell: Job, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
     """(evaluation config, suite entry) of each evaluation this cell still needs."""
     out = []
     for suite in cell_suites(cell, cfg):

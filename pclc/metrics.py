@@ -20,8 +20,8 @@ PROBE_ROWS = 256  # examples of a batch used to check row independence
 
 
 def default_chunk(device: torch.device) -> int | None:
-    """Rows per model call: 100 on CPU (LeNet-5 on 2 cores: 0.074 s per 1,000 examples and attack step at 100
-    rows against 0.15 s at 1,000; ``results/profile-cpu.md``), whole batches on accelerators."""
+    """Rows per model call: 100 on CPU (the fastest block measured in ``results/profile-cpu.md``), whole batches
+    on accelerators."""
     return 100 if device.type == "cpu" else None
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from pclc.attacks import build_attack
 from pclc.config import group_config, resolve_device
 from pclc.derived import substitute_cfg, warmup_source
-from pclc.experiment import Cell, experiment_cells, missing_entries, sub_experiments, train_cfg
+from pclc.experiment import Job, experiment_cells, missing_entries, sub_experiments, train_cfg
 from pclc.models import create_model
 from pclc.results import crafted_groups, eval_settings, read_store, result_stem
 from pclc.store import RunDir, run_key, runs_in
@@ -253,7 +253,7 @@ class CostModel:
 # ------------------------------------------------------------------------------------------
 # The plan
 # ------------------------------------------------------------------------------------------
-def _done_epochs(store: Path, tc: DictConfig, cell: Cell | None) -> int:
+def _done_epochs(store: Path, tc: DictConfig, cell: Job | None) -> int:
     run = RunDir(store, run_key(tc))
     if run.finished:
         return 2 * int(tc.trainer.epochs_per_phase)

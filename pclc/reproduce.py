@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from pclc.config import CONFIG_DIR, group_config, group_names, resolve_device
 from pclc.derived import audit_reference
 from pclc.experiment import (
-    Cell,
+    Job,
     audit_cfg,
     cell_suites,
     check_attacks,
@@ -43,7 +43,7 @@ from pclc.store import RunDir, checked_config, run_key
 log = logging.getLogger(__name__)
 
 
-def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
+def run_cell(cell: Job, cfg: DictConfig) -> dict[str, Any]:
     """Train (if missing) and evaluate (what is missing) one cell."""
     from pclc.evaluate import evaluate
     from pclc.train import train
@@ -53,7 +53,7 @@ def run_cell(cell: Cell, cfg: DictConfig) -> dict[str, Any]:
     return {"cell": cell.label, "key": summary["key"], "evaluations": evals}
 
 
-def cell_runs(cell: Cell, cfg: DictConfig) -> list[tuple[str, DictConfig, dict[str, Any]]]:
+def cell_runs(cell: Job, cfg: DictConfig) -> list[tuple[str, DictConfig, dict[str, Any]]]:
     """The trained models a cell needs, as (zoo name, training config, zoo metadata): its run and the black-box
     substitute its suites transfer from."""
     from pclc.derived import substitute_cfg
@@ -97,7 +97,7 @@ def cell_runs(cell: Cell, cfg: DictConfig) -> list[tuple[str, DictConfig, dict[s
     return out
 
 
-def train_cell(cell: Cell, cfg: DictConfig) -> list[str]:
+def train_cell(cell: Job, cfg: DictConfig) -> list[str]:
     """Train (if missing) one cell's run and the black-box substitute its suites transfer from; attack nothing.
     Training is what differs between machines (the same seed trains other weights on another CPU), so
     ``stage=train`` lets a session train a whole result set on one machine before any attack runs."""
@@ -106,7 +106,7 @@ def train_cell(cell: Cell, cfg: DictConfig) -> list[str]:
     return [train(c)["key"] for _, c, _ in cell_runs(cell, cfg)]
 
 
-def export_cells(cells: list[Cell], cfg: DictConfig) -> dict[str, Any]:
+def export_cells(cells: list[Job], cfg: DictConfig) -> dict[str, Any]:
     """``stage=export``: add the cells' finished runs (and substitutes) to the zoo; list those not trained."""
     from pclc.zoo import export, zoo_dir
 
@@ -129,7 +129,7 @@ def export_cells(cells: list[Cell], cfg: DictConfig) -> dict[str, Any]:
     return {"exported": sorted(done.values()), "not_trained": list(dict.fromkeys(missing))}
 
 
-def check_zoo(cells: list[Cell], cfg: DictConfig) -> None:
+def check_zoo(cells: list[Job], cfg: DictConfig) -> None:
     """``from_zoo=true``: every run the cells need must be in the zoo, checked before any work."""
     from pclc.zoo import ZooError, has, zoo_dir
 

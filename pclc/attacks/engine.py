@@ -3,8 +3,8 @@
 Bitwise the same adversarial examples as advertorch (``tests/test_engine.py``; the reference stays
 selectable with ``attack.backend=advertorch``), from three levers that change no number:
 
-- **chunks**: the model runs on row blocks of ``chunk`` examples (LeNet-5 on 2 CPU cores: 0.074 s per
-  1,000 examples and step at 100 rows against 0.15 s at 1,000; ``results/profile-cpu.md``);
+- **chunks**: the model runs on row blocks of ``chunk`` examples, which fit a CPU's caches better than whole
+  batches (measured in ``results/profile-cpu.md``);
 - **frozen rows**: an example of BIM/PGD/MIM whose whole state (perturbation, and MIM's momentum) comes
   back bit-for-bit unchanged from a step is at a fixed point of a deterministic per-example map, so every
   later step returns it again: it leaves the batch (saturated CE examples, whose input gradient is exactly
