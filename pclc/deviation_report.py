@@ -28,6 +28,7 @@ from pclc.deviations import (
 from pclc.experiment import chosen_studies, experiment_cells, out_dir, train_cfg
 from pclc.files import atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
+from pclc.paper_data import param_eps
 from pclc.reports import mean_interval
 from pclc.store import provenance, run_key
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def _cell_name(attack: str, param: str) -> str:
-    return attack if param in ("-", "0.0") else f"{attack} ε={param}"
+    return attack if param_eps(param) is None else f"{attack} ε={param}"
 
 
 def _ms(values, lo: float = -math.inf, hi: float = math.inf) -> str:

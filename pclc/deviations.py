@@ -26,7 +26,7 @@ from pclc.experiment import (
     train_cfg,
 )
 from pclc.headers import csv_provenance
-from pclc.paper_data import paper_tables
+from pclc.paper_data import paper_tables, param_eps
 from pclc.reports import seed_interval
 from pclc.results import item_results, run_weights
 from pclc.store import RunDir, run_key
@@ -188,7 +188,7 @@ def arm_value(res: pd.DataFrame, arm, cell, table_rows: dict) -> list[float]:
         hit = res[(res.method == cell.method) & (res.attack == "clean")]
         return [float(v) for v in hit.accuracy]
     attack, source = _row_attack(arm, cell, table_rows)
-    eps = None if cell.param in ("-", "0.0") else float(cell.param)
+    eps = param_eps(cell.param)
     hit = res[
         (res.method == cell.method)
         & (res.attack == attack)

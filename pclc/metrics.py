@@ -19,6 +19,13 @@ MIN_ROWS = 16  # the smallest row block a model sees (row independence was seen 
 PROBE_ROWS = 256  # examples of a batch used to check row independence
 
 
+def percent(correct) -> float:
+    """Accuracy in % of per-example correctness (a bool tensor or sequence), exactly: count / n (0.01 per example of
+    10,000); 0 for no examples."""
+    hits = int(correct.sum()) if torch.is_tensor(correct) else sum(bool(c) for c in correct)
+    return 100.0 * hits / len(correct) if len(correct) else 0.0
+
+
 def default_chunk(device: torch.device) -> int | None:
     """Rows per model call: 100 on CPU (the fastest block measured in ``results/profile-cpu.md``), whole batches
     on accelerators."""

@@ -23,7 +23,7 @@ from pclc.derived import substitute_cfg
 from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
 from pclc.files import atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, csv_provenance, header, trained_on_notes
-from pclc.paper_data import table_rows
+from pclc.paper_data import param_eps, table_rows
 from pclc.results import item_results, run_weights
 from pclc.store import RunDir, provenance, run_key
 
@@ -135,10 +135,6 @@ EVAL_COLUMNS = [
 ]
 
 
-def _eps_of(param: str) -> float | None:
-    return None if param in ("-", "0.0") else float(param)
-
-
 def evaluations(cfg: DictConfig) -> pd.DataFrame:
     """One row per finished evaluation file of the experiment's cells (its suite, its profile): the
     per-example JSON files of the run store, read once."""
@@ -182,7 +178,7 @@ def collect_table(cfg: DictConfig) -> pd.DataFrame:
         for r in rows[(rows.dataset == cell.dataset) & (rows.method == cell.method)].itertuples():
             if r.attack == "clean":
                 continue
-            spec, eps = exp.rows[r.attack], _eps_of(r.param)
+            spec, eps = exp.rows[r.attack], param_eps(r.param)
             hit = mine[
                 (mine.source == spec.get("source", "white"))
                 & (mine.attack == spec.attack)

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from pclc.attacks.suite import SuiteItem
 from pclc.files import CorruptFileError, read_json
+from pclc.metrics import percent
 from pclc.store import RunDir, model_state, runs_in, weights_digest
 
 DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): results at it keep their plain names
@@ -67,10 +68,6 @@ def run_weights(run: RunDir) -> str | None:
     return now
 
 
-def _percent(hits: int, n: int) -> float:
-    return 100.0 * hits / n if n else 0.0  # as pclc.evaluate.percent
-
-
 def problems(r: dict[str, Any], run: RunDir, substitute: RunDir | None = None) -> list[str]:
     """Why result ``r`` of ``run`` cannot be shown (empty: it can)."""
     out = []
@@ -93,7 +90,7 @@ def problems(r: dict[str, Any], run: RunDir, substitute: RunDir | None = None) -
         return out
     for field, pred in (("adv_accuracy", "adv_pred"), ("clean_accuracy", "clean_pred")):
         p = rec.get(pred) or []
-        got = _percent(sum(a == b for a, b in zip(p, label)), len(label)) if len(p) == len(label) else None
+        got = percent([a == b for a, b in zip(p, label)]) if len(p) == len(label) else None
         if got is None or abs(got - float(r.get(field, float("nan")))) > 1e-9:
             out.append(f"its {field} {r.get(field)} is not what its records give ({got})")
     return out

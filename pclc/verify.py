@@ -41,8 +41,8 @@ def model_cells(
     """The verification cells of one zoo model, evaluated here (its run restored into ``store``)."""
     from pclc.config import compose, quoted
     from pclc.data import eval_tensors
-    from pclc.evaluate import evaluate, percent
-    from pclc.metrics import predict
+    from pclc.evaluate import evaluate
+    from pclc.metrics import percent, predict
     from pclc.store import load_run
 
     run = zoo.restore(entry["key"], store, zoo_folder)

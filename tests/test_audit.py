@@ -59,8 +59,12 @@ def model_audit(model, x, y, eps, cache, profile=None, **kw):
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """The test machine's cores are shared; one thread avoids oversubscription (no effect on results)."""
+    """The test machine's cores are shared; one thread avoids oversubscription (no effect on results). The count
+    is restored after: a module-scoped fixture of the next test file would otherwise train at one thread."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,7 @@ import torch
 from pclc import zoo
 from pclc.config import compose
 from pclc.data import eval_tensors
-from pclc.evaluate import percent
-from pclc.metrics import predict
+from pclc.metrics import percent, predict
 from pclc.reproduce import reproduce
 from pclc.store import RunDir, load_run, machine, machine_line, weights_digest
 

@@ -23,11 +23,6 @@ HEALTHY = {
 MASKING_FLAGS = ("iterative_beats_single_step", "white_box_beats_black_box", "white_box_beats_transfer")
 
 
-def pct(correct: torch.Tensor) -> float:
-    """Accuracy (%) of a per-example bool tensor."""
-    return 100.0 * int(correct.sum()) / len(correct) if len(correct) else 0.0
-
-
 def worst_case(per_attack_correct: dict[str, torch.Tensor]) -> torch.Tensor:
     """Robust only if correct under every attack (per example)."""
     return torch.stack([c.bool() for c in per_attack_correct.values()]).all(0)

@@ -23,7 +23,6 @@ from pclc.audit.checks import (
     explain_verdict,
     named,
     paper_attack,
-    pct,
     verdict,
     verdict_evidence,
     worst_case,
@@ -31,6 +30,7 @@ from pclc.audit.checks import (
 from pclc.audit.result import AuditResult
 from pclc.data import eval_tensors
 from pclc.files import CorruptFileError, atomic_write_json, read_json
+from pclc.metrics import percent
 from pclc.store import RunDir, load_run, provenance, weights_digest
 
 log = logging.getLogger(__name__)
@@ -203,24 +203,24 @@ def cached_correct(
             "labels": labels,
             "attacked": len(y) if only is None else int(only.sum()),
             "batch_size": bs,
-            "accuracy": pct(correct),
+            "accuracy": percent(correct),
             "seconds": secs,
             "computed_by": source,
             "provenance": provenance(x.device),
             "correct": correct.int().tolist(),
         },
     )
-    log.info("%s eps=%g: %.2f%% (%.1fs)", spec.name, eps, pct(correct), secs)
+    log.info("%s eps=%g: %.2f%% (%.1fs)", spec.name, eps, percent(correct), secs)
     return correct
 
 
 def eps_sweep(correct_at: Callable[[float], torch.Tensor], eps_grid, max_eps: float = 1.0) -> dict[str, list[float]]:
     """Accuracy (%) at each eps of the grid, then at doubled eps (capped at ``max_eps``) until it reaches 0."""
-    out = {float(e): pct(correct_at(float(e))) for e in sorted({float(e) for e in eps_grid})}
+    out = {float(e): percent(correct_at(float(e))) for e in sorted({float(e) for e in eps_grid})}
     e = max(out)
     while out[e] > 0 and e < max_eps:
         e = round(min(float(max_eps), 2 * e), 6)
-        out[e] = pct(correct_at(e))
+        out[e] = percent(correct_at(e))
     return {"eps": list(out), "accuracy": list(out.values())}
 
 
@@ -262,7 +262,7 @@ def reference_level(
         weights=weights_digest(model.state_dict()),
     )
     return {
-        float(e): pct(worst_case({s.name: run(s, eps=float(e)) for s in specs if s.name in keep})) for e in eps_list
+        float(e): percent(worst_case({s.name: run(s, eps=float(e)) for s in specs if s.name in keep})) for e in eps_list
     }
 
 
@@ -342,10 +342,10 @@ def audit_model(
         sweep_fns = {paper: lambda e: run(by_name[paper], eps=e), CASCADE: cascade_at}
     else:
         candidates = [s.name for s in specs if s.group in ("adaptive", "black-box")]
-        strongest = min(candidates, key=lambda n: sum(pct(c) for c in correct[n].values()))
+        strongest = min(candidates, key=lambda n: sum(percent(c) for c in correct[n].values()))
         sweep_fns = {n: (lambda e, s=by_name[n]: run(s, eps=e)) for n in (paper, strongest)}
-    acc = {n: {e: pct(c) for e, c in d.items()} for n, d in correct.items()}
-    worst = {e: pct(worst_case({"clean": clean, **{n: d[e] for n, d in correct.items()}})) for e in eps_list}
+    acc = {n: {e: percent(c) for e, c in d.items()} for n, d in correct.items()}
+    worst = {e: percent(worst_case({"clean": clean, **{n: d[e] for n, d in correct.items()}})) for e in eps_list}
     sweeps = {n: eps_sweep(f, eps_list, float(p["sweep_max_eps"])) for n, f in sweep_fns.items()}
     probe = saturation_probe(model, x, y, bs)
     groups = {s.name: s.group + (" (cascade)" if s in cascade else "") for s in specs}
@@ -357,7 +357,7 @@ def audit_model(
         n=len(y),
         subset=subset,
         eps=eps_list,
-        clean_accuracy=pct(clean),
+        clean_accuracy=percent(clean),
         probe=probe,
         accuracy={n: _keyed(d) for n, d in acc.items()},
         groups=groups,

@@ -14,6 +14,12 @@ def paper_tables() -> pd.DataFrame:
         return pd.read_csv(f, dtype={"param": str})
 
 
+def param_eps(param: str) -> float | None:
+    """The ε of a table row's ``param``: the paper's tables write ``-`` for clean accuracy and ``0.0`` for C&W
+    (unbounded, no ε)."""
+    return None if param in ("-", "0.0") else float(param)
+
+
 def paper_gaps() -> pd.DataFrame:
     with resources.files(__name__).joinpath("paper_gaps.csv").open() as f:
         return pd.read_csv(f)
