@@ -127,7 +127,7 @@ def to_markdown(
             "| cell | paper | ours | arm | n | arm's number | verdict |",
             "|---|---|---|---|---|---|---|",
         ]
-        if name == "seeds":
+        if st.get("rule") == "seeds":
             lines.insert(
                 -2,
                 "The arm's number: mean ± sd [95% prediction interval for one more seed, within 0-100] over the seeds.",
@@ -191,7 +191,7 @@ def full_rows(cfg: DictConfig, name: str, cells: pd.DataFrame, res: pd.DataFrame
                 arm_value(res[(res.study == name) & (res.arm == a) & (res.dataset == c.dataset)], arms[a], c, rows)
                 if a in arms and applies(arms[a], c, rows)
                 else []
-                for a in ("paper", arm_name)
+                for a in (cfg.experiment.baseline_arm, arm_name)
             ]
             near = [abs(c.ours - c.paper) <= c.tolerance] + [
                 bool(v) and abs(statistics.fmean(v) - c.paper) <= c.tolerance for v in got

@@ -306,10 +306,11 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
             for arm in arms:
                 mine = res[(res.study == name) & (res.arm == arm.name) & (res.dataset == c.dataset)]
                 got[arm.name] = arm_value(mine, arm, c, rows_of[c.table])
-            base = statistics.fmean(got["paper"]) if got.get("paper") else c.ours  # the same runs' paper settings
+            baseline = exp.baseline_arm  # the same runs under the paper's settings
+            base = statistics.fmean(got[baseline]) if got.get(baseline) else c.ours
             for arm in arms:
                 vals = got[arm.name]
-                primary = arm.name == "paper" or arm.name in list(st.get("primary") or [])
+                primary = arm.name == baseline or arm.name in list(st.get("primary") or [])
                 v = verdict(
                     c.paper,
                     base,
@@ -319,7 +320,7 @@ def judge(cfg: DictConfig, cells: pd.DataFrame, res: pd.DataFrame) -> pd.DataFra
                     primary=primary,
                     near_zero=exp.get("near_zero"),
                 )
-                if arm.name == "paper" and v != "explained":  # the baseline explains nothing by itself
+                if arm.name == baseline and v != "explained":  # the baseline explains nothing by itself
                     v = "baseline" if vals else "not run"
                 out.append(
                     {

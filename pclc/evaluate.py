@@ -263,6 +263,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         source_model = with_precision(sub_model, precision)
 
     x, y = eval_tensors(run_cfg.dataset, subset, device)
+    if precision == "fp64":  # float64 images: the input gradient of a float64 loss must not round to float32
+        x = x.double()
     if subset is not None and len(y) < subset:  # a -sub<N> file must hold N examples
         raise ValueError(f"eval.subset={subset} is more than {run_cfg.dataset.name}'s {len(y)} test examples")
     bs = int(cfg.eval.batch_size)

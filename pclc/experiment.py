@@ -101,7 +101,7 @@ def _arm_cells(cfg: DictConfig, dataset: str, model: str) -> list[Job]:
                 continue
             spec = {
                 k: OmegaConf.to_container(arm[k]) if OmegaConf.is_config(arm[k]) else arm[k]
-                for k in ("entries", "params", "subset")
+                for k in ("entries", "params", "subset", "precision")
                 if arm.get(k) is not None
             }
             for s in list(arm.get("seeds") or [0]):  # seed by seed: an interrupted study has whole seeds
@@ -220,6 +220,8 @@ def _apply_arm(ec: DictConfig, spec: dict) -> None:
         ec.eval.param_overrides = {
             a: {**spec["params"].get(a, {}), **prof.get(a, {})} for a in {*spec["params"], *prof}
         }
+    if spec.get("precision"):
+        ec.eval.precision = spec["precision"]
     if spec.get("subset") is not None:
         sub = ec.eval.subset
         ec.eval.subset = int(spec["subset"]) if sub is None else min(int(sub), int(spec["subset"]))

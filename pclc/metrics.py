@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from pclc.data import DeviceData
@@ -108,10 +110,25 @@ class Autocast(torch.nn.Module):
             return self.model(x).float()
 
 
+class Float64(torch.nn.Module):
+    """A float64 copy of a model, returning float64 logits (``eval.precision=fp64``; pclc.evaluate then attacks
+    float64 images, so the input gradient stays float64 too): a CE gradient underflows to exactly zero only
+    beyond a logit margin of ~745 (float32: ~104). Whether a model's survival of the paper's attacks is float32
+    saturation is then a measurement (issue 29)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.double())
+
+
 def with_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """fp32 (default, the paper's), tf32 (CUDA matmuls/convs in TF32) or bf16 autocast for attacks."""
-    if precision not in ("fp32", "tf32", "bf16"):
-        raise ValueError(f"eval.precision must be fp32, tf32 or bf16, got {precision!r}")
+    """fp32 (default, the paper's), tf32 (CUDA matmuls/convs in TF32), bf16 autocast for fast attacks, or fp64
+    (float64 logits and gradients: the saturation check)."""
+    if precision not in ("fp32", "tf32", "bf16", "fp64"):
+        raise ValueError(f"eval.precision must be fp32, tf32, bf16 or fp64, got {precision!r}")
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    return Autocast(model) if precision == "bf16" else model
+    return Autocast(model) if precision == "bf16" else Float64(model) if precision == "fp64" else model

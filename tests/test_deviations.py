@@ -569,3 +569,42 @@ def test_the_survivor_analysis_counts_saturated_survivors_of_the_papers_pgd(tmp_
     assert got["pgd01_survivors"] == len(alive)
     assert got["pgd01_survivors_p_y_one"] == len(alive & set(probe["p_y_one_idx"]))
     assert got["pgd01_survivors_zero_grad"] == len(alive & set(probe["zero_grad_idx"]))
+
+
+def test_the_float64_arm_computes_the_attack_gradient_where_float32_saturates():
+    """Issue 29's float64 PGD arm: eval.precision=fp64 gives float64 logits, so a confidently right example whose
+    float32 CE gradient is exactly zero (p_y rounds to 1) still has a gradient to follow; the arm's results are
+    their own files (-fp64)."""
+    import torch
+    import torch.nn.functional as F
+
+    from pclc.config import compose
+    from pclc.experiment import eval_cfg, experiment_cells
+    from pclc.metrics import with_precision
+    from pclc.results import eval_settings
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].weight[0] = 100.0  # at x = 0.5: logits (200, 0, 0), a margin of 200
+        model[1].weight[1] = 0.5
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
+
+    def grad(m, xs):
+        xs = xs.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(m(xs), y), xs)
+        return g
+
+    assert torch.all(grad(model, x) == 0)  # float32: exp(-200) underflows, nothing to follow
+    fp64 = with_precision(model, "fp64")
+    g = grad(fp64, x.double())
+    assert fp64(x).dtype == g.dtype == torch.float64 and torch.all(g != 0) and model[1].weight.dtype == torch.float32
+    cfg = compose(
+        "reproduce", ["experiment=deviations", "logger=none", "datasets=[fmnist]", "arms=[ce_baseline.float64_pgd]"]
+    )
+    jobs = experiment_cells(cfg)
+    assert {j.method for j in jobs} == {"ce", "pclc"} and all(not j.train_extra for j in jobs)
+    ec = eval_cfg(jobs[0], cfg, cfg.experiment.suite)
+    assert eval_settings(ec)[1] == "fp64" and [e.attack for e in ec.suite.entries] == ["pgd"]
