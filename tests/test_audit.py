@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 import pclc.audit as au
 import pclc.audit.run as au_run
 from pclc.attacks import linf
-from pclc.audit.checks import checks, named
+from pclc.audit.checks import checks, explain_verdict, named
 from pclc.config import compose
 from pclc.data import eval_tensors
 from pclc.store import RunDir, load_run
@@ -290,7 +290,10 @@ def test_sanity_flags_on_numbers():
         "transfer-pgd": {0.1: 60.0},
         "pgd-margin": {0.1: 1.0},
     }
-    sweeps = {"pgd-paper": {"eps": [0.1, 0.2], "accuracy": [45.0, 4.0]}}
+    sweeps = {
+        "pgd-paper": {"eps": [0.1, 0.2], "accuracy": [45.0, 4.0]},
+        "adaptive-cascade": {"eps": [0.1, 0.2], "accuracy": [0.5, 4.0]},
+    }
     flags = {k: v[0] for k, v in checks(masked, {0.1: 0.5}, sweeps, GROUPS, TH).items()}
     assert flags == {
         "iterative_beats_single_step": False,
@@ -309,7 +312,7 @@ def test_sanity_flags_on_numbers():
         "transfer-pgd": {0.1: 60.0},
         "pgd-margin": {0.1: 9.0},
     }
-    ok = checks(healthy, {0.1: 8.0}, {"pgd-paper": {"eps": [0.1, 0.8], "accuracy": [10.0, 0.0]}}, GROUPS, TH)
+    ok = checks(healthy, {0.1: 8.0}, {"adaptive-cascade": {"eps": [0.1, 0.8], "accuracy": [8.0, 0.0]}}, GROUPS, TH)
     assert all(v[0] == au.HEALTHY[k] for k, v in ok.items()), ok
     assert "spread over pgd-ce-10, pgd-ce-100: 0.4 points" in ok["more_steps_change_nothing"][1]
     assert named(GROUPS, "adaptive") == ["pgd-margin"]
@@ -454,3 +457,50 @@ def test_the_audit_reference_keeps_the_runs_schedule_and_is_the_run_reproduce_de
     assert run_key(ref) == run_key(compose("train", [*over, "loss=ce", "trainer=paper"]))
     plain_ce = compose("train", [*over, "loss=ce"])
     assert audit_reference(plain_ce, "ce") is None and audit_reference(at, None) is None
+
+
+def test_the_unbounded_check_judges_the_adaptive_sweep_not_the_papers_pgd():
+    """Issue 30: the paper's PGD moves at most 40 x 0.01 whatever eps is, so its sweep cannot reach 0% and must not
+    decide the check (CE+AT rose from 0.2% to 0.6% between eps 0.3 and 1 under it); the adaptive sweep, whose steps
+    scale with eps, must reach 0%."""
+    acc = {"fgsm": {0.3: 40.0}, "pgd-paper": {0.3: 0.2}, "pgd-margin": {0.3: 0.0}}
+    groups = {"fgsm": "single-step", "pgd-paper": "paper", "pgd-margin": "adaptive (cascade)"}
+    paper_stuck = {"eps": [0.3, 0.6, 1.0], "accuracy": [0.2, 0.4, 0.6]}
+    reaches = checks(
+        acc,
+        {0.3: 0.0},
+        {"pgd-paper": paper_stuck, "adaptive-cascade": {"eps": [0.3, 0.6], "accuracy": [0.0, 0.0]}},
+        groups,
+        TH,
+    )
+    ok, note = reaches["accuracy_reaches_zero"]
+    assert ok and "pgd-paper 0.6% at eps 1 (not judged)" in note
+    stuck = {"eps": [0.3, 0.6, 1.0], "accuracy": [3.0, 3.0, 3.0]}
+    assert not checks(acc, {0.3: 0.0}, {"pgd-paper": paper_stuck, "adaptive-cascade": stuck}, groups, TH)[
+        "accuracy_reaches_zero"
+    ][0]
+
+
+def test_a_model_with_no_robustness_is_never_confirmed_and_catastrophic_overfitting_is_named():
+    """Issue 30: CE+AT's profile (FGSM 84.8%, the paper's PGD 2.2%, worst case 0.0% at every eps) was "robustness
+    confirmed"; it has no robustness, and on an FGSM-trained model that gap is catastrophic overfitting."""
+    acc = {
+        "fgsm": {0.1: 84.8, 0.2: 80.0, 0.3: 75.0},
+        "pgd-paper": {0.1: 2.2, 0.2: 0.6, 0.3: 0.2},
+        "pgd-margin": {0.1: 0.0, 0.2: 0.0, 0.3: 0.0},
+    }
+    groups = {"fgsm": "single-step", "pgd-paper": "paper", "pgd-margin": "adaptive (cascade)"}
+    worst = {0.1: 0.0, 0.2: 0.0, 0.3: 0.0}
+    probe = {"share_zero_grad": 0.0, "share_p_y_one": 0.0}
+    ev = au.verdict_evidence(probe, acc, worst, {}, groups, TH, None, trained_with="fgsm")
+    assert au.verdict(ev, TH) == "no robustness"
+    assert ev["catastrophic_overfitting"].startswith("catastrophic overfitting: an FGSM-trained model")
+    assert ev["signals"][:2] == [ev["catastrophic_overfitting"], "the worst case is at most 0.0% at every eps"]
+    reason = explain_verdict(ev, au.verdict(ev, TH))
+    assert (
+        reason.startswith("no robustness — catastrophic overfitting:") and "Signals that fired: catastrophic" in reason
+    )
+    plain = au.verdict_evidence(probe, acc, worst, {}, groups, TH, None)  # not FGSM-trained: no such signal
+    assert plain["catastrophic_overfitting"] is None and au.verdict(plain, TH) == "no robustness"
+    robust = au.verdict_evidence(probe, acc, {0.1: 1.5, 0.2: 0.0, 0.3: 0.0}, {}, groups, TH, None)
+    assert robust["drop"] <= TH["overestimate"] and au.verdict(robust, TH) == "robustness confirmed"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-VERDICTS = ("robustness confirmed", "robustness reduced", "artefact of gradient masking")
+VERDICTS = ("robustness confirmed", "robustness reduced", "artefact of gradient masking", "no robustness")
 # Flag -> the value of a healthy (unmasked) evaluation.
 HEALTHY = {
     "iterative_beats_single_step": True,
@@ -66,11 +66,17 @@ def checks(acc: dict, worst: dict, sweeps: dict, groups: dict[str, str], th: dic
     for flag, group in (("white_box_beats_black_box", "black-box"), ("white_box_beats_transfer", "transfer")):
         for other in [n for n in named(groups, group) if n in acc][:1]:
             out[flag] = _beats(acc, eps, [paper], other, tol, f"the paper's PGD at most {other}'s accuracy")
-    if sweeps:
+    # Judged on the adaptive sweep only: its steps scale with eps, so at eps 1 it can reach every pixel. The
+    # paper's PGD moves at most nb_iter x eps_iter (0.4) whatever the eps: its sweep cannot reach 0 and is shown only.
+    adaptive = {n: s for n, s in sweeps.items() if n != paper}
+    if adaptive:
         ends = {n: (s["eps"][-1], s["accuracy"][-1]) for n, s in sweeps.items()}
         out["accuracy_reaches_zero"] = (
-            all(a <= th["zero_accuracy"] for _, a in ends.values()),
-            "largest swept eps: " + "; ".join(f"{n} {a:.1f}% at eps {e:g}" for n, (e, a) in ends.items()),
+            all(ends[n][1] <= th["zero_accuracy"] for n in adaptive),
+            "largest swept eps: "
+            + "; ".join(
+                f"{n} {a:.1f}% at eps {e:g}" + (" (not judged)" if n == paper else "") for n, (e, a) in ends.items()
+            ),
         )
     if len(ladder) > 1:
         spread = max(max(acc[n][e] for n in ladder) - min(acc[n][e] for n in ladder) for e in eps)
@@ -96,9 +102,12 @@ def verdict_evidence(
     groups: dict[str, str],
     th: dict,
     reference: dict[float, float] | None = None,
+    trained_with: str | None = None,
 ) -> dict:
     """The numbers the verdict rests on: the largest drop from the paper's PGD-40 to the worst case (and its
-    eps), the CE reference's level there, and the masking signs (probe saturation, failed sanity flags)."""
+    eps), the CE reference's level there, the masking signs (probe saturation, failed sanity flags), catastrophic
+    overfitting (``trained_with``: the adversarial-training attack, ``fgsm`` for Table 5's grey models) and every
+    signal that fired (``signals``)."""
     paper = paper_attack(groups)
     e = max(sorted(acc[paper]), key=lambda v: acc[paper][v] - worst[v])
     signs = (
@@ -110,14 +119,30 @@ def verdict_evidence(
         signs.append(f"{100 * probe['share_p_y_one']:.1f}% of points have float32 p_y == 1.0")
     signs += [f"sanity flag {k} is {v}" for k, v in flags.items() if k in MASKING_FLAGS and v != HEALTHY[k]]
     ref = None if reference is None else reference[e]
+    catastrophic = None
+    single = [n for n in named(groups, "single-step") if n in acc]
+    if trained_with == "fgsm" and single:
+        ce = max(sorted(acc[paper]), key=lambda v: acc[single[0]][v] - acc[paper][v])
+        gap = acc[single[0]][ce] - acc[paper][ce]
+        if gap > th["catastrophic_gap"]:
+            catastrophic = (
+                f"catastrophic overfitting: an FGSM-trained model that {single[0]} leaves at {acc[single[0]][ce]:.1f}% "
+                f"and the paper's PGD at {acc[paper][ce]:.1f}% (eps {ce:g}; gap {gap:.1f} > {th['catastrophic_gap']:g})"
+            )
+    worst_max = max(worst.values())
+    others = [f"sanity flag {k} is {v}" for k, v in flags.items() if k not in MASKING_FLAGS and v != HEALTHY[k]]
+    none = [f"the worst case is at most {worst_max:.1f}% at every eps"] if worst_max <= th["no_robustness"] else []
     return {
         "eps": e,
         "paper_accuracy": acc[paper][e],
         "worst_case_accuracy": worst[e],
+        "worst_case_max": worst_max,
         "drop": acc[paper][e] - worst[e],
         "reference_accuracy": ref,
         "masking_signs": signs,
         "near_reference": ref is None or worst[e] <= ref + th["near_reference"],
+        "catastrophic_overfitting": catastrophic,
+        "signals": [*([catastrophic] if catastrophic else []), *none, *signs, *others],
     }
 
 
@@ -129,21 +154,30 @@ def verdict(evidence: dict, th: dict) -> str:
       beating the paper's PGD) AND d > ``masking_drop`` (10) AND the worst case within ``near_reference`` (10)
       points of the CE reference (when there is one);
     - "robustness reduced": d > ``overestimate`` (5) otherwise;
-    - "robustness confirmed": d <= 5.
+    - "no robustness": d <= 5, but the worst case is at most ``no_robustness`` (1) points at every eps (the paper's
+      attack found ~0% too: there was nothing to confirm);
+    - "robustness confirmed": d <= 5 and some robustness left.
     """
     d = evidence["drop"]
     if evidence["masking_signs"] and d > th["masking_drop"] and evidence["near_reference"]:
         return VERDICTS[2]
-    return VERDICTS[1] if d > th["overestimate"] else VERDICTS[0]
+    if d > th["overestimate"]:
+        return VERDICTS[1]
+    return (
+        VERDICTS[3]
+        if evidence.get("worst_case_max", evidence["worst_case_accuracy"]) <= th["no_robustness"]
+        else VERDICTS[0]
+    )
 
 
 def explain_verdict(evidence: dict, result: str) -> str:
     """The verdict in one paragraph, with its numbers."""
     ev = evidence
     ref = "" if ev["reference_accuracy"] is None else f"; the CE reference reaches {ev['reference_accuracy']:.1f}%"
-    signs = "; ".join(ev["masking_signs"]) or "none"
+    signals = "; ".join(ev.get("signals", ev["masking_signs"])) or "none"
+    named_co = " — catastrophic overfitting" if ev.get("catastrophic_overfitting") else ""
     return (
-        f"{result}: at eps {ev['eps']:g} the paper's PGD leaves {ev['paper_accuracy']:.1f}% accuracy and "
+        f"{result}{named_co}: at eps {ev['eps']:g} the paper's PGD leaves {ev['paper_accuracy']:.1f}% accuracy and "
         f"the worst case over all attacks {ev['worst_case_accuracy']:.1f}% (drop {ev['drop']:.1f} points"
-        f"{ref}). Masking signs: {signs}."
+        f"{ref}). Signals that fired: {signals}."
     )

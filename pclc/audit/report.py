@@ -237,7 +237,9 @@ def overview(audits: list[AuditResult], paper: dict[tuple, float]) -> list[str]:
         lines.append(
             f"| {'/'.join(map(str, key))} | `{a.run}` | {a.n} | {a.clean_accuracy:.1f} | "
             + " | ".join(cells)
-            + f" | {_strongest(a)} | **{a.verdict}** |"
+            + f" | {_strongest(a)} | **{a.verdict}**"
+            + (" (catastrophic overfitting)" if (a.evidence or {}).get("catastrophic_overfitting") else "")
+            + " |"
         )
     return lines
 

@@ -306,10 +306,12 @@ def audit_model(
     source: tuple | None = None,
     reference: dict[float, float] | None = None,
     evaluated: RunDir | None = None,
+    trained_with: str | None = None,
 ) -> AuditResult:
     """Probe, every attack at each eps, sweeps, worst case, flags and verdict for one model.
 
-    ``source``: (run key, model, cache dir) to transfer from; ``reference``: the CE reference's accuracy per eps.
+    ``source``: (run key, model, cache dir) to transfer from; ``reference``: the CE reference's accuracy per eps;
+    ``trained_with``: the model's adversarial-training attack (catastrophic overfitting is checked for ``fgsm``).
     """
     p, th = profile, thresholds
     eps_list = sorted({float(e) for e in eps_list})
@@ -351,7 +353,7 @@ def audit_model(
     groups = {s.name: s.group + (" (cascade)" if s in cascade else "") for s in specs}
     found = checks(acc, worst, sweeps, groups, th)
     flags = {k: v[0] for k, v in found.items()}
-    evidence = verdict_evidence(probe, acc, worst, flags, groups, th, reference)
+    evidence = verdict_evidence(probe, acc, worst, flags, groups, th, reference, trained_with)
     result = verdict(evidence, th)
     return AuditResult(
         n=len(y),
@@ -420,7 +422,11 @@ def audit_run(
         reference = reference_level(
             ref_model, x, y, eps_list, attacks, profile, reference_run.audit, subset, reference_run
         )
-    out = audit_model(model, x, y, eps_list, attacks, profile, thresholds, run.audit, subset, source, reference, run)
+    adv = run_cfg.trainer.get("adversarial")
+    out = audit_model(
+        model, x, y, eps_list, attacks, profile, thresholds, run.audit, subset, source, reference, run,
+        trained_with=None if not adv else adv.get("attack"),
+    )  # fmt: skip
     out.run, out.dataset, out.model = run.key, run_cfg.dataset.name, run_cfg.model.name
     out.loss, out.method = run_cfg.loss.name, method_of(run_cfg)
     out.reference_run = None if reference_run is None else reference_run.key
