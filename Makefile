@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints lint format test clean demo plan bench summary audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints lint format test clean demo plan bench summary cw-budget audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
@@ -99,6 +99,8 @@ all: $(STAMP) ## Every table and figure
 	$(call reproduce,all)
 summary: $(STAMP) ## Every paper cell in one file: results/SUMMARY.md and figures/summary-scatter.png
 	$(BIN)/python -m pclc.summary
+cw-budget: $(STAMP) ## C&W beside its budget: median L2/Linf of its successes, accuracy vs L2 -> results/cw_budget.*
+	$(BIN)/python -m pclc.cw_budget
 
 bench: $(STAMP) ## Benchmark ours vs reference: results/bench-<device>.*, and the FMNIST Table 1 column (needs its runs)
 	$(BIN)/python scripts/bench.py

@@ -118,9 +118,10 @@ def run_entry(
     batch_size = int(entry.params.get("batch_size", batch_size))
     folder = None if cache is None else cache(batch_size)
     partial = out.with_suffix(".partial.pt")
-    done = load_tensors(partial) if partial.exists() else {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
-    if done.get("weights", header["weights"]) != header["weights"]:  # a partial result of other weights
-        done = {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": []}
+    fresh = {"n": 0, "adv_pred": [], "seconds": 0.0, "linf": [], "l2": []}
+    done = load_tensors(partial) if partial.exists() else fresh
+    if done.get("weights", header["weights"]) != header["weights"] or "l2" not in done:  # other weights, or a
+        done = fresh  # partial from before per-example L2 norms were recorded: redone
     done["weights"] = header["weights"]
     attack = build_attack(entry.attack, engine=engine)
     n = len(y)
@@ -130,11 +131,12 @@ def run_entry(
         lo, hi = done["n"], min(done["n"] + step, n)
         adv = craft(attack, source_model, x, y, entry.eps, lo, hi, batch_size, folder)
         pred = predict(target, adv, batch_size).argmax(1)
-        linf = (adv - x[lo:hi]).flatten(1).abs().amax(1)
+        delta = (adv - x[lo:hi]).flatten(1)
         done = {
             "n": hi,
             "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
-            "linf": done["linf"] + linf.cpu().tolist(),
+            "linf": done["linf"] + delta.abs().amax(1).cpu().tolist(),
+            "l2": done["l2"] + delta.norm(dim=1).cpu().tolist(),  # C&W is a minimum-L2 attack: its budget curve
             "weights": header["weights"],
             "seconds": done["seconds"] + time.perf_counter() - t0,
         }
@@ -155,7 +157,7 @@ def run_entry(
         "engine": dict(engine or {}),
         "adv_accuracy": percent(adv_pred == y.cpu()),
         "max_linf": max(done["linf"]) if done["linf"] else 0.0,
-        "records": {**header["records"], "adv_pred": done["adv_pred"]},
+        "records": {**header["records"], "adv_pred": done["adv_pred"], "linf": done["linf"], "l2": done["l2"]},
     }
     atomic_write_json(out, result)
     partial.unlink(missing_ok=True)

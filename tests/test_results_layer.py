@@ -93,3 +93,47 @@ def test_a_hand_edited_result_leaves_the_checked_table_and_stays_in_the_unchecke
     assert len(unchecked) == len(checked) + 1
     only = read_store(tmp_path / "runs", keys=[f.parent.parent.name])
     assert set(only.run) == {f.parent.parent.name}
+
+
+def test_a_minimum_norm_attacks_budget_curve_counts_only_breaks_within_the_budget():
+    from pclc.analysis.budget import broken_norms, budget_curve, median
+
+    label, clean, adv = [0, 0, 0, 0], [0, 0, 0, 1], [1, 1, 0, 1]  # #3 wrong clean; #2 survives; #0, #1 broken
+    l2 = [0.5, 2.0, 9.0, 0.1]
+    assert (
+        broken_norms(label, clean, adv, l2).tolist() == [0.5, 2.0]
+        and median(broken_norms(label, clean, adv, l2)) == 0.5
+    )
+    assert budget_curve(label, clean, adv, l2, [0.0, 0.5, 1.0, 2.0, 100.0]) == [75.0, 50.0, 50.0, 25.0, 25.0]
+
+
+def test_cw_results_record_norms_and_the_budget_report_reads_them(tmp_path):
+    """Issue 30 item 4: a C&W evaluation records each example's L2 and L-inf; make cw-budget turns them into the
+    median norms of the successes and a curve that ends at the robust accuracy."""
+    from pclc.cw_budget import write
+
+    cfg = compose(
+        "reproduce",
+        [
+            "experiment=table1",
+            "profile=tiny",
+            "logger=none",
+            f"store={tmp_path / 'runs'}",
+            f"out_dir={tmp_path / 'results'}",
+            "datasets=[fmnist]",
+            "dataset_map={fmnist: fake}",
+            "attacks=[cw]",
+        ],
+    )
+    reproduce(cfg)
+    f = next((tmp_path / "runs").glob("*-pclc-*/eval/white-cw-*.json"))
+    rec = json.loads(f.read_text())["records"]
+    assert len(rec["l2"]) == len(rec["linf"]) == len(rec["label"]) and all(v >= 0 for v in rec["l2"])
+    paths = write(tmp_path / "runs", tmp_path / "out", budgets=(0.0, 1e9))
+    df = pd.read_csv(tmp_path / "out" / "cw_budget.csv", comment="#")
+    assert len(df) == 2 and set(df.method) == {"ce", "pclc"} and len(paths) == 3
+    for _, r in df.iterrows():
+        rec = json.loads(next((tmp_path / "runs" / r.run / "eval").glob("white-cw-*.json")).read_text())["records"]
+        clean = sum(c == y for c, y in zip(rec["clean_pred"], rec["label"]))
+        assert r["acc_l2<=0"] == 100.0 * clean / r.n  # nothing breaks within a budget of 0
+        assert r["acc_l2<=1e+09"] == 100.0 * (clean - r.broken) / r.n  # everything C&W broke, at any budget
