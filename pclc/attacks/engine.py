@@ -86,13 +86,25 @@ def sign_iterations(
     chunk: int | None,
     delta: torch.Tensor | None = None,
     decay: float | None = None,
+    trace: list | None = None,
 ) -> torch.Tensor:
     """advertorch's L-inf iterative attacks on CE, final iterate: ``perturb_iterative`` (BIM; PGD from
     ``delta``) or, with ``decay``, ``MomentumIterativeAttack`` (MIM: L1-normalised gradients accumulate
-    in ``g``, the step follows ``sign(g)``, and the result is ``x + delta`` unclamped, as advertorch's)."""
+    in ``g``, the step follows ``sign(g)``, and the result is ``x + delta`` unclamped, as advertorch's).
+    ``trace``: a list that receives, for the start and after every step, each example's CE loss and whether it is
+    misclassified (the attack-failure indicators; whole batches every step, the same final iterate)."""
     delta = torch.zeros_like(x) if delta is None else delta.clone()
     g = torch.zeros_like(x) if decay is not None else None
-    free = rows_independent(model, x, y, chunk)
+    free = trace is None and rows_independent(model, x, y, chunk)
+
+    def record():
+        with torch.no_grad():
+            adv = x + delta if g is not None else torch.clamp(torch.clamp(x + delta, min=0.0), max=1.0)
+            logits = model(adv)
+            trace.append((F.cross_entropy(logits, y, reduction="none").cpu(), (logits.argmax(1) != y).cpu()))
+
+    if trace is not None:
+        record()
     active = torch.arange(len(x), device=x.device)
     for _ in range(nb_iter):
         if len(active) == 0:
@@ -118,6 +130,8 @@ def sign_iterations(
         delta[rows] = new
         if g is not None:
             g[rows] = gr
+        if trace is not None:
+            record()
         if free:  # rows whose state did not change are fixed points: they leave the batch
             moving = rows[~still]
             active = moving if len(rows) == len(active) else active[torch.isin(active, moving)]

@@ -122,6 +122,24 @@ def _model_section(a: AuditResult, paper: dict[tuple, float]) -> list[str]:
             *(f"| {n} | " + " | ".join(f"{c[e][0]} / {c[e][1]}" for e in eps) + " |" for n, c in counts.items()),
             "",
         ]
+    if a.indicators:
+        eps_i = list(a.indicators)
+        names = list(next(iter(a.indicators.values())))
+        lines += [
+            f"### Indicators of attack failure (Pintor et al. 2022), the paper's attack, first "
+            f"{a.profile.get('indicator_subset')} examples",
+            "",
+            "Share of examples showing each (pclc/audit/indicators.py); one above "
+            f"{100 * a.thresholds.get('indicator_share', 0):g}% fires and is listed in the verdict's signals.",
+            "",
+            "| indicator | " + " | ".join(f"eps {e}" for e in eps_i) + " |",
+            "|---" * (len(eps_i) + 1) + "|",
+            *(
+                f"| {n} | " + " | ".join(f"{100 * a.indicators[e].get(n, float('nan')):.1f}%" for e in eps_i) + " |"
+                for n in names
+            ),
+            "",
+        ]
     lines += [f"### Eps sweeps (strongest adaptive attack: {_strongest(a)})", ""]
     lines += [
         f"- {n}: " + ", ".join(f"{e:g} → {v:.1f}%" for e, v in zip(s["eps"], s["accuracy"]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -38,6 +38,8 @@ class AuditResult:
     loss: str | None = None
     method: str | None = None  # the paper's name: loss, +at when adversarially trained
     reference_run: str | None = None
+    # eps -> indicator -> share of examples (pclc.audit.indicators)
+    indicators: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def paper_key(self) -> tuple:
