@@ -504,3 +504,19 @@ def test_a_model_with_no_robustness_is_never_confirmed_and_catastrophic_overfitt
     assert plain["catastrophic_overfitting"] is None and au.verdict(plain, TH) == "no robustness"
     robust = au.verdict_evidence(probe, acc, {0.1: 1.5, 0.2: 0.0, 0.3: 0.0}, {}, groups, TH, None)
     assert robust["drop"] <= TH["overestimate"] and au.verdict(robust, TH) == "robustness confirmed"
+
+
+def test_an_attack_whose_package_is_missing_is_refused_before_any_work(monkeypatch):
+    """Issue 32: without torchattacks the audit failed after its first attacks had run, with a traceback."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchattacks" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"attack apgd needs the torchattacks package, which is not installed: pip"):
+        au.attack_specs(ATTACKS, 10)
+    from pclc.attacks.suite import expand_suite
+
+    cfg = compose("evaluate", ["attack/suite=table1"])
+    assert expand_suite(cfg.suite, cfg.dataset)  # the paper's attacks need nothing more

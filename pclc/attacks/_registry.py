@@ -54,9 +54,35 @@ def check_budget(params: Mapping[str, Any]) -> None:
             )
 
 
-def register_attack(name: str, *, bounded: bool, passes: Callable[[dict], float], **meta):
-    """Register ``fn(model, x, y, eps, seed, **params) -> x_adv``; ``passes(params)``: its cost per example."""
-    return ATTACKS.register(name, bounded=bounded, passes=passes, check=check_budget, **meta)
+# Optional packages an attack imports when it runs, and how to install each (see pyproject's [audit] extra).
+_INSTALL = {
+    "torchattacks": "pip install --no-deps torchattacks==3.5.1 (what make setup does)",
+    "pyautoattack": "pip install --no-deps pyautoattack==0.2.0 (what make setup does)",
+}
+
+
+def check_installed(attack: str, packages: tuple[str, ...]) -> None:
+    """Refuse, before any work, an attack whose package is not installed (it would fail after the others ran)."""
+    import importlib.util
+
+    for pkg in packages:
+        if importlib.util.find_spec(pkg) is None:
+            raise ValueError(
+                f"attack {attack} needs the {pkg} package, which is not installed: {_INSTALL.get(pkg, pkg)}"
+            )
+
+
+def register_attack(
+    name: str, *, bounded: bool, passes: Callable[[dict], float], requires: tuple[str, ...] = (), **meta
+):
+    """Register ``fn(model, x, y, eps, seed, **params) -> x_adv``; ``passes(params)``: its cost per example;
+    ``requires``: optional packages it imports (checked whenever a config naming it is checked)."""
+
+    def check(params):
+        check_budget(params)
+        check_installed(name, requires)
+
+    return ATTACKS.register(name, bounded=bounded, passes=passes, check=check, requires=requires, **meta)
 
 
 def check_eps(eps: float | None, name: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pclc.attacks._registry import register_attack
+from pclc.attacks._registry import _INSTALL, register_attack
 from pclc.attacks.linf import ce_loss, margin, margin_loss, project, seeded, sign_pgd
 from pclc.files import cached_tensor
 
@@ -30,7 +30,7 @@ def _torchattacks():
     try:
         import torchattacks
     except ImportError as e:
-        raise ImportError("the audit's APGD and Square attacks need torchattacks: pip install 'pclc[audit]'") from e
+        raise ImportError("the audit's APGD and Square attacks need torchattacks: " + _INSTALL["torchattacks"]) from e
     return torchattacks
 
 
@@ -150,7 +150,7 @@ def temp_pgd(
         return _restarts(model, x, y, restarts, once)
 
 
-@register_attack("apgd", bounded=True, passes=_steps)
+@register_attack("apgd", bounded=True, passes=_steps, requires=("torchattacks",))
 def apgd(model, x, y, eps, seed, loss: str, nb_iter: int, restarts: int):
     """APGD-CE or APGD-DLR (torchattacks); DLR needs at least 3 classes."""
     if loss == "dlr" and _num_classes(model, x) < 3:
@@ -168,7 +168,12 @@ def apgd(model, x, y, eps, seed, loss: str, nb_iter: int, restarts: int):
         return project(atk(x, y), x, eps)
 
 
-@register_attack("apgdt", bounded=True, passes=lambda p: float(p["nb_iter"]) * p["restarts"] * p["targets"])
+@register_attack(
+    "apgdt",
+    bounded=True,
+    passes=lambda p: float(p["nb_iter"]) * p["restarts"] * p["targets"],
+    requires=("torchattacks",),
+)
 def apgdt(model, x, y, eps, seed, nb_iter: int, restarts: int, targets: int):
     """Targeted APGD-DLR (torchattacks) against the min(targets, K-1) most likely wrong classes; K >= 4."""
     k = _num_classes(model, x)
@@ -188,7 +193,9 @@ def apgdt(model, x, y, eps, seed, nb_iter: int, restarts: int, targets: int):
         return project(atk(x, y), x, eps)
 
 
-@register_attack("square", bounded=True, passes=lambda p: float(p["queries"]) * p["restarts"] / 2)
+@register_attack(
+    "square", bounded=True, passes=lambda p: float(p["queries"]) * p["restarts"] / 2, requires=("torchattacks",)
+)
 def square(model, x, y, eps, seed, queries: int, restarts: int):
     """Square attack (torchattacks): black-box random search on the margin loss, ``queries`` per example."""
     atk = _torchattacks().Square(
@@ -208,6 +215,7 @@ def square(model, x, y, eps, seed, queries: int, restarts: int):
     "autoattack",
     bounded=True,
     passes=lambda p: float(p["steps"]) * (1 + 2 * p["targets"]) + float(p["queries"]) / 2,
+    requires=("torchattacks",),
 )
 def autoattack(model, x, y, eps, seed, steps: int = 100, targets: int = 9, queries: int = 5000):
     """AutoAttack "standard" (Croce & Hein 2020) at its published budgets: APGD-CE, APGD-T and FAB-T (100 steps,

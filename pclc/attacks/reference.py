@@ -26,7 +26,7 @@ def _passes(p: dict) -> float:
     return float(p.get("nb_iter", 100)) * (1 + 2 * p.get("targets", 9)) + float(p.get("queries", 5000)) / 2
 
 
-@register_attack("autoattack-ref", bounded=True, passes=_passes)
+@register_attack("autoattack-ref", bounded=True, passes=_passes, requires=("pyautoattack",))
 def autoattack_ref(
     model,
     x,
