@@ -115,7 +115,8 @@ def _ce_sum(logits, y, temperature=1.0):
 
 
 class HalfAdversarial:
-    """Make the first half of every training batch adversarial (Table 5: adversarial and clean 1:1).
+    """Make the first ``fraction`` of every training batch adversarial (Table 5: adversarial and clean 1:1;
+    PGD-AT and fast AT, configs/trainer/{pgd_at,fast_at}.yaml: every example).
 
     eps is drawn per example uniformly from ``eps_range``; FGSM is one step of eps, PGD ``nb_iter`` steps of
     ``rel_eps_iter * eps`` (configs/trainer/adv_pgd.yaml: 2.5 eps / 5, Madry et al.'s rule; the paper gives

@@ -1,0 +1,59 @@
+"""Issue 31's adversarial-training baselines, as configs of the one adversarial-training mechanism: PGD-AT (Madry et
+al.) and fast AT (Wong et al.), checked on a tiny problem."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pclc.config import compose
+from pclc.experiment import make_cell, train_cfg
+from pclc.train import build_adversary
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+
+
+def _batch(n=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand((n, 1, 4, 4), generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _loss(model, x, y):
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+def test_pgd_at_replaces_every_example_inside_the_ball_and_is_stronger_than_fgsm():
+    model, (x, y) = _model(), _batch()
+    pgd = build_adversary(compose("train", ["trainer=pgd_at"]).trainer)
+    fgsm = build_adversary(compose("train", ["trainer=adv_fgsm", "trainer.adversarial.fraction=1.0",
+                                             "trainer.adversarial.eps_range=[0.1,0.1]"]).trainer)  # fmt: skip
+    adv = pgd(model, x, y, torch.Generator().manual_seed(0))
+    assert adv.shape == x.shape and (adv - x).abs().amax() <= 0.1 + 1e-6 and (adv != x).flatten(1).any(1).all()
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert (
+        _loss(model, adv, y) > _loss(model, fgsm(model, x, y, torch.Generator().manual_seed(0)), y) > _loss(model, x, y)
+    )
+    assert model.training  # crafting leaves the model as it found it
+
+
+def test_fast_at_starts_at_random_inside_the_ball():
+    model, (x, y) = _model(), _batch()
+    fast = build_adversary(compose("train", ["trainer=fast_at"]).trainer)
+    a = fast(model, x, y, torch.Generator().manual_seed(0))
+    b = fast(model, x, y, torch.Generator().manual_seed(1))
+    assert (a - x).abs().amax() <= 0.1 + 1e-6 and not torch.equal(a, b)  # the start is random, the step 1.25 eps
+    plain = x + 0.1 * torch.autograd.grad(F.cross_entropy(model(x.requires_grad_()), y, reduction="sum"), x)[0].sign()
+    assert not torch.equal(a, plain.clamp(0, 1))  # not FGSM from the clean point
+
+
+def test_the_baseline_methods_train_through_the_run_store_with_the_paper_protocol_otherwise():
+    cfg = compose("reproduce", ["experiment=table1", "logger=none", "datasets=[fmnist]"])
+    for method, attack, steps in (("ce+pgdat", "pgd", 10), ("pclc+pgdat", "pgd", 10), ("ce+fastat", "pgd", 1)):
+        tc = train_cfg(make_cell(cfg, "fmnist", "lenet5", method), cfg)
+        adv = tc.trainer.adversarial
+        assert (adv.attack, adv.nb_iter, adv.fraction, list(adv.eps_range)) == (attack, steps, 1.0, [0.1, 0.1])
+        assert tc.trainer.lr == 0.01 and tc.trainer.batch_size == 256  # the paper's schedule otherwise
