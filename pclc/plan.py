@@ -94,6 +94,8 @@ def adversarial_factor(trainer: DictConfig) -> float:
     adv = trainer.get("adversarial")
     if not adv:
         return 1.0
+    if adv.get("attack") == "trades":  # a clean forward, nb_iter KL steps, then a training step on twice the batch
+        return 2.0 + (1 + int(adv.nb_iter) * 2) / 3
     return 1.0 + float(adv.fraction) * int(adv.get("nb_iter") or 1) * 2 / 3
 
 

@@ -24,7 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pclc.attacks.linf import HalfAdversarial
+from pclc.attacks.linf import HalfAdversarial, Trades
 from pclc.config import CONFIG_DIR, resolve_device, validate_data_model
 from pclc.data import build_data
 from pclc.derived import warmup_source
@@ -67,9 +67,14 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.milestones must be increasing integers, got {list(t.milestones)}")
 
 
-def build_adversary(trainer: DictConfig) -> HalfAdversarial | None:
+def build_adversary(trainer: DictConfig) -> HalfAdversarial | Trades | None:
+    """``trainer.adversarial``: adversarial examples in place of part of each batch (``fgsm``/``pgd``: Table 5,
+    PGD-AT, fast AT), or TRADES' regulariser (``trades``); None: plain training."""
     adv = trainer.get("adversarial")
-    return None if adv is None else HalfAdversarial(**OmegaConf.to_container(adv, resolve=True))
+    if adv is None:
+        return None
+    spec = OmegaConf.to_container(adv, resolve=True)
+    return Trades(**spec) if spec.get("attack") == "trades" else HalfAdversarial(**spec)
 
 
 @dataclass
@@ -152,7 +157,10 @@ def train_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=accel.bf16):
             logits = forward(x)
-        loss = loss_fn(logits.float(), y)
+        if hasattr(adversary, "loss"):  # TRADES: clean and adversarial halves, one loss
+            loss, logits = adversary.loss(loss_fn, logits.float(), y)
+        else:
+            loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -57,3 +57,28 @@ def test_the_baseline_methods_train_through_the_run_store_with_the_paper_protoco
         adv = tc.trainer.adversarial
         assert (adv.attack, adv.nb_iter, adv.fraction, list(adv.eps_range)) == (attack, steps, 1.0, [0.1, 0.1])
         assert tc.trainer.lr == 0.01 and tc.trainer.batch_size == 256  # the paper's schedule otherwise
+
+
+def test_trades_with_beta_0_is_the_clean_loss_and_its_examples_stay_in_the_ball():
+    model, (x, y) = _model(), _batch()
+    for beta in (0.0, 6.0):
+        trades = build_adversary(compose("train", ["trainer=trades", f"trainer.adversarial.beta={beta}"]).trainer)
+        both = trades(model, x, y, torch.Generator().manual_seed(0))
+        assert both.shape[0] == 2 * len(x) and torch.equal(both[: len(x)], x)
+        assert (both[len(x) :] - x).abs().amax() <= 0.1 + 1e-6
+        loss, clean = trades.loss(F.cross_entropy, model(both), y)
+        ce = F.cross_entropy(model(x), y)
+        assert torch.equal(clean, model(x))
+        assert torch.allclose(loss, ce) if beta == 0 else loss > ce + 1e-4  # the KL term is there, and positive
+
+
+def test_a_trades_run_trains_through_the_run_store(tmp_path):
+    from pclc.train import train
+
+    cfg = compose(
+        "train",
+        ["dataset=fake", "loss=pclc", "trainer=trades", "+profiles/train=tiny", f"store={tmp_path}", "logger=none"],
+    )
+    out = train(cfg)
+    assert out["finished"] and (tmp_path / out["key"] / "model.pt").exists()
+    assert out["epochs"] == 2  # the CE warm-up phase and the PC+LC phase, both with TRADES

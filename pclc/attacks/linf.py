@@ -175,3 +175,53 @@ class HalfAdversarial:
                 p.requires_grad_(f)
             model.train(was_training)
         return torch.cat([adv, x[n:]])
+
+
+class Trades:
+    """TRADES (Zhang et al. 2019), beyond the paper (issue 31): the loss on clean examples plus
+    ``beta * KL(p(x) || p(x_adv))``, ``x_adv`` maximising that KL: ``nb_iter`` sign steps of ``rel_eps_iter * eps``
+    from ``x + 0.001 * N(0, 1)``, crafted in eval mode without weight gradients, as the TRADES code does.
+    ``__call__`` returns the clean and adversarial batches stacked; :meth:`loss` splits the logits again."""
+
+    def __init__(self, attack: str, eps_range, beta: float, nb_iter: int, rel_eps_iter: float, **unused):
+        lo, hi = (float(v) for v in eps_range)
+        if attack != "trades" or lo != hi or not 0 < hi <= 1:
+            raise ValueError(f"TRADES takes one eps in (0, 1] (eps_range [e, e]), got {list(eps_range)}")
+        if not float(beta) >= 0 or int(nb_iter) < 1 or not float(rel_eps_iter) > 0:
+            raise ValueError(
+                f"TRADES needs beta >= 0, nb_iter >= 1, rel_eps_iter > 0; got {beta}, {nb_iter}, {rel_eps_iter}"
+            )
+        if unused.get("fraction", 1.0) != 1.0:
+            raise ValueError("TRADES regularises every example: fraction must be 1.0")
+        self.eps, self.beta, self.nb_iter, self.step = hi, float(beta), int(nb_iter), float(rel_eps_iter) * hi
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+        was_training = model.training
+        model.eval()
+        params = list(model.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            with torch.no_grad():
+                p_clean = F.softmax(model(x), 1)
+            noise = (
+                torch.randn(x.shape, generator=generator).to(x.device) if generator is not None else torch.randn_like(x)
+            )
+            x_adv = (x + 0.001 * noise).detach()
+            for _ in range(self.nb_iter):
+                x_adv.requires_grad_(True)
+                kl = F.kl_div(F.log_softmax(model(x_adv), 1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+                x_adv = project(x_adv.detach() + self.step * grad.sign(), x, self.eps)
+        finally:
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
+            model.train(was_training)
+        return torch.cat([x, x_adv.detach()])
+
+    def loss(self, loss_fn: Callable, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the training loss, the clean logits): ``loss_fn`` on the clean half plus beta times the batch-mean KL."""
+        clean, adv = logits[: len(y)], logits[len(y) :]
+        kl = F.kl_div(F.log_softmax(adv, 1), F.softmax(clean, 1), reduction="batchmean")
+        return loss_fn(clean, y) + self.beta * kl, clean
