@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints lint format test clean demo plan bench summary cw-budget audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints lint format test clean demo plan bench summary cw-budget baselines audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
@@ -105,6 +105,8 @@ cw-budget: $(STAMP) ## C&W beside its budget: median L2/Linf of its successes, a
 bench: $(STAMP) ## Benchmark ours vs reference: results/bench-<device>.*, and the FMNIST Table 1 column (needs its runs)
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/bench_column.py
+baselines: $(STAMP) ## Beyond the paper: PC+LC vs PGD-AT, fast AT, TRADES under AutoAttack -> results/baselines.*
+	$(call reproduce,baselines)
 audit: $(STAMP) ## Robustness audit of every Table 1/5 model (default DATASETS=fmnist) -> results/audit.{md,csv,png}
 	$(call reproduce,audit)
 gpu-check: $(STAMP) ## GPU: tests, bench, Table 1 from the zoo, whole-paper plan -> results/gpu-check-<gpu>/ (GPU_CHECK_DEVICE=cpu: tiny)

@@ -139,7 +139,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
         *trained_on_notes(cfg.store, list(df.run.unique())),
     ]
-    md, csv = folder / "autoattack.md", folder / "autoattack.csv"
+    md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
     protocol = str(cfg.profile)
     atomic_write_text(
         csv,
@@ -157,7 +157,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
     )
     paths = [md, csv]
     for name, g in df.groupby("name"):  # RobustBench's model-info record, one per model
-        path = folder / "autoattack" / f"{name}.json"
+        path = folder / exp.name / f"{name}.json"
         atomic_write_json(
             path,
             {

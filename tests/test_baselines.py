@@ -82,3 +82,14 @@ def test_a_trades_run_trains_through_the_run_store(tmp_path):
     out = train(cfg)
     assert out["finished"] and (tmp_path / out["key"] / "model.pt").exists()
     assert out["epochs"] == 2  # the CE warm-up phase and the PC+LC phase, both with TRADES
+
+
+def test_make_baselines_lists_every_method_at_its_seeds_under_autoattack():
+    from pclc.experiment import experiment_cells
+
+    cfg = compose("reproduce", ["experiment=baselines", "logger=none"])
+    jobs = experiment_cells(cfg)
+    seeds = {m: sorted(j.seed for j in jobs if j.method == m) for m in cfg.experiment.methods}
+    assert seeds["pclc+pgdat"] == seeds["ce+trades"] == [0, 1, 2] and seeds["ce+at"] == [0]
+    assert cfg.experiment.kind == "autoattack" and cfg.experiment.subset == 1000 and not any(j.arm for j in jobs)
+    assert {j.trainer for j in jobs} == {"paper", "adv_fgsm", "pgd_at", "fast_at", "trades"}
