@@ -114,6 +114,24 @@ def _ce_sum(logits, y, temperature=1.0):
     return F.cross_entropy(logits, y, reduction="sum")
 
 
+@contextlib.contextmanager
+def crafting(model: nn.Module):
+    """Craft training examples with inference-mode BatchNorm/Dropout and no weight gradients; the model's mode
+    and flags are restored after, whatever happens."""
+    was_training = model.training
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
 class HalfAdversarial:
     """Make the first ``fraction`` of every training batch adversarial (Table 5: adversarial and clean 1:1;
     PGD-AT and fast AT, configs/trainer/{pgd_at,fast_at}.yaml: every example).
@@ -152,13 +170,7 @@ class HalfAdversarial:
             return x
         eps = (self.lo + (self.hi - self.lo) * torch.rand(n, generator=generator)).to(x.device)
         step = eps if self.attack == "fgsm" else eps * self.rel_eps_iter
-        was_training = model.training
-        model.eval()  # craft with inference-mode BatchNorm/Dropout, then train on the mixed batch
-        params = list(model.parameters())
-        flags = [p.requires_grad for p in params]
-        for p in params:  # no weight gradients while crafting
-            p.requires_grad_(False)
-        try:
+        with crafting(model):
             adv = sign_pgd(
                 model,
                 x[:n],
@@ -170,10 +182,6 @@ class HalfAdversarial:
                 rand_init=self.rand_init,
                 generator=generator,
             )
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
-            model.train(was_training)
         return torch.cat([adv, x[n:]])
 
 
@@ -196,13 +204,7 @@ class Trades:
         self.eps, self.beta, self.nb_iter, self.step = hi, float(beta), int(nb_iter), float(rel_eps_iter) * hi
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
-        was_training = model.training
-        model.eval()
-        params = list(model.parameters())
-        flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(False)
-        try:
+        with crafting(model):
             with torch.no_grad():
                 p_clean = F.softmax(model(x), 1)
             noise = (
@@ -214,10 +216,6 @@ class Trades:
                 kl = F.kl_div(F.log_softmax(model(x_adv), 1), p_clean, reduction="sum")
                 (grad,) = torch.autograd.grad(kl, x_adv)
                 x_adv = project(x_adv.detach() + self.step * grad.sign(), x, self.eps)
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
-            model.train(was_training)
         return torch.cat([x, x_adv.detach()])
 
     def loss(self, loss_fn: Callable, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
