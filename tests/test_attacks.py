@@ -257,7 +257,7 @@ def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
     r = json.loads(Path(out["results"][0]["file"]).read_text())
     assert r["subset"] == 100 and r["n"] == 100 and r["params"] == {} and r["device"].startswith("cpu")
     assert r["seconds"] > 0 and r["max_linf"] <= 0.1 + 1e-6 and r["adv_accuracy"] <= r["clean_accuracy"]
-    assert {"label", "clean_pred", "clean_top5", "adv_pred"} == set(r["records"]) and len(
+    assert {"label", "clean_pred", "clean_top5", "adv_pred", "linf", "l2"} == set(r["records"]) and len(
         r["records"]["adv_pred"]
     ) == 100
     assert all(len(t) == 5 and t[0] == p for t, p in zip(r["records"]["clean_top5"], r["records"]["clean_pred"]))

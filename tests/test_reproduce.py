@@ -39,6 +39,7 @@ SMOKE = {
     "audit": "fmnist",
     "deviations": "fmnist",
     "autoattack": "fmnist",
+    "baselines": "fmnist",
 }
 SMOKE_OVER = {
     "autoattack": [
@@ -47,7 +48,12 @@ SMOKE_OVER = {
         "experiment.seeds.pclc=[0,1]",
         "experiment.arms=[]",
         "experiment.subset=20",
-    ]
+    ],
+    "baselines": [
+        "experiment.methods=[ce,ce+trades]",
+        "experiment.seeds={ce: [0], ce+trades: [0]}",
+        "experiment.subset=20",
+    ],
 }  # a few models
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
