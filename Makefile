@@ -6,18 +6,18 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints lint format test clean demo plan bench summary cw-budget baselines audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints lint format test test-fast clean demo plan bench summary cw-budget baselines audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
 # With LAUNCHER=pclc_slurm each cell's time limit is the planner's (stage=timeout; BENCH=<bench json of the GPU nodes>).
-DATASETS ?=
-ATTACKS  ?=
-PROFILE  ?= full
-LAUNCHER ?=
-BENCH    ?=
-SEEDS    ?=
-FROM     ?=
+DATASETS ?=## only these datasets, e.g. DATASETS=fmnist or mnist,fmnist (default: the experiment's)
+ATTACKS  ?=## only these attack configs of the suite, e.g. ATTACKS=fgsm,pgd (tables mark the rest "not run")
+PROFILE  ?= full## full (the paper's protocol) | quick (minutes; titled so) | tiny (smoke tests)
+LAUNCHER ?=## a Hydra launcher for the cells: joblib (local processes) or pclc_slurm (one GPU per cell)
+BENCH    ?=## the planner's costs for another device: BENCH=results/bench-<gpu>.json
+SEEDS    ?=## training seeds, e.g. SEEDS=0,1,2,3,4 (tables show mean ± sd; written to results/seeds/)
+FROM     ?=## FROM=zoo: the weights from results/zoo/, nothing trained
 EXP_ARGS = $(if $(filter zoo,$(FROM)),from_zoo=true) profile=$(PROFILE) $(if $(DATASETS),datasets=[$(DATASETS)]) $(if $(SEEDS),seeds=[$(SEEDS)]) $(if $(ATTACKS),attacks=[$(ATTACKS)]) $(if $(BENCH),bench=$(BENCH))
 # One experiment: in this process, or fanned out over its cells with a Hydra launcher, then assembled.
 define reproduce
@@ -30,8 +30,11 @@ $(if $(LAUNCHER),\
 	$(BIN)/python -m pclc.reproduce experiment=$(1) $(EXP_ARGS))
 endef
 
-help: ## List the targets
+help: ## List the targets and the variables they take
+	@echo "Targets:"
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@echo "Variables (make table1 DATASETS=fmnist SEEDS=0,1,2 FROM=zoo):"
+	@grep -hE '^[A-Z_]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) +\?= *([^#]*)## (.*)/\1\t\3/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -62,15 +65,17 @@ format: $(STAMP) ## Format the tree and apply ruff's safe fixes
 	$(BIN)/ruff format pclc tests scripts
 	$(BIN)/ruff check --fix pclc tests scripts
 
-test: $(STAMP) lint ## Set up if needed, lint, then run the test suite
+test: $(STAMP) lint ## Set up if needed, lint, then run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## The suite without the tests marked slow (real data, fault injection, packaging, end to end)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean: ## Remove .venv and caches (keeps data/ and runs/)
 	rm -rf $(VENV) .pytest_cache *.egg-info
 
 demo: $(STAMP) ## Quick Fashion-MNIST slice of Table 1 (CE vs PC+LC, FGSM/PGD), paper numbers beside ours
-	$(BIN)/python -m pclc.reproduce experiment=demo
-	@sed -n '/^| attack/,$$p' results/quick/demo.md
+	@$(BIN)/python -m pclc.reproduce experiment=demo logger=none hydra/job_logging=quiet
 
 plan: $(STAMP) ## What an experiment needs and its predicted time: make plan EXP=table1
 	$(BIN)/python -m pclc.reproduce experiment=$(or $(EXP),all) $(EXP_ARGS) plan=true logger=none

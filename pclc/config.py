@@ -43,17 +43,17 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
         else:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
                 full = hydra_compose(config_name=config_name, overrides=list(key[1]), return_hydra_config=True)
-        choices = {
-            g: full.hydra.runtime.choices[g]
-            for g in ("dataset", "model", "loss", "trainer")
-            if g in full.hydra.runtime.choices
-        }
+        choices = {_CHOSEN[g]: c[g] for g in _CHOSEN if g in (c := full.hydra.runtime.choices)}
         with open_dict(full):
             del full["hydra"]
             if choices and config_name in ("train", "evaluate", "audit"):
                 full.choices = choices  # the config chosen in each group (a run's config.yaml records it)
         _COMPOSED[key] = full
     return copy.deepcopy(_COMPOSED[key])
+
+
+# The config groups whose choice a run records (``choices``: its config.yaml, W&B names): group -> key.
+_CHOSEN = {"dataset": "dataset", "model": "model", "loss": "loss", "trainer": "trainer", "attack/suite": "suite"}
 
 
 def group_names(group: str) -> list[str]:
@@ -104,7 +104,7 @@ def hydra_choices(cfg: DictConfig) -> DictConfig:
         return cfg
     runtime = HydraConfig.get().runtime.choices
     with open_dict(cfg):
-        cfg.choices = {g: runtime[g] for g in ("dataset", "model", "loss", "trainer") if g in runtime}
+        cfg.choices = {_CHOSEN[g]: runtime[g] for g in _CHOSEN if g in runtime}
     return cfg
 
 

@@ -39,9 +39,10 @@ from pclc.files import (
 from pclc.inputs import optional_whole
 from pclc.locks import held, lock_path
 from pclc.metrics import percent, predict, with_precision
+from pclc.progress import bar
 from pclc.results import craft_cache, result_path
-from pclc.store import RunDir, load_run, provenance, run_fingerprint, run_key
-from pclc.tracking import build_tracker
+from pclc.store import RunDir, digest, load_run, provenance, run_fingerprint, run_key
+from pclc.tracking import build_tracker, metric_key, run_identity
 from pclc.zoo import restore
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ def run_entry(
     attack = build_attack(entry.attack, engine=engine)
     n = len(y)
     step = batch_size * group_batches
+    shown = bar(n, out.stem, "img")
+    shown.update(done["n"])  # resumed: what the partial file holds
     while done["n"] < n:
         t0 = time.perf_counter()
         lo, hi = done["n"], min(done["n"] + step, n)
@@ -141,8 +144,10 @@ def run_entry(
             "seconds": done["seconds"] + time.perf_counter() - t0,
         }
         atomic_torch_save(done, partial)
-        if hi < n:  # progress over batch groups (the finished line is logged by evaluate)
-            log.info("%s: %d/%d examples attacked (%.1fs)", out.stem, hi, n, done["seconds"])
+        shown.update(hi - lo)
+        # a bar on a terminal; in a log, the finished line per cell (logged by evaluate) is the progress
+        log.debug("%s: %d/%d examples attacked (%.1fs)", out.stem, hi, n, done["seconds"])
+    shown.close()
     adv_pred = torch.tensor(done["adv_pred"])
     result = {
         **header,
@@ -328,26 +333,47 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "results": results,
         "warnings": warnings,
     }
-    d = run_cfg.dataset
+    track(cfg, run, run_cfg, fingerprint, results, clean_acc, len(y), precision)
+    return summary
+
+
+def track(
+    cfg: DictConfig, run: RunDir, run_cfg: DictConfig, fingerprint: dict, results: list[dict], clean_acc, n, precision
+):
+    """The evaluation in W&B: one run per model and suite (a stable id: a re-evaluation resumes it), tagged like
+    the model's training run; accuracies under ``adv/<attack>/eps<eps>``, a results table and a plot of
+    accuracy against eps per attack, the result files as an artifact."""
+    import pandas as pd
+
+    suite = OmegaConf.to_container(cfg.suite, resolve=True)
+    settings = [
+        run.key,
+        suite,
+        cfg.eval.get("subset"),
+        precision,
+        OmegaConf.to_container(cfg.eval, resolve=True).get("param_overrides"),
+    ]
+    name, tags = run_identity(run_cfg, cfg)
+    suite_name = (cfg.get("choices") or {}).get("suite") or "suite"
     tracker = build_tracker(
         cfg.logger,
-        name=f"eval-{run.key}",
-        group=cfg.get("run_group") or run.key,
+        name=f"eval-{name}-{suite_name}",
+        group=f"{run_cfg.dataset.name}-{run_cfg.model.name}",
         config={
             "run": run.key,
-            "dataset": d.name,
+            "dataset": run_cfg.dataset.name,
             "model": run_cfg.model.name,
             "loss": run_cfg.loss.name,
             "adversarial": run_cfg.trainer.get("adversarial"),
             "seed": run_cfg.seed,
-            "n": len(y),
+            "n": n,
             "precision": precision,
-            "suite": OmegaConf.to_container(cfg.suite, resolve=True),
+            "suite": suite,
         },
         job_type="eval",
+        run_id=f"eval-{digest(settings, 16)}",
+        tags=[*tags, f"suite:{suite_name}"],
     )
-    import pandas as pd
-
     tracker.log_table(
         "results",
         pd.DataFrame(
@@ -367,10 +393,23 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             ]
         ),
     )
-    tracker.summary({"clean_accuracy": clean_acc, **{Path(r["file"]).stem: r["adv_accuracy"] for r in results}})
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        if r["eps"] is not None:
+            label = r["attack"] if r["source"] == "white" else f"{r['source']}-{r['attack']}"
+            curves.setdefault(label, []).append((float(r["eps"]), float(r["adv_accuracy"])))
+    if curves:
+        tracker.log_curves(
+            "accuracy_vs_eps", {k: sorted(v) for k, v in curves.items()}, f"{name}: accuracy (%) against eps", "eps"
+        )
+    tracker.summary(
+        {
+            "clean_accuracy": clean_acc,
+            **{metric_key(r["attack"], r["eps"], r["source"]): r["adv_accuracy"] for r in results},
+        }
+    )
     tracker.log_artifact(f"eval-{run.key}", "evaluation", [r["file"] for r in results], {"run": run.key, **fingerprint})
     tracker.finish(0)
-    return summary
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")

@@ -176,7 +176,7 @@ def cell_overrides(cell: Job, cfg: DictConfig) -> list[str]:
         f"seed={cell.seed}",
         f"store={quoted(cfg.store)}",
         f"device={cfg.device}",
-        f"run_group={cfg.experiment.name}",
+        f"experiment_name={cfg.experiment.name}",
         f"logger={cfg.logger.name}",
         f"+profiles/train={cfg.profile}",
         *cell.train_extra,

@@ -206,7 +206,7 @@ def gaps(cfg: DictConfig, cells, tracker) -> list[Path]:
         "",
         f"- protocol: {cfg.profile}",
         f"- command: `{prov['command']}`",
-        f"- commit: `{prov['commit']}`",
+        f"- commit: `{prov['commit']}` (pclc {prov.get('pclc', '?')})",
         f"- device: {prov['device']}",
         f"- date: {prov['date']}",
         "",

@@ -19,7 +19,7 @@ def header(title: str, prov: dict[str, Any], protocol: str, notes: list[str] = (
         "",
         f"- protocol: **{protocol}**" + ("" if protocol == "full" else " (NOT the paper's protocol)"),
         f"- command: `{prov['command']}`",
-        f"- commit: `{prov['commit']}`",
+        f"- commit: `{prov['commit']}` (pclc {prov.get('pclc', '?')})",
         f"- device: {prov['device']}",
         f"- torch: {prov['torch']}",
         f"- date: {prov['date']}",

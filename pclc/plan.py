@@ -334,6 +334,23 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
     return rows, work
 
 
+def cell_seconds(cfg: DictConfig) -> list[float | None]:
+    """The planner's seconds for each cell of ``cfg``, in order (a black-box substitute's training counted in
+    the first cell that needs it; None where nothing measured the work): the ETA lines of a reproduce."""
+    rows, _ = plan_items(cfg, CostModel(Path(cfg.store), load_bench(bench_path(cfg))))
+    out: list[float | None] = []
+    pending: float | None = 0.0
+    for r in rows:
+        s = r["predicted_seconds"]
+        total = None if s is None or pending is None else s + pending
+        if r["cell"] == "-":
+            pending = total
+        else:
+            out.append(total)
+            pending = 0.0
+    return out
+
+
 def plan(cfg: DictConfig) -> dict[str, Any]:
     """Which cells are trained and evaluated, and the predicted time of the rest from measured costs
     (``experiment=all``: every experiment's, shared work counted once)."""

@@ -16,6 +16,7 @@ study :mod:`pclc.deviations` (written by :mod:`pclc.deviation_report`).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from pclc.experiment import (
     train_cfg,
 )
 from pclc.headers import config_yaml, trained_on_notes
-from pclc.plan import cell_timeout_minutes, plan
+from pclc.plan import cell_seconds, cell_timeout_minutes, plan
+from pclc.progress import eta_line
 from pclc.reports import check_table_file, write_table
 from pclc.store import RunDir, checked_config, run_key
 
@@ -51,6 +53,21 @@ def run_cell(cell: Job, cfg: DictConfig) -> dict[str, Any]:
     summary = train(train_cfg(cell, cfg))
     evals = [evaluate(eval_cfg(cell, cfg, s, restrict=True)) for s in cell_suites(cell, cfg)]
     return {"cell": cell.label, "key": summary["key"], "evaluations": evals}
+
+
+def run_cells(cells: list[Job], cfg: DictConfig) -> list[dict[str, Any]]:
+    """Every cell in turn, each announced with the planner's prediction and the ETA of the rest (scaled by
+    this machine's pace on the cells before it)."""
+    predicted = cell_seconds(cfg)
+    results, measured, done_predicted = [], 0.0, 0.0
+    for k, cell in enumerate(cells):
+        log.info(eta_line(k + 1, len(cells), cell.label, predicted[k:], measured, done_predicted))
+        t0 = time.perf_counter()
+        results.append(run_cell(cell, cfg))
+        if predicted[k]:  # a finished cell (predicted 0) says nothing about the pace
+            measured += time.perf_counter() - t0
+            done_predicted += predicted[k]
+    return results
 
 
 def cell_runs(cell: Job, cfg: DictConfig) -> list[tuple[str, DictConfig, dict[str, Any]]]:
@@ -256,7 +273,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         return {"cells": [c.label for c in cells], "runs": list(dict.fromkeys(keys))}
     if cfg.stage not in ("all", "tables"):
         raise ValueError(f"stage must be all, train, export, cell, tables, count or timeout; got {cfg.stage!r}")
-    results = [run_cell(c, cfg) for c in cells] if cfg.stage == "all" else []
+    results = run_cells(cells, cfg) if cfg.stage == "all" else []
     from pclc.tracking import build_tracker
 
     tracker = build_tracker(
@@ -265,6 +282,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         group=cfg.experiment.name,
         config=OmegaConf.to_container(cfg, resolve=True),
         job_type="reproduce",
+        tags=[f"experiment:{cfg.experiment.name}", f"profile:{cfg.profile}"],
     )
     try:
         paths = write_outputs(cfg, tracker)
@@ -278,7 +296,25 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         tracker.finish(1)  # the W&B run says the reproduce failed
         raise
     tracker.finish(0)
+    if cfg.get("show"):
+        show(cfg, paths)
     return {"cells": [c.label for c in cells], "ran": len(results), "outputs": [str(p) for p in paths]}
+
+
+def show(cfg: DictConfig, paths: list[Path]) -> None:
+    """``show=true`` (make demo): the table, the protocol line and where the files are; nothing else."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pclc.profiles import profile_line
+
+    md = next(Path(p) for p in paths if Path(p).suffix == ".md")
+    lines = md.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    print("\n".join(lines[start:end]))
+    print(profile_line(cfg))
+    logs = f"; log: {HydraConfig.get().runtime.output_dir}" if HydraConfig.initialized() else ""
+    print("files: " + ", ".join(str(p) for p in paths) + logs)
 
 
 def reproduce_all(cfg: DictConfig) -> dict[str, Any]:

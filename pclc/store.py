@@ -270,6 +270,17 @@ def git_commit() -> str:
 
 
 @functools.cache
+def package_version() -> str:
+    """pclc's installed version (a wheel outside a checkout has no commit: its version names the code)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pclc")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; else the platform's processor or architecture): the same seed
     trains other weights on another CPU type, so every result names it."""
@@ -353,6 +364,7 @@ def provenance(device: torch.device, command: str | None = None) -> dict[str, An
     return {
         "command": command or invocation(),
         "commit": git_commit(),
+        "pclc": package_version(),
         "device": device_name(device),
         "machine": machine(device),
         "torch": torch.__version__,
@@ -370,7 +382,7 @@ def provenance_lines(prov: dict[str, Any], devices: list[str] | None = None) -> 
     """The provenance every results file opens with (markdown, CSV comments, captions, figure text)."""
     return [
         f"command: {prov['command']}",
-        f"commit: {prov['commit']}",
+        f"commit: {prov['commit']} (pclc {prov.get('pclc', '?')})",
         f"device: {', '.join(devices) if devices else prov['device']}",
         f"date: {prov['date']}",
     ]

@@ -27,6 +27,38 @@ def scrub(obj: Any) -> Any:
     return obj
 
 
+def run_identity(run_cfg, cfg=None) -> tuple[str, list[str]]:
+    """A W&B display name and tags for a model: ``<dataset>-<model>-<loss>[-<trainer>]-s<seed>[-<profile>]``
+    (the trainer when not the paper's, so CE and CE+AT differ; the profile, so a quick run never shares a full
+    run's name) and ``key:value`` tags to filter by. ``run_cfg`` is the run's training config; ``cfg`` the
+    job's (its profile and experiment), by default the same."""
+    cfg = run_cfg if cfg is None else cfg
+    trainer = (run_cfg.get("choices") or {}).get("trainer") or (
+        "adversarial" if run_cfg.trainer.get("adversarial") else None
+    )
+    profile, experiment = cfg.get("profile"), cfg.get("experiment_name")
+    parts = [run_cfg.dataset.name, run_cfg.model.name, run_cfg.loss.name]
+    parts += [trainer] if trainer and trainer != "paper" else []
+    parts += [f"s{run_cfg.seed}"] + ([profile] if profile else [])
+    tags = {
+        "dataset": run_cfg.dataset.name,
+        "model": run_cfg.model.name,
+        "loss": run_cfg.loss.name,
+        "trainer": trainer,
+        "seed": run_cfg.seed,
+        "profile": profile,
+        "experiment": experiment,
+    }
+    return "-".join(parts), [f"{k}:{v}" for k, v in tags.items() if v is not None]
+
+
+def metric_key(attack: str, eps: float | None, source: str = "white") -> str:
+    """``adv/<attack>/eps<eps>`` (``adv/transfer-<attack>/...`` for a transfer attack, ``adv/<attack>`` for an
+    unbounded one): the same key in every run, so accuracy against eps can be charted across runs."""
+    name = attack if source == "white" else f"{source}-{attack}"
+    return f"adv/{name}" if eps is None else f"adv/{name}/eps{eps:g}"
+
+
 class Tracker:
     """Logs nothing: the ``logger=none`` choice (and the base of the W&B tracker)."""
 
@@ -41,6 +73,9 @@ class Tracker:
 
     def log_image(self, key: str, path) -> None:
         """Record a figure (nothing to record without a backend)."""
+
+    def log_curves(self, key: str, curves: dict[str, list[tuple[float, float]]], title: str, x: str) -> None:
+        """Record a line plot, one line per name of ``curves`` ({name: [(x, y), ...]}) (nothing without a backend)."""
 
     def log_artifact(self, name: str, kind: str, paths, metadata: dict | None = None) -> None:
         """Record files as a versioned artifact (nothing to record without a backend)."""
@@ -99,7 +134,8 @@ class WandbTracker(Tracker):
             mode=mode,
             dir=dir,
             tags=tags or [],
-            settings=wandb.Settings(silent=True, console="off"),  # no banners in our console
+            # no banners in our console; the console's output captured for the run's Logs tab
+            settings=wandb.Settings(silent=True, console="wrap"),
             id=run_id,
             resume="allow" if run_id else None,  # one W&B run per model, resumes too
             reinit="create_new",
@@ -126,6 +162,22 @@ class WandbTracker(Tracker):
 
         self.run.log({key: wandb.Image(str(path))})
 
+    def log_curves(self, key: str, curves: dict[str, list[tuple[float, float]]], title: str, x: str) -> None:
+        import wandb
+
+        names = sorted(curves)
+        self.run.log(
+            {
+                key: wandb.plot.line_series(
+                    xs=[[p[0] for p in curves[n]] for n in names],
+                    ys=[[p[1] for p in curves[n]] for n in names],
+                    keys=names,
+                    title=title,
+                    xname=x,
+                )
+            }
+        )
+
     def log_artifact(self, name: str, kind: str, paths, metadata: dict | None = None) -> None:
         """Files as a W&B Artifact (``kind``: model, evaluation, results), e.g. a run's weights and summary."""
         import wandb
@@ -141,7 +193,13 @@ class WandbTracker(Tracker):
 
 
 def build_tracker(
-    cfg, name: str, group: str, config: dict, job_type: str = "train", run_id: str | None = None
+    cfg,
+    name: str,
+    group: str,
+    config: dict,
+    job_type: str = "train",
+    run_id: str | None = None,
+    tags: list[str] | None = None,
 ) -> Tracker:
     """``cfg`` is the ``logger`` config group: ``{name: wandb|none, mode, project, dir, ...}``."""
     if cfg is None or cfg.name == "none":
@@ -160,7 +218,7 @@ def build_tracker(
         config=config,
         mode=mode,
         dir=cfg.dir,
-        tags=list(cfg.get("tags") or []),
+        tags=[*(cfg.get("tags") or []), *(tags or [])],
         job_type=job_type,
         run_id=run_id,
     )

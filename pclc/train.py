@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pclc import progress
 from pclc.attacks.linf import HalfAdversarial, Trades
 from pclc.config import CONFIG_DIR, resolve_device, validate_data_model
 from pclc.data import build_data
@@ -36,7 +36,7 @@ from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
 from pclc.resume import CheckpointMismatchError, open_run, record_config, restore_rng, rng_state, start_state
 from pclc.store import RunDir, accel_numerics, build_model, digest, provenance, run_key, weights_digest
-from pclc.tracking import build_tracker
+from pclc.tracking import build_tracker, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +313,14 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
     mid_phase = state is not None and "optimizer" in state and start % T != 0  # keep Adam's moments
     optimizer, schedule = phase_optimizer(model, cfg.trainer, start % T, state["optimizer"] if mid_phase else None)
 
+    name, tags = run_identity(cfg)
     tracker = build_tracker(
         cfg.logger,
-        name=f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}",
-        group=cfg.get("run_group") or f"{cfg.dataset.name}-{cfg.model.name}",
+        name=name,
+        group=f"{cfg.dataset.name}-{cfg.model.name}",  # the experiment is a tag: a model serves many experiments
         config={"key": run.key, **OmegaConf.to_container(cfg, resolve=True)},
         run_id=f"train-{digest(run.key, 16)}",
+        tags=tags,
     )  # the same W&B run across resumes
     prov = provenance(device)
     t0 = time.perf_counter()
@@ -329,7 +331,9 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                 optimizer, schedule = phase_optimizer(model, cfg.trainer)
             lr = optimizer.param_groups[0]["lr"]
             te = time.perf_counter()
-            bar = _progress(train_data.num_batches(int(cfg.trainer.batch_size)), f"{run.key} epoch {epoch + 1}/{total}")
+            bar = progress.bar(
+                train_data.num_batches(int(cfg.trainer.batch_size)), f"{run.key} epoch {epoch + 1}/{total}", "batch"
+            )
             row = train_epoch(
                 model,
                 train_data,
@@ -342,8 +346,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                 accel,
             )
             schedule.step()
-            if bar is not None:
-                bar.close()
+            bar.close()
             if not math.isfinite(row["train_loss"]):
                 kept = (
                     f"the last good checkpoint (epoch {epoch}) is kept in {run.checkpoint}"
@@ -413,15 +416,6 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
         raise
     finally:
         torch.set_num_threads(threads_before)
-
-
-def _progress(total: int, desc: str):
-    """A tqdm bar on a terminal; None (plain log lines per epoch) otherwise."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
 
 
 # ------------------------------------------------------------------------------------------

@@ -96,3 +96,10 @@ def real_fmnist_root(tmp_path_factory) -> Path:
     if REQUIRE_REAL:
         pytest.fail(msg + "; PCLC_REQUIRE_REAL_DATA=1 requires it")
     pytest.skip(msg)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real-data tests are slow too: `make test-fast` (-m "not slow") leaves them to `make test`."""
+    for item in items:
+        if item.get_closest_marker("realdata") is not None:
+            item.add_marker(pytest.mark.slow)

@@ -185,6 +185,7 @@ def test_tsne_keeps_class_structure(trained):
     assert embed(feats[:5].numpy()).shape == (5, 2)  # perplexity clipped below N
 
 
+@pytest.mark.slow
 def test_tsne_with_adversarial_examples(trained, tmp_path):
     model, x, y = trained
     adv = build_attack(attack_config("fgsm"))(model, x.clone(), y, 0.1, 0)

@@ -68,6 +68,7 @@ def accuracy(model, x, y) -> float:
         return 100.0 * float((model(x).argmax(1) == y).float().mean())
 
 
+@pytest.mark.slow
 def test_advertorch_shim_is_needed_and_works():
     code = "import advertorch.attacks"
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -188,6 +189,7 @@ def test_config_params_match_the_paper():
         assert all(params[k] == v for k, v in expected.items()), name
 
 
+@pytest.mark.slow
 def test_pgd_success_grows_with_eps_and_iterative_beats_fgsm(trained):
     model, x, y = trained
     accs = [accuracy(model, attack("pgd", model, x, y, e, **SMALL["pgd"]), y) for e in (0.02, 0.05, 0.1, 0.2)]
@@ -197,6 +199,7 @@ def test_pgd_success_grows_with_eps_and_iterative_beats_fgsm(trained):
         assert accuracy(model, attack(kind, model, x, y, 0.1, **SMALL[kind]), y) <= fgsm
 
 
+@pytest.mark.slow
 def test_our_pgd_agrees_with_torchattacks(trained):
     torchattacks = pytest.importorskip("torchattacks")
     model, x, y = trained

@@ -167,6 +167,7 @@ def test_eps_sweep_extends_until_zero():
     assert out == {"eps": [0.1, 0.2, 0.4], "accuracy": [50.0, 25.0, 0.0]} and calls == [0.1, 0.2, 0.4]
 
 
+@pytest.mark.slow
 def test_masked_model_is_flagged_and_broken(ce_data, tmp_path):
     ce, x, y = ce_data
     masked = Masked(ce)
@@ -196,6 +197,7 @@ def test_masked_model_is_flagged_and_broken(ce_data, tmp_path):
     )  # margin losses break what CE attacks could not
 
 
+@pytest.mark.slow
 def test_cascade_attacks_only_survivors_and_nests_eps(ce_data, tmp_path):
     model, x, y = ce_data
     out = model_audit(model, x, y, [0.05, 0.1], tmp_path)
@@ -338,6 +340,7 @@ def _overrides(store: Path, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
     store, ce, pc = runs
     run, ref = RunDir(store, pc["key"]), RunDir(store, ce["key"])
@@ -395,6 +398,7 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
     assert "| pgd-margin | 0 / 0 |" in text and text.count("none needed (no example survived") == 2
 
 
+@pytest.mark.slow
 def test_entrypoint_config_and_report(runs, tmp_path):
     store, ce, pc = runs
     defaults = compose("audit").audit
@@ -432,6 +436,7 @@ def test_entrypoint_config_and_report(runs, tmp_path):
         au.attack_specs({**ATTACKS, "x": {"group": "strong", "attack": ATTACKS["fgsm"]["attack"]}}, 10)
 
 
+@pytest.mark.slow
 def test_any_run_of_the_store_by_key_or_path(runs, tmp_path):
     store, ce, pc = runs
     over = [o for o in _overrides(store, tmp_path / "r") if not o.startswith(("loss=", "dataset=", "model="))]

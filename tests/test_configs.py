@@ -213,6 +213,7 @@ def test_the_extra_example_of_reproduce_yaml_parses():
     assert list(cfg.extra) == ["dataset.root=/data"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("app", ["train", "evaluate", "reproduce", "audit"])
 def test_each_command_has_its_own_help(app):
     import subprocess

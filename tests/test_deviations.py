@@ -68,6 +68,7 @@ def _committed(folder):
         (folder / f"{t}.csv").write_text(f"# {t}\n# commit: abc\n# date: today\n" + df.to_csv(index=False))
 
 
+@pytest.mark.slow
 def test_deviations_list_every_cell_outside_tolerance_with_the_arms_numbers(tmp_path):
     _committed(tmp_path / "results")
     cfg = compose(
@@ -178,6 +179,7 @@ def test_an_arms_training_overrides_reach_adam_and_the_paper_protocols_key_is_un
     assert list(train_cfg(cells["ce_baseline.lr_decay", "ce"], cfg).trainer.milestones) == [25]
 
 
+@pytest.mark.slow
 def test_the_transfer_study_reports_the_substitutes_saturation(tmp_path):
     _committed(tmp_path / "results")
     cfg = compose(
@@ -537,6 +539,7 @@ def test_ours_is_the_mean_over_seeds_where_a_cell_has_seeds(tmp_path):
     assert any("over seeds" in n for n in notes)
 
 
+@pytest.mark.slow
 def test_the_survivor_analysis_counts_saturated_survivors_of_the_papers_pgd(tmp_path):
     """Issue 29, item 4: of the examples the paper's PGD at eps 0.1 leaves correct, how many have p_y == 1.0 and
     an all-zero CE gradient, from the result's own per-example records and the probe of the same weights."""

@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # fault injection: kills, signals, concurrent workers
 
 # The command under test: train PC+LC (its CE warm-up first), then evaluate it under BIM. Markers on stdout
 # say where it is; each write and each batch sleeps a little so that a kill can land inside it.

@@ -55,6 +55,7 @@ def _run(tmp, loss) -> Path:
     return next((tmp / "runs").glob(f"fake-lenet5-{loss}-s0-*"))
 
 
+@pytest.mark.slow
 def test_a_swapped_model_pt_is_refused_and_its_results_set_aside(table, tmp_path, caplog):
     tmp = _copy(table, tmp_path)
     shutil.copyfile(_run(tmp, "pclc") / "model.pt", _run(tmp, "ce") / "model.pt")
@@ -104,6 +105,7 @@ def test_a_run_of_another_protocol_never_mixes_into_a_table(table, tmp_path):
     assert "protocol: **tiny; dataset_map" in text and 'extra ["trainer.lr=0.05"]' in text
 
 
+@pytest.mark.slow
 def test_a_seeds_table_is_never_replaced_by_another_seed_set_and_keeps_its_statistics(table, tmp_path):
     """Defect 4: seeds=[1] after seeds=[0,1] is refused; a restricted rerun keeps the other cells' sd and n."""
     tmp = _copy(table, tmp_path)
@@ -120,6 +122,7 @@ def test_a_seeds_table_is_never_replaced_by_another_seed_set_and_keeps_its_stati
     pd.testing.assert_series_equal(pgd.sd.reset_index(drop=True), full[full.attack == "pgd"].sd.reset_index(drop=True))
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_two_table_writes_loses_no_cell(table, tmp_path, monkeypatch):
     """Defect 8: the CSV (what later runs keep cells from) is written first, so a kill before the markdown
     leaves every cell in the CSV, and a later restricted run keeps them."""
@@ -170,6 +173,7 @@ def test_a_store_path_with_hydra_grammar_characters_works(tmp_path):
     assert list((weird / "runs").glob("fake-lenet5-ce-s0-*/eval/*.json"))
 
 
+@pytest.mark.slow
 def test_experiment_all_keeps_restrictions_and_numbers_cells_for_a_launcher(tmp_path, capsys):
     """Issue 28, defect 6: experiment=all dropped attacks=, had no global cell index or single count, and a
     dataset_map was a Hydra parse error."""

@@ -18,6 +18,8 @@ from pclc.metrics import with_precision
 from pclc.store import RunDir, load_run
 from pclc.train import train
 
+pytestmark = pytest.mark.slow  # benchmarks at a tiny size
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["dataset=fake", "model=lenet5", "loss=ce", "logger=none", "trainer.epochs_per_phase=2"]
 

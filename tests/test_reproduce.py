@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -80,6 +81,7 @@ def test_every_experiment_has_a_smoke_case():
     assert set(cfg.experiment.experiments) <= set(EXPERIMENTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
     out = reproduce(repro_cfg(tmp_path, name, SMOKE[name], *SMOKE_OVER.get(name, [])))
@@ -130,6 +132,7 @@ def test_table_writer_has_the_papers_rows_columns_and_numbers(table):
     assert f"**50.0** ({first.accuracy:.1f}, {50.0 - first.accuracy:+.1f})" in filled
 
 
+@pytest.mark.slow
 def test_rerun_trains_and_attacks_nothing_and_rewrites_identical_tables(tmp_path, monkeypatch):
     first = reproduce(repro_cfg(tmp_path, "table1", "mnist"))
     md = Path(next(p for p in first["outputs"] if p.endswith(".md"))).read_text()
@@ -143,6 +146,7 @@ def test_rerun_trains_and_attacks_nothing_and_rewrites_identical_tables(tmp_path
     assert data(Path(next(p for p in first["outputs"] if p.endswith(".csv"))).read_text()) == data(csv)
 
 
+@pytest.mark.slow
 def test_plan_lists_cells_and_predicts_time_from_measurements(tmp_path, capsys):
     p = reproduce(repro_cfg(tmp_path, "table1", "mnist", "plan=true"))
     assert [c["label"] for c in p["cells"]] == ["mnist/lenet5/ce", "mnist/lenet5/pclc"]
@@ -158,6 +162,7 @@ def test_plan_lists_cells_and_predicts_time_from_measurements(tmp_path, capsys):
     assert "not in that figure: the audit's attacks" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_attack_restriction_runs_only_those_and_marks_the_rest_not_run(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not in suite 'table1'"):
         reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm,spsa]"))
@@ -179,6 +184,7 @@ def test_unknown_dataset_restriction_fails_before_work(tmp_path):
         reproduce(repro_cfg(tmp_path, "table4", "mnist"))
 
 
+@pytest.mark.slow
 def test_fan_out_with_submitit_local_then_assemble(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -232,6 +238,7 @@ def test_fan_out_with_submitit_local_then_assemble(tmp_path):
     assert "not run" not in md and re.search(r"\*\*\d+\.\d\*\*", md)
 
 
+@pytest.mark.slow
 def test_audit_of_some_methods_says_so_in_its_title(tmp_path):
     out = reproduce(repro_cfg(tmp_path, "audit", "fmnist", "experiment.methods=[ce,pclc]"))
     md = Path(next(p for p in out["outputs"] if p.endswith(".md"))).read_text()
@@ -240,6 +247,7 @@ def test_audit_of_some_methods_says_so_in_its_title(tmp_path):
     assert "<details><summary>resolved config</summary>" in md and "- pclc\n" in md  # the reproduce config
 
 
+@pytest.mark.slow
 def test_a_restricted_run_never_drops_numbers_results_holds(tmp_path):
     """A fresh store (a fresh clone) rewriting a committed table with fewer attacks or another dataset keeps
     the committed cells, marked as kept with the old file's provenance."""
@@ -262,12 +270,14 @@ def test_a_restricted_run_never_drops_numbers_results_holds(tmp_path):
     assert set(other.dataset) == {"mnist", "kmnist"} and (other[other.dataset == "mnist"].status != "not run").all()
 
 
+@pytest.mark.slow
 def test_tables_put_the_reader_first_and_the_config_last(tmp_path):
     out = reproduce(repro_cfg(tmp_path, "demo", "fmnist"))
     md = Path(next(p for p in out["outputs"] if p.endswith(".md"))).read_text()
     assert md.index("- commit:") < md.index("| attack |") < md.index("<details><summary>resolved config")
 
 
+@pytest.mark.slow
 def test_summary_lists_every_paper_cell_with_its_source(tmp_path):
     from pclc.summary import write
 
@@ -281,6 +291,7 @@ def test_summary_lists_every_paper_cell_with_its_source(tmp_path):
     assert f"## table1: {len(ran)} of {len(table1)} cells run" in text and "not run: cifar10/vgg13" in text
 
 
+@pytest.mark.slow
 def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
     reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]"))  # the seed-0 table
     seed0 = (tmp_path / "results" / "tiny" / "table1.csv").read_text()
@@ -380,6 +391,7 @@ def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path
     }  # white-box only: transfer files are not PGD's cost
 
 
+@pytest.mark.slow
 def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
     from pclc.plan import CostModel, _transfer_seconds, plan_items
 
@@ -404,6 +416,7 @@ def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
     assert len([k for k in work if k[0] == "eval"]) == n_eps
 
 
+@pytest.mark.slow
 def test_plan_counts_a_shared_warm_up_once_and_costs_epochs_at_their_batch_size(tmp_path):
     from pclc.plan import CostModel, plan_items
 
@@ -438,3 +451,31 @@ def test_autoattack_covers_every_model_of_the_result_set_with_the_deviations_rec
     arm = [c for c in cells if c.arm == "ce_baseline.gce_recipe"]
     assert {(c.method, c.seed) for c in arm} == {(m, s) for m in ("ce", "pclc") for s in recipe.seeds}
     assert all(c.train_extra == tuple(recipe.train) for c in arm)
+
+
+@pytest.mark.slow
+def test_reproduce_announces_every_cell_with_its_prediction_and_eta(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pclc.reproduce"):
+        reproduce(repro_cfg(tmp_path, "table1", "mnist"))  # nothing measured yet: unknown
+    cells = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cell ")]
+    assert [c.split(":")[0] for c in cells] == ["cell 1/2 mnist/lenet5/ce", "cell 2/2 mnist/lenet5/pclc"]
+    assert all("unknown" in c for c in cells)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pclc.reproduce"):  # new seeds: predicted from the store's costs
+        reproduce(repro_cfg(tmp_path, "table1", "mnist", "seeds=[1]"))
+    cells = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cell ")]
+    assert len(cells) == 2 and all("predicted " in c and "ETA for the rest" in c for c in cells), cells
+    assert "this machine's pace so far" in cells[1]
+
+
+@pytest.mark.slow
+def test_demo_prints_the_table_the_protocol_line_and_the_files_only(tmp_path, capsys):
+    out = reproduce(repro_cfg(tmp_path, "demo", "fmnist"))  # demo.yaml sets show=true
+    lines = capsys.readouterr().out.strip().splitlines()
+    table = [ln for ln in lines if ln.startswith("|")]
+    assert table[0].startswith("| attack") and len(table) == len(lines) - 2  # the table, then two lines
+    assert lines[-2].startswith("profile tiny, NOT the paper's protocol: ")
+    assert "trainer.epochs_per_phase 1 (paper: " in lines[-2] and "eval.subset 20 (paper: off)" in lines[-2]
+    assert "eval.param_overrides.pgd.nb_iter 2 (paper: off)" in lines[-2] and "cw" not in lines[-2]  # its attacks
+    assert "Expect PC+LC tens of points from the paper" in lines[-2]
+    assert lines[-1] == "files: " + ", ".join(out["outputs"])

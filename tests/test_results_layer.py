@@ -66,6 +66,7 @@ def store(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_a_store_reads_as_one_flat_record_per_result_file(store):
     df = read_store(store / "runs")
     files = sorted((store / "runs").glob("*/eval/*.json"))

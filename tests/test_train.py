@@ -221,6 +221,7 @@ def _run_cli(args, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_multirun_makes_one_run_per_loss(tmp_path):
     r = _run_cli(["-m", "dataset=fake", "loss=ce,gce,pclc", "logger=none", "trainer.epochs_per_phase=1"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -228,6 +229,7 @@ def test_multirun_makes_one_run_per_loss(tmp_path):
     assert sorted(s["loss"] for s in summaries) == ["ce", "gce", "pclc"]
 
 
+@pytest.mark.slow
 def test_multirun_failure_does_not_stop_the_other_jobs(tmp_path):
     r = _run_cli(["-m", "dataset=fake", "model=vgg13,lenet5", "logger=none", "trainer.epochs_per_phase=1"], tmp_path)
     assert r.returncode != 0 and "1 job(s) of the sweep failed" in r.stderr
@@ -360,6 +362,7 @@ def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budge
     assert [row[3] for row in table["data"]] == [0.1, 0.2]
 
 
+@pytest.mark.slow
 def test_wandb_offline_is_quiet_with_one_sync_hint(tmp_path):
     env = {**os.environ, "PCLC_RUNS": str(tmp_path / "runs")}
     env.pop("WANDB_MODE", None)

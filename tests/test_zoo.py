@@ -50,6 +50,7 @@ def exported(tmp_path_factory):
     return tmp, out
 
 
+@pytest.mark.slow
 def test_export_writes_safetensors_and_a_manifest_entry_per_run(exported):
     tmp, out = exported
     models = zoo.read_manifest(tmp / "zoo")
@@ -144,6 +145,7 @@ def test_a_url_entry_whose_hash_differs_is_refused_and_discarded(exported, tmp_p
     assert not list((tmp_path / "cache").iterdir())  # nothing kept
 
 
+@pytest.mark.slow
 def test_from_zoo_rebuilds_the_table_without_training(exported, tmp_path, monkeypatch):
     """A fresh store and out_dir: make table3 FROM=zoo trains nothing and gives the same table."""
     import pclc.train as train_mod
@@ -201,6 +203,7 @@ def test_every_committed_zoo_model_has_its_manifest_accuracy_on_real_fmnist(entr
     assert acc == pytest.approx(entry["clean_accuracy"], abs=0.05)
 
 
+@pytest.mark.slow
 def test_verify_records_on_one_machine_and_compares_on_another(exported, tmp_path):
     """--record stores the reference numbers; a later verify reports the difference against them (0 here, the
     same machine), and a manifest number that differs shows as the largest difference."""

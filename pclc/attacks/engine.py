@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pclc.metrics import MIN_ROWS, PROBE_ROWS, default_chunk, forward_rows_independent, row_blocks  # noqa: F401
+from pclc.progress import bar
 
 _ONE_MINUS_EPS = 0.999999  # advertorch's C&W constants
 _TARGET_MULT = 10000.0
@@ -180,7 +181,9 @@ def cw_l2(
     free = rows_independent(model, x, y, chunk)
     blocks = row_blocks(n, chunk if free else None)
     check_every = max_iterations // 10 or 1
+    search = bar(binary_search_steps, "C&W search steps", unit="step", nested=True)  # under the cell's bar
     for outer in range(binary_search_steps):
+        search.update(1)
         delta = torch.nn.Parameter(torch.zeros_like(x))
         opt = torch.optim.Adam([delta], lr=learning_rate)
         cur_l2 = torch.full((n,), _L2_UPPER, dtype=torch.float32, device=x.device)
@@ -254,4 +257,6 @@ def cw_l2(
         lower = torch.where(won, lower, torch.maximum(lower, const))
         bounded = upper < _UPPER_CHECK
         const = torch.where(bounded, (lower + upper) / 2, torch.where(won, const, const * 10))
+        search.set_postfix(succeeded=int((best_l2 < _L2_UPPER).sum()), refresh=False)
+    search.close()
     return best
