@@ -131,6 +131,8 @@ EVAL_COLUMNS = [
     "n",
     "clean_accuracy",
     "adv_accuracy",
+    "seconds",
+    "device",
     "file",
 ]
 
@@ -157,6 +159,8 @@ def evaluations(cfg: DictConfig) -> pd.DataFrame:
                     "n": r["n"],
                     "clean_accuracy": r["clean_accuracy"],
                     "adv_accuracy": r["accuracy"],
+                    "seconds": r["seconds"],
+                    "device": r["device"],
                     "file": r["file"],
                 }
             )
@@ -318,6 +322,16 @@ def check_table_file(cfg: DictConfig) -> None:
         )
 
 
+def evaluated_on_notes(ev: pd.DataFrame) -> list[str]:
+    """Which machine computed the table's attacks, and for how long (each evaluation file's own record): the
+    time a reader needs to recompute the table from the zoo's weights on such a machine."""
+    lines = []
+    for device, part in ev.groupby(ev.device.fillna("device not recorded"), sort=True):
+        minutes = part.seconds.fillna(0).sum() / 60
+        lines.append(f"attacks computed on: {device} ({len(part)} result files, {minutes:.1f} min of attack time)")
+    return lines
+
+
 def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     """``<out_dir>/<experiment>.{md,csv}``: the paper's table with ours beside it, headed by provenance. The
     CSV (what a later restricted run keeps cells from) is written before the markdown, under a lock."""
@@ -343,6 +357,7 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
                 "runs: " + "; ".join(f"`{k}` → run `{v}`" for k, v in runs.items()),
                 *substitute_notes(cfg),
                 *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
+                *evaluated_on_notes(evaluations(cfg)),
                 *([kept] if kept else []),
                 *(
                     [

@@ -161,8 +161,8 @@ def crafted_groups(substitute: RunDir, stem: str) -> int:
 # ------------------------------------------------------------------------------------------
 RECORD_COLUMNS = [
     "run", "dataset", "model", "loss", "adversarial", "seed", "attack", "kind", "source", "eps", "budget",
-    "subset", "precision", "n", "clean_accuracy", "accuracy", "max_linf", "seconds", "weights", "substitute",
-    "file",
+    "subset", "precision", "n", "clean_accuracy", "accuracy", "max_linf", "seconds", "device", "weights",
+    "substitute", "file",
 ]  # fmt: skip
 
 
@@ -187,6 +187,7 @@ def _record(r: dict[str, Any], f: Path, run_config: dict) -> dict[str, Any]:
         "accuracy": r.get("adv_accuracy"),
         "max_linf": r.get("max_linf"),
         "seconds": r.get("seconds"),
+        "device": r.get("device"),  # the machine that evaluated (the zoo's manifest names the one that trained)
         "weights": r.get("weights"),
         "substitute": r.get("substitute"),
         "file": str(f),

@@ -92,6 +92,10 @@ def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
     if compose("reproduce", [f"experiment={name}"]).experiment.kind == "table":
         csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
         assert (csv.status == "run").all()  # every paper cell of the restricted table was computed
+        # the machine that computed the attacks and their time: what recomputing from the zoo costs
+        assert re.search(
+            r"- attacks computed on: cpu \(.*\) \(\d+ result files, [\d.]+ min of attack time\)", text[".md"]
+        )
         assert csv.ours.between(0, 100).all() and (csv.ours.round(2) == csv.ours).all()  # 0.01: one example in 10k
         substitutes = [ln for ln in text[".md"].splitlines() if ln.startswith("- substitute for")]
         if name == "table3":  # the transfer attacks' source is named, trained, with its accuracy
