@@ -109,7 +109,6 @@ SMALL = {
     "apgd": {"loss": "ce", "nb_iter": 10, "restarts": 1},
     "apgdt": {"nb_iter": 5, "restarts": 1, "targets": 2},
     "square": {"queries": 200, "restarts": 1},
-    "autoattack": {"steps": 5, "targets": 2, "queries": 50},
     "transfer-pgd": {"nb_iter": 10, "rel_eps_iter": 0.25},
     "autoattack-ref": {"version": "custom", "nb_iter": 5, "targets": 2, "queries": 50},
 }

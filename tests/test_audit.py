@@ -42,9 +42,10 @@ TINY = [
     "audit.attacks.apgdt.attack.nb_iter=4",
     "audit.attacks.apgdt.attack.targets=2",
     "audit.attacks.square.attack.queries=20",
-    "audit.attacks.autoattack.attack.steps=4",
-    "audit.attacks.autoattack.attack.targets=2",
-    "audit.attacks.autoattack.attack.queries=20",
+    "audit.attacks.autoattack.attack.version=custom",
+    "+audit.attacks.autoattack.attack.nb_iter=4",
+    "+audit.attacks.autoattack.attack.targets=2",
+    "+audit.attacks.autoattack.attack.queries=20",
     "audit.attacks.transfer-pgd.attack.nb_iter=5",
     "audit.attacks.transfer-pgd.attack.rel_eps_iter=0.5",
 ]

@@ -211,33 +211,6 @@ def square(model, x, y, eps, seed, queries: int, restarts: int):
         return project(atk(x, y), x, eps)
 
 
-@register_attack(
-    "autoattack",
-    bounded=True,
-    passes=lambda p: float(p["steps"]) * (1 + 2 * p["targets"]) + float(p["queries"]) / 2,
-    requires=("torchattacks",),
-)
-def autoattack(model, x, y, eps, seed, steps: int = 100, targets: int = 9, queries: int = 5000):
-    """AutoAttack "standard" (Croce & Hein 2020) at its published budgets: APGD-CE, APGD-T and FAB-T (100 steps,
-    the 9 most likely wrong classes) and Square (5,000 queries), each on what the ones before left robust.
-    Built from torchattacks' attacks because its ``AutoAttack`` class (3.5.1) runs them at 10 steps."""
-    ta, k = _torchattacks(), _num_classes(model, x)
-    common = {"norm": "Linf", "eps": float(eps), "seed": int(seed)}
-    apgdt = ta.APGDT(model, steps=int(steps), n_restarts=1, n_classes=k, **common)
-    fab = ta.FAB(model, steps=int(steps), n_restarts=1, multi_targeted=True, n_classes=k, **common)
-    apgdt.n_target_classes = fab.n_target_classes = min(int(targets), k - 1)
-    ensemble = ta.MultiAttack(
-        [
-            ta.APGD(model, steps=int(steps), n_restarts=1, loss="ce", **common),
-            apgdt,
-            fab,
-            ta.Square(model, n_queries=int(queries), n_restarts=1, **common),
-        ]
-    )
-    with seeded(seed, x.device):
-        return project(ensemble(x, y), x, eps)
-
-
 @register_attack("transfer-pgd", bounded=True, passes=lambda p: float(p["nb_iter"]), runtime=("source", "cache_dir"))
 def transfer_pgd(model, x, y, eps, seed, nb_iter: int, rel_eps_iter: float, source=None, cache_dir: Path | None = None):
     """CE-PGD crafted on ``source`` (its last iterate), to be evaluated on ``model``.
