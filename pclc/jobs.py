@@ -19,9 +19,40 @@ log = logging.getLogger(__name__)
 
 
 class ReportFailures(Callback):
-    """After a multirun, list the jobs that failed (each recorded by ``run_job``) and exit non-zero."""
+    """After a multirun: a line per job (its overrides, run and accuracy) so that a sweep ends with its summary,
+    then the jobs that failed (each recorded by ``run_job``) and a non-zero exit. Each job writes its line to the
+    sweep folder, so the summary holds with launchers that run jobs in other processes."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        hc = config.get("hydra")
+        if hc is None or hc.mode != RunMode.MULTIRUN:
+            return
+        from pclc.files import atomic_write_json
+
+        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        value = value if isinstance(value, dict) else {}
+        atomic_write_json(
+            Path(hc.sweep.dir) / "summary" / f"job{hc.job.num}.json",
+            {
+                "job": int(hc.job.num),
+                "overrides": list(hc.overrides.task),
+                "run": value.get("key") or value.get("run"),
+                "accuracy": value.get("test_accuracy", value.get("clean_accuracy")),
+                "failed": bool(value.get("failed")) or value == {},
+            },
+        )
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        jobs = Path(config.hydra.sweep.dir) / "summary"
+        lines = sorted((json.loads(f.read_text()) for f in jobs.glob("job*.json")), key=lambda d: d["job"])
+        if lines:
+            print(f"sweep of {len(lines)} jobs ({config.hydra.sweep.dir}):")
+            for d in lines:
+                acc = "failed" if d["failed"] else ("-" if d["accuracy"] is None else f"{d['accuracy']:.2f}%")
+                print(f"  job {d['job']}: {' '.join(d['overrides'])} -> {acc}" + (f" ({d['run']})" if d["run"] else ""))
         folder = Path(config.hydra.sweep.dir) / "failures"
         failures = sorted(folder.glob("job*.json")) if folder.exists() else []
         if failures:

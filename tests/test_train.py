@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -227,6 +228,11 @@ def test_multirun_makes_one_run_per_loss(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
     assert sorted(s["loss"] for s in summaries) == ["ce", "gce", "pclc"]
+    # the sweep ends with its summary: a line per job with its run and accuracy
+    jobs = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("job ")]
+    assert len(jobs) == 3 and "sweep of 3 jobs" in r.stdout, r.stdout[-2000:]
+    for s in summaries:
+        assert any(f"loss={s['loss']}" in j and f"{s['test_accuracy']:.2f}%" in j and s["key"] in j for j in jobs)
 
 
 @pytest.mark.slow
@@ -236,6 +242,9 @@ def test_multirun_failure_does_not_stop_the_other_jobs(tmp_path):
     assert [json.loads(p.read_text())["model"] for p in (tmp_path / "runs").glob("*/summary.json")] == ["lenet5"]
     failure = json.loads((tmp_path / "sweep" / "failures" / "job0.json").read_text())
     assert "model=vgg13" in failure["overrides"] and "vgg13" in failure["error"]
+    assert re.search(r"job 0: .*model=vgg13.* -> failed", r.stdout) and re.search(
+        r"job 1: .*model=lenet5.* -> \d", r.stdout
+    )
 
 
 @pytest.mark.realdata
