@@ -183,7 +183,6 @@ def cw_l2(
     check_every = max_iterations // 10 or 1
     search = bar(binary_search_steps, "C&W search steps", unit="step", nested=True)  # under the cell's bar
     for outer in range(binary_search_steps):
-        search.update(1)
         delta = torch.nn.Parameter(torch.zeros_like(x))
         opt = torch.optim.Adam([delta], lr=learning_rate)
         cur_l2 = torch.full((n,), _L2_UPPER, dtype=torch.float32, device=x.device)
@@ -258,5 +257,6 @@ def cw_l2(
         bounded = upper < _UPPER_CHECK
         const = torch.where(bounded, (lower + upper) / 2, torch.where(won, const, const * 10))
         search.set_postfix(succeeded=int((best_l2 < _L2_UPPER).sum()), refresh=False)
+        search.update(1)
     search.close()
     return best
