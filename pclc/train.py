@@ -34,6 +34,7 @@ from pclc.inputs import seed, whole
 from pclc.locks import held, lock_path
 from pclc.losses import build_loss
 from pclc.metrics import clean_metrics
+from pclc.monitor import RobustMonitor
 from pclc.resume import CheckpointMismatchError, open_run, record_config, restore_rng, rng_state, start_state
 from pclc.store import RunDir, accel_numerics, build_model, digest, provenance, run_key, weights_digest
 from pclc.tracking import build_tracker, run_identity
@@ -63,6 +64,7 @@ def validate(cfg: DictConfig) -> None:
     if not 0 < float(t.gamma) <= 1:
         raise ValueError(f"trainer.gamma must be in (0, 1], got {t.gamma}")
     build_adversary(t)
+    RobustMonitor(cfg)
     if list(t.milestones) != sorted(int(m) for m in t.milestones):
         raise ValueError(f"trainer.milestones must be increasing integers, got {list(t.milestones)}")
 
@@ -293,6 +295,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
     torch.manual_seed(int(cfg.seed))
     generator = torch.Generator().manual_seed(int(cfg.seed))  # shuffling and augmentation
     train_data, test_data = build_data(cfg.dataset, device)
+    monitor = RobustMonitor(cfg).on(test_data)
     model = build_model(cfg.model).to(device)
     accel = Accel.build(cfg.get("accel"), model, device)
     state, warmup_from = start_state(
@@ -365,6 +368,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                 **row,
                 "test_accuracy": clean["accuracy"],
                 "prob_gap": clean["prob_gap"],
+                **monitor(model, epoch + 1),
                 "seconds": time.perf_counter() - te,
             }
             metrics.append(row)
@@ -382,7 +386,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                 atomic_torch_save(ckpt, run.warmup)
             atomic_torch_save(ckpt, run.checkpoint)
             atomic_write_json(run.metrics, metrics)
-            tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            tracker.log({k: v for k, v in row.items() if k not in ("epoch", "robust_attack")}, step=epoch + 1)
             # every epoch line goes to the log (train.log too), also when a bar showed the batches
             log.info(
                 "%s epoch %d/%d phase %d loss %.4f train %.2f%% test %.2f%% gap %.3f (%.1fs)",
@@ -396,6 +400,10 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                 row["prob_gap"],
                 row["seconds"],
             )
+            if "robust_accuracy" in row:
+                log.info(
+                    "%s epoch %d robust %.2f%% (%s)", run.key, epoch + 1, row["robust_accuracy"], row["robust_attack"]
+                )
         if stop < total:
             tracker.finish(0)
             return unfinished

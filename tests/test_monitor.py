@@ -1,0 +1,47 @@
+"""Robust accuracy during training (issue 31's learning curve): measured per epoch, changing no weight."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pclc.config import compose
+from pclc.store import run_key
+from pclc.train import train
+
+BASE = ["dataset=fake", "model=lenet5", "loss=pclc", "logger=none", "trainer.epochs_per_phase=2"]
+
+
+def test_a_monitored_run_has_the_same_key_and_weights_and_a_robust_curve(tmp_path):
+    plain = compose("train", [*BASE, f"store={tmp_path / 'a'}"])
+    watched = compose("train", [*BASE, f"store={tmp_path / 'b'}", "monitor.attack=pgd10", "monitor.subset=64"])
+    assert run_key(plain) == run_key(watched)  # not part of the run's identity
+    a, b = train(plain), train(watched)
+    wa = torch.load(Path(a["path"]) / "model.pt", weights_only=True)
+    wb = torch.load(Path(b["path"]) / "model.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the attacks ran in a forked RNG: the same training
+    rows = json.loads((Path(b["path"]) / "metrics.json").read_text())
+    assert [r["robust_attack"] for r in rows] == ["pgd10@0.1"] * 4  # the dataset's smallest eps, every epoch
+    assert all(0 <= r["robust_accuracy"] <= 100 for r in rows)
+    assert "robust_accuracy" not in json.loads((Path(a["path"]) / "metrics.json").read_text())[0]
+
+
+def test_the_training_eps_and_every_are_used(tmp_path):
+    cfg = compose(
+        "train",
+        [*BASE, "loss=ce", "trainer=pgd_at", "trainer.epochs_per_phase=1", f"store={tmp_path}"]
+        + ["monitor.attack=fgsm", "monitor.subset=32", "monitor.every=2", "dataset.subset.train=64"],
+    )
+    rows = json.loads((Path(train(cfg)["path"]) / "metrics.json").read_text())
+    assert ["robust_attack" in r for r in rows] == [False, True] and rows[1]["robust_attack"] == "fgsm@0.1"
+
+
+@pytest.mark.parametrize("bad", ["monitor.attack=nope", "monitor.every=0", "monitor.subset=1.5", "monitor.eps=2"])
+def test_a_bad_monitor_is_refused_before_any_work(tmp_path, bad):
+    cfg = compose("train", [*BASE, f"store={tmp_path}", "monitor.attack=pgd10", bad])
+    with pytest.raises(ValueError):
+        train(cfg)
+    assert not (tmp_path / run_key(cfg)).exists()
