@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints lint format test test-fast clean demo plan bench summary cw-budget baselines audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints lint format test test-fast clean demo plan bench summary cw-budget learning-curve baselines audit audit-run verify-zoo gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
 # With LAUNCHER=pclc_slurm each cell's time limit is the planner's (stage=timeout; BENCH=<bench json of the GPU nodes>).
+comma := ,
 DATASETS ?=## only these datasets, e.g. DATASETS=fmnist or mnist,fmnist (default: the experiment's)
 ATTACKS  ?=## only these attack configs of the suite, e.g. ATTACKS=fgsm,pgd (tables mark the rest "not run")
 PROFILE  ?= full## full (the paper's protocol) | quick (minutes; titled so) | tiny (smoke tests)
@@ -106,6 +107,9 @@ summary: $(STAMP) ## Every paper cell in one file: results/SUMMARY.md and figure
 	$(BIN)/python -m pclc.summary
 cw-budget: $(STAMP) ## C&W beside its budget: median L2/Linf of its successes, accuracy vs L2 -> results/cw_budget.*
 	$(BIN)/python -m pclc.cw_budget
+
+learning-curve: $(STAMP) ## Learning curves (test and robust accuracy per epoch): make learning-curve RUNS=<key>,<key> NAME=pgd_at
+	$(BIN)/python -m pclc.learning_curve $(foreach r,$(subst $(comma), ,$(RUNS)),--run $(r)) --name $(NAME)
 
 bench: $(STAMP) ## Benchmark ours vs reference: results/bench-<device>.*, and the FMNIST Table 1 column (needs its runs)
 	$(BIN)/python scripts/bench.py

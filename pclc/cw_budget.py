@@ -15,7 +15,7 @@ import torch
 
 from pclc.analysis.budget import broken_norms, budget_curve, median
 from pclc.files import atomic_savefig, atomic_write_text
-from pclc.headers import csv_header, header, trained_on_notes
+from pclc.headers import csv_header, header, markdown_table, trained_on_notes
 from pclc.results import read_result, read_store
 from pclc.store import RunDir, provenance
 
@@ -58,15 +58,6 @@ def collect(store: Path | str, budgets=BUDGETS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    head = "| " + " | ".join(df.columns) + " |"
-    rows = [
-        "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else f"{v}" for v in r) + " |"
-        for r in df.itertuples(index=False)
-    ]
-    return "\n".join([head, "|" + "---|" * len(df.columns), *rows])
-
-
 def _figure(df: pd.DataFrame, budgets, path: Path, prov: dict) -> None:
     import matplotlib
 
@@ -98,7 +89,7 @@ def write(store: Path | str, out: Path | str, budgets=BUDGETS) -> list[Path]:
     ]
     atomic_write_text(csv, csv_header(TITLE, prov, "full", {"store": str(store), "budgets": list(budgets)}, md.name)
                       + df.to_csv(index=False))  # fmt: skip
-    table = _markdown(df) if len(df) else "No C&W result with per-example norms in the store yet."
+    table = markdown_table(df) if len(df) else "No C&W result with per-example norms in the store yet."
     atomic_write_text(md, header(TITLE, prov, "full", notes=notes) + table + "\n")
     paths = [md, csv]
     if len(df):

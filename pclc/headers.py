@@ -97,3 +97,17 @@ def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md
 def csv_provenance(path: Path) -> dict[str, str]:
     """The ``# key: value`` lines a results CSV opens with (:func:`csv_header`): command, commit, date, ..."""
     return dict(ln[2:].split(": ", 1) for ln in path.read_text().splitlines() if ln.startswith("# ") and ": " in ln)
+
+
+def markdown_table(df) -> str:
+    """A data frame as a markdown table (floats to 2 decimals; empty cells for missing values)."""
+    import math
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return f"{v:.2f}" if isinstance(v, float) else f"{v}"
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join([head, "|" + "---|" * len(df.columns), *rows])

@@ -45,3 +45,19 @@ def test_a_bad_monitor_is_refused_before_any_work(tmp_path, bad):
     with pytest.raises(ValueError):
         train(cfg)
     assert not (tmp_path / run_key(cfg)).exists()
+
+
+def test_the_learning_curve_reads_the_metrics_and_names_the_best_epoch(tmp_path):
+    from pclc.learning_curve import write
+
+    cfg = compose("train", [*BASE, f"store={tmp_path / 'runs'}", "monitor.attack=fgsm", "monitor.subset=32"])
+    key = train(cfg)["key"]
+    rows = json.loads((tmp_path / "runs" / key / "metrics.json").read_text())
+    md, csv, png = write(tmp_path / "runs", [key], tmp_path / "results", "demo")
+    assert png.stat().st_size > 0 and md.name == "demo.md" and csv.parent.name == "learning_curve"
+    best = max(rows, key=lambda r: r["robust_accuracy"])  # the first of equals, as idxmax
+    text = md.read_text()
+    assert f"| {key} | robust_accuracy (fgsm@0.1) | {best['epoch']} | {best['robust_accuracy']:.2f} | 4 |" in text
+    assert "weights trained on:" in text
+    with pytest.raises(ValueError, match="no metrics.json for run nope"):
+        write(tmp_path / "runs", ["nope"], tmp_path / "results", "x")
