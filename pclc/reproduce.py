@@ -67,6 +67,8 @@ def run_cells(cells: list[Job], cfg: DictConfig) -> list[dict[str, Any]]:
         if predicted[k]:  # a finished cell (predicted 0) says nothing about the pace
             measured += time.perf_counter() - t0
             done_predicted += predicted[k]
+        if any(p is None for p in predicted[k + 1 :]):  # the store now holds measurements: plan the rest again
+            predicted = predicted[: k + 1] + cell_seconds(cfg)[k + 1 :]
     return results
 
 
