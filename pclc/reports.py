@@ -328,7 +328,10 @@ def evaluated_on_notes(ev: pd.DataFrame) -> list[str]:
     lines = []
     for device, part in ev.groupby(ev.device.fillna("device not recorded"), sort=True):
         minutes = part.seconds.fillna(0).sum() / 60
-        lines.append(f"attacks computed on: {device} ({len(part)} result files, {minutes:.1f} min of attack time)")
+        lines.append(
+            f"attacks computed on: {device} ({len(part)} result files, {minutes:.1f} min of attack time: wall "
+            "clock as each file recorded it, longer where the machine was shared)"
+        )
     return lines
 
 

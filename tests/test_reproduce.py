@@ -94,7 +94,7 @@ def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
         assert (csv.status == "run").all()  # every paper cell of the restricted table was computed
         # the machine that computed the attacks and their time: what recomputing from the zoo costs
         assert re.search(
-            r"- attacks computed on: cpu \(.*\) \(\d+ result files, [\d.]+ min of attack time\)", text[".md"]
+            r"- attacks computed on: cpu \(.*\) \(\d+ result files, [\d.]+ min of attack time: wall clock", text[".md"]
         )
         assert csv.ours.between(0, 100).all() and (csv.ours.round(2) == csv.ours).all()  # 0.01: one example in 10k
         substitutes = [ln for ln in text[".md"].splitlines() if ln.startswith("- substitute for")]
