@@ -71,6 +71,8 @@ def combine(paper: pd.DataFrame, ours: dict[tuple[str, str, str, str], float | l
     pi = [None if v is None else seed_interval(v) for v in vals]
     out["pi95"] = [None if w is None else round(w, 2) for w in pi]
     out["in_pi95"] = [None if w is None else bool(abs(d) <= w) for w, d in zip(pi, out["diff"])]
+    # every seed's own number, in the cells' order (seed 0 first): what a claim "at every seed" is checked against
+    out["per_seed"] = [";".join(f"{x:.2f}" for x in v) if v is not None and len(v) > 1 else None for v in vals]
     return out
 
 

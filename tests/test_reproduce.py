@@ -319,6 +319,7 @@ def test_several_seeds_give_mean_sd_and_interval_per_cell(tmp_path):
     assert cell.ci95 == pytest.approx(12.706 * cell.sd / 2**0.5, abs=0.02)  # t(0.975, 1 df)
     assert cell.pi95 == pytest.approx(12.706 * cell.sd * 1.5**0.5, abs=0.02)  # one more seed: sqrt(1 + 1/2)
     assert bool(cell.in_pi95) == (abs(cell["diff"]) <= cell.pi95)
+    assert cell.per_seed == ";".join(f"{v:.2f}" for v in per_seed)  # every seed's own number, seed 0 first
     md = (tmp_path / "results" / "tiny" / "seeds" / "table1.md").read_text()
     lo, hi = (
         max(0.0, cell.ours - cell.pi95),
