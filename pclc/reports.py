@@ -169,12 +169,13 @@ def evaluations(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 
-def collect_table(cfg: DictConfig) -> pd.DataFrame:
+def collect_table(cfg: DictConfig, ev: pd.DataFrame | None = None) -> pd.DataFrame:
     """Our numbers for every paper cell of the table, from the store (nothing is run): clean accuracy is the
-    run's final test accuracy on the full test set, else the evaluations' (on the subset)."""
+    run's final test accuracy on the full test set, else the evaluations' (on the subset). ``ev``: the
+    experiment's evaluations when the caller has read them already."""
     exp = cfg.experiment
     rows = table_rows(exp.table, list(cfg.datasets) if cfg.get("datasets") else None, exp.get("attacks"))
-    ev = evaluations(cfg)
+    ev = evaluations(cfg) if ev is None else ev
     ours: dict[tuple[str, str, str, str], list[float]] = {}
     for cell in experiment_cells(cfg):
         ec = eval_cfg(cell, cfg, exp.suite)
@@ -347,7 +348,8 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
     md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
     check_table_file(cfg)
     with held(folder / f".{exp.name}.lock", f"results table {csv}"):
-        df, kept = keep_previous(collect_table(cfg), csv, exp.table, exp.get("attacks"))
+        ev = evaluations(cfg)  # read once: the table's numbers and the machine line come from the same files
+        df, kept = keep_previous(collect_table(cfg, ev), csv, exp.table, exp.get("attacks"))
         prov = provenance(resolve_device(cfg.device))
         protocol = protocol_of(cfg)
         title = f"{exp.title}" + ("" if protocol == "full" else f" — {protocol}, NOT the paper's protocol")
@@ -362,7 +364,7 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
                 "runs: " + "; ".join(f"`{k}` → run `{v}`" for k, v in runs.items()),
                 *substitute_notes(cfg),
                 *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
-                *evaluated_on_notes(evaluations(cfg)),
+                *evaluated_on_notes(ev),
                 *([kept] if kept else []),
                 *(
                     [
