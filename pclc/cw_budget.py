@@ -37,13 +37,12 @@ def collect(store: Path | str, budgets=BUDGETS) -> pd.DataFrame:
             continue  # computed before per-example norms were recorded: rerun the cell to include it
         args = (rec["label"], rec["clean_pred"], rec["adv_pred"])
         l2, linf = broken_norms(*args, rec["l2"]), broken_norms(*args, rec["linf"])
-        method = f"{r.loss}+at" if r.adversarial else r.loss
         rows.append(
             {
                 "run": r.run,
                 "dataset": r.dataset,
                 "model": r.model,
-                "method": method,
+                "method": r.method,
                 "seed": r.seed,
                 "attack": r.attack,
                 "budget": r.budget,

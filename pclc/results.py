@@ -160,10 +160,16 @@ def crafted_groups(substitute: RunDir, stem: str) -> int:
 # Reading: one flat record per result
 # ------------------------------------------------------------------------------------------
 RECORD_COLUMNS = [
-    "run", "dataset", "model", "loss", "adversarial", "seed", "attack", "kind", "source", "eps", "budget",
+    "run", "dataset", "model", "loss", "adversarial", "method", "seed", "attack", "kind", "source", "eps", "budget",
     "subset", "precision", "n", "clean_accuracy", "accuracy", "max_linf", "seconds", "device", "weights",
     "substitute", "file",
 ]  # fmt: skip
+
+
+def method_of(run_config) -> str:
+    """The paper's name for a run's method (a training config, dict or DictConfig): its loss, with ``+at`` when
+    adversarially trained (Table 5)."""
+    return run_config["loss"]["name"] + ("+at" if (run_config.get("trainer") or {}).get("adversarial") else "")
 
 
 def _record(r: dict[str, Any], f: Path, run_config: dict) -> dict[str, Any]:
@@ -173,7 +179,8 @@ def _record(r: dict[str, Any], f: Path, run_config: dict) -> dict[str, Any]:
         "dataset": (run_config.get("dataset") or {}).get("name"),
         "model": (run_config.get("model") or {}).get("name"),
         "loss": (run_config.get("loss") or {}).get("name"),
-        "adversarial": None if not adv else adv.get("attack"),
+        "adversarial": None if not adv else adv.get("attack"),  # NaN, not None, in a frame beside a string
+        "method": method_of(run_config) if run_config.get("loss") else None,
         "seed": run_config.get("seed"),
         "attack": r.get("attack"),
         "kind": r.get("kind"),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from pclc.attacks.suite import SuiteItem
 from pclc.config import compose
@@ -130,9 +131,17 @@ def test_cw_results_record_norms_and_the_budget_report_reads_them(tmp_path):
     f = next((tmp_path / "runs").glob("*-pclc-*/eval/white-cw-*.json"))
     rec = json.loads(f.read_text())["records"]
     assert len(rec["l2"]) == len(rec["linf"]) == len(rec["label"]) and all(v >= 0 for v in rec["l2"])
+    # An adversarially trained run beside them (CE's run, its config saying FGSM training): in a flat table of
+    # both kinds a plain run's `adversarial` is NaN, which once labelled every run "+at"
+    ce = next((tmp_path / "runs").glob("*-ce-*"))
+    shutil.copytree(ce, ce.with_name(ce.name + "-at"))
+    c = OmegaConf.load(ce.with_name(ce.name + "-at") / "config.yaml")
+    c.resolved.trainer.adversarial = {"attack": "fgsm"}
+    OmegaConf.save(c, ce.with_name(ce.name + "-at") / "config.yaml")
     paths = write(tmp_path / "runs", tmp_path / "out", budgets=(0.0, 1e9))
     df = pd.read_csv(tmp_path / "out" / "cw_budget.csv", comment="#")
-    assert len(df) == 2 and set(df.method) == {"ce", "pclc"} and len(paths) == 3
+    assert sorted(df.method) == ["ce", "ce+at", "pclc"] and len(paths) == 3
+    df = df[df.method != "ce+at"]
     for _, r in df.iterrows():
         rec = json.loads(next((tmp_path / "runs" / r.run / "eval").glob("white-cw-*.json")).read_text())["records"]
         clean = sum(c == y for c, y in zip(rec["clean_pred"], rec["label"]))

@@ -27,6 +27,7 @@ from pclc.audit.indicators import attack_indicators
 from pclc.audit.result import AuditResult
 from pclc.data import eval_tensors
 from pclc.metrics import percent
+from pclc.results import method_of
 from pclc.store import RunDir, load_run, provenance, weights_digest
 
 log = logging.getLogger(__name__)
@@ -223,11 +224,6 @@ def _indicators(model, x, y, eps_list, spec: Spec, correct: dict, groups: dict, 
         )
         for e in eps_list
     }  # fmt: skip
-
-
-def method_of(run_cfg) -> str:
-    """The paper's name for a run's method: its loss, with ``+at`` when adversarially trained (Table 5)."""
-    return run_cfg.loss.name + ("+at" if run_cfg.trainer.get("adversarial") else "")
 
 
 def audit_run(
