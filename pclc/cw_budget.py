@@ -16,6 +16,7 @@ import torch
 from pclc.analysis.budget import broken_norms, budget_curve, median
 from pclc.files import atomic_savefig, atomic_write_text
 from pclc.headers import csv_header, header, markdown_table, trained_on_notes
+from pclc.reports import evaluated_on_notes
 from pclc.results import read_result, read_store
 from pclc.store import RunDir, provenance
 
@@ -25,11 +26,12 @@ BUDGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # L2, on [0, 1] pixels (a 28x28 image
 TITLE = "C&W beside its budget: successful perturbation norms and accuracy against an L2 budget (beyond the paper)"
 
 
-def collect(store: Path | str, budgets=BUDGETS) -> pd.DataFrame:
+def collect(store: Path | str, budgets=BUDGETS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per C&W result with per-example norms: who, the attack's budget, accuracy (the paper's way: the
-    adversarial prediction), robust accuracy at each L2 budget, and the median norms of what it broke."""
+    adversarial prediction), robust accuracy at each L2 budget, and the median norms of what it broke; and the
+    flat records of those results (their machine and seconds)."""
     df = read_store(store)
-    rows = []
+    rows, used = [], []
     for r in df[(df.kind == "cw") & (df.source == "white")].itertuples():
         full = read_result(Path(r.file), RunDir.at(Path(r.file).parent.parent))
         rec = (full or {}).get("records") or {}
@@ -37,6 +39,7 @@ def collect(store: Path | str, budgets=BUDGETS) -> pd.DataFrame:
             continue  # computed before per-example norms were recorded: rerun the cell to include it
         args = (rec["label"], rec["clean_pred"], rec["adv_pred"])
         l2, linf = broken_norms(*args, rec["l2"]), broken_norms(*args, rec["linf"])
+        used.append(r.Index)
         rows.append(
             {
                 "run": r.run,
@@ -54,7 +57,7 @@ def collect(store: Path | str, budgets=BUDGETS) -> pd.DataFrame:
                 **{f"acc_l2<={b:g}": c for b, c in zip(budgets, budget_curve(*args, rec["l2"], budgets))},
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), df.loc[used]
 
 
 def _figure(df: pd.DataFrame, budgets, path: Path, prov: dict) -> None:
@@ -77,7 +80,7 @@ def _figure(df: pd.DataFrame, budgets, path: Path, prov: dict) -> None:
 
 def write(store: Path | str, out: Path | str, budgets=BUDGETS) -> list[Path]:
     out = Path(out)
-    df = collect(store, budgets)
+    df, used = collect(store, budgets)
     prov = provenance(torch.device("cpu"))
     md, csv, png = out / "cw_budget.md", out / "cw_budget.csv", out / "figures" / "cw_l2_budget.png"
     notes = [
@@ -85,11 +88,13 @@ def write(store: Path | str, out: Path | str, budgets=BUDGETS) -> list[Path]:
         "it is correct clean and C&W found no misclassified point within r. `accuracy`: the tables' number (the "
         "adversarial prediction alone); `broken`: examples correct clean and misclassified after the attack",
         *trained_on_notes(store, list(df.run.unique()) if len(df) else []),
+        *evaluated_on_notes(used),
     ]
     atomic_write_text(csv, csv_header(TITLE, prov, "full", {"store": str(store), "budgets": list(budgets)}, md.name)
                       + df.to_csv(index=False))  # fmt: skip
     table = markdown_table(df) if len(df) else "No C&W result with per-example norms in the store yet."
-    atomic_write_text(md, header(TITLE, prov, "full", notes=notes) + table + "\n")
+    cells = "one row per C&W result; accuracies in % of the test set (or its subset, n), norms on [0, 1] pixels"
+    atomic_write_text(md, header(TITLE, prov, "full", notes=notes, cells=cells) + table + "\n")
     paths = [md, csv]
     if len(df):
         _figure(df, budgets, png, prov)

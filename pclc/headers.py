@@ -11,9 +11,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from pclc.store import RunDir, provenance_lines
 
+PAPER_CELLS = "**ours** (paper, ours − paper); accuracy in % on the test set"
 
-def header(title: str, prov: dict[str, Any], protocol: str, notes: list[str] = ()) -> str:
-    """The provenance block every results file opens with (its resolved config follows the table)."""
+
+def header(
+    title: str, prov: dict[str, Any], protocol: str, notes: list[str] = (), cells: str | None = PAPER_CELLS
+) -> str:
+    """The provenance block every results file opens with (its resolved config follows the table). ``cells``:
+    how to read the table's cells (None: no such line, for a file with no paper number beside ours)."""
     lines = [
         f"# {title}",
         "",
@@ -23,8 +28,8 @@ def header(title: str, prov: dict[str, Any], protocol: str, notes: list[str] = (
         f"- device: {prov['device']}",
         f"- torch: {prov['torch']}",
         f"- date: {prov['date']}",
-        "- cells: **ours** (paper, ours − paper); accuracy in % on the test set",
     ]
+    lines += [f"- cells: {cells}"] if cells else []
     lines += [f"- {n}" for n in notes]
     return "\n".join([*lines, ""]) + "\n"
 

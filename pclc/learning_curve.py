@@ -97,7 +97,14 @@ def write(store: Path | str, keys: list[str], out: Path | str, name: str) -> lis
     atomic_write_text(
         csv, csv_header(title, prov, "full", {"runs": keys, "name": name}, md.name) + df.to_csv(index=False)
     )
-    atomic_write_text(md, header(title, prov, "full", notes=notes) + table + "\n\n" + markdown_table(df) + "\n")
+    atomic_write_text(
+        md,
+        header(title, prov, "full", notes=notes, cells="one row per (run, epoch); accuracies in %")
+        + table
+        + "\n\n"
+        + markdown_table(df)
+        + "\n",
+    )
     _figure(df, png, title)
     log.info("wrote %s, %s, %s", md, csv, png)
     return [md, csv, png]
