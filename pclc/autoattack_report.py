@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_
 from pclc.files import atomic_write_json, atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
 from pclc.paper_data import paper_tables
+from pclc.reports import evaluated_on_notes
 from pclc.results import item_results, run_weights
 from pclc.store import RunDir, provenance, run_key
 from pclc.zoo import zoo_name
@@ -39,6 +41,8 @@ COLUMNS = [
     "pgd_ours",
     "pgd_n",
     "pgd_paper",
+    "seconds",
+    "device",
 ]
 
 
@@ -63,7 +67,8 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
         if weights is None:
             continue
         aa = _numbers(cell, cfg, exp.suite)
-        pgd = _numbers(cell, cfg, exp.reported.suite, exp.reported.attack)
+        # the paper's PGD as its table evaluates it: without AutoAttack's subset (the table's test set)
+        pgd = _numbers(replace(cell, evaluation=""), cfg, exp.reported.suite, exp.reported.attack)
         recipe = cell.arm.rsplit(".", 1)[-1] if cell.arm else "paper"
         for eps, r in sorted(aa.items()):
             p = pgd_paper[
@@ -91,9 +96,11 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
                     ),
                     "clean_accuracy": r["clean_accuracy"],
                     "autoattack": r["accuracy"],
-                    "pgd_ours": pgd[eps]["adv_accuracy"] if eps in pgd else None,
+                    "pgd_ours": pgd[eps]["accuracy"] if eps in pgd else None,
                     "pgd_n": pgd[eps]["n"] if eps in pgd else None,
                     "pgd_paper": float(p.accuracy.iloc[0]) if len(p) and recipe == "paper" else None,
+                    "seconds": r["seconds"],  # AutoAttack's own time at this eps (the planner's figure to check)
+                    "device": r["device"],
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -138,6 +145,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         f"(`{exp.reported.suite}` suite, full test set); paper: its reported PGD",
         f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
         *trained_on_notes(cfg.store, list(df.run.unique())),
+        *evaluated_on_notes(df),
     ]
     md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
     protocol = str(cfg.profile)

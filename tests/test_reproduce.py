@@ -459,6 +459,22 @@ def test_autoattack_covers_every_model_of_the_result_set_with_the_deviations_rec
 
 
 @pytest.mark.slow
+def test_autoattack_puts_the_tables_pgd_on_the_same_weights_beside_it(tmp_path):
+    """AutoAttack on a subset, the paper's PGD beside it as Table 1 computed it (its own test set): the report
+    once looked for the PGD on AutoAttack's subset and found none."""
+    reproduce(repro_cfg(tmp_path, "table1", "fmnist", "attacks=[pgd]"))
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "table1.csv", comment="#", dtype={"param": str})
+    reproduce(repro_cfg(tmp_path, "autoattack", "fmnist", *SMOKE_OVER["autoattack"][:2], "experiment.arms=[]",
+                        "experiment.methods=[ce]", "experiment.subset=10"))  # fmt: skip
+    aa = pd.read_csv(tmp_path / "results" / "tiny" / "autoattack.csv", comment="#")
+    pgd = table[(table.attack == "pgd") & (table.method == "ce")]
+    pgd = pgd.set_index(pgd.param.astype(float)).ours
+    assert len(aa) == 3 and (aa.n == 10).all() and (aa.pgd_n == 20).all()
+    assert aa.set_index("eps").pgd_ours.to_dict() == pgd.to_dict()
+    assert (aa.seconds > 0).all() and aa.device.str.startswith("cpu").all()
+
+
+@pytest.mark.slow
 def test_reproduce_announces_every_cell_with_its_prediction_and_eta(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pclc.reproduce"):
         reproduce(repro_cfg(tmp_path, "table1", "mnist"))  # nothing measured yet: unknown
