@@ -1,6 +1,7 @@
 """``experiment=autoattack``'s report: the reference AutoAttack's robust accuracy on every model of the result set,
 mean ± sd over seeds beside the paper's PGD on the same weights and the paper's own PGD number
-(``results/autoattack.{md,csv}``), and RobustBench's flat record per model (``results/autoattack/<model>.json``).
+(``results/autoattack.{md,csv}``), robust accuracy against eps (``results/figures/autoattack_eps.png``), and
+RobustBench's flat record per model (``results/autoattack/<model>.json``).
 Every number passes :mod:`pclc.results`' invariant (weights and per-example records agree)."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 
 from pclc.config import resolve_device
 from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
-from pclc.files import atomic_write_json, atomic_write_text
+from pclc.files import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
 from pclc.paper_data import paper_tables
 from pclc.reports import evaluated_on_notes
@@ -128,6 +129,34 @@ def to_markdown(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _figure(df: pd.DataFrame, path: Path, title: str) -> None:
+    """Robust accuracy under AutoAttack against eps: one line per (method, recipe), the mean over seeds, the band
+    from the lowest to the highest seed (the paper's PGD on the same weights dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for (meth, recipe), g in df.groupby(["method", "recipe"], sort=False):
+        by = g.groupby("eps")
+        aa, n = by.autoattack.agg(["mean", "min", "max"]), g.run.nunique()
+        label = f"{meth}" + ("" if recipe == "paper" else f" ({recipe})") + f", {n} seed{'s' * (n > 1)}"
+        line = ax.plot(aa.index, aa["mean"], marker="o", label=label)[0]
+        if n > 1:
+            ax.fill_between(aa.index, aa["min"], aa["max"], alpha=0.2, color=line.get_color())
+        pgd = by.pgd_ours.mean().dropna()
+        if len(pgd):
+            ax.plot(pgd.index, pgd.values, linestyle="--", marker=".", color=line.get_color(), alpha=0.6)
+    ax.set_xlabel("ε (L∞)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 100)
+    ax.set_title(title + "\nsolid: AutoAttack (band: lowest to highest seed); dashed: the paper's PGD", fontsize=7)
+    ax.legend(fontsize=6)
+    atomic_savefig(fig, path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
 def _num(v) -> float | None:
     return None if v is None or pd.isna(v) else float(v)  # JSON has no NaN
 
@@ -141,8 +170,8 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         f"AutoAttack: pyautoattack 0.2.0, version standard, L-inf, on the "
         f"{'full test set' if subset is None else f'first {subset} test images (class-balanced)'}; "
         "robust accuracy counts an example correct both clean and attacked",
-        "each cell: mean ± sd over seeds (n); the paper's PGD here: its own attack on the same weights "
-        f"(`{exp.reported.suite}` suite, full test set); paper: its reported PGD",
+        "the paper's PGD here: its own attack on the same weights, as its table computes it "
+        f"(`{exp.reported.suite}` suite, the table's test set); paper: its reported PGD",
         f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
         *trained_on_notes(cfg.store, list(df.run.unique())),
         *evaluated_on_notes(df),
@@ -157,13 +186,17 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
     body = to_markdown(df) if len(df) else ["No model has an AutoAttack result yet."]
     atomic_write_text(
         md,
-        header(exp.title, prov, protocol, notes=notes)
+        header(exp.title, prov, protocol, notes=notes, cells="accuracy in %, mean ± sd over seeds (n)")
         + "\n".join(body)
         + "\n\n"
         + "\n".join(config_block(config_yaml(cfg)))
         + "\n",
     )
     paths = [md, csv]
+    if len(df):
+        png = folder / "figures" / f"{exp.name}_eps.png"
+        _figure(df, png, f"{exp.title} ({prov['device']})")
+        paths.append(png)
     for name, g in df.groupby("name"):  # RobustBench's model-info record, one per model
         path = folder / exp.name / f"{name}.json"
         atomic_write_json(

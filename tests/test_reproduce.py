@@ -472,6 +472,7 @@ def test_autoattack_puts_the_tables_pgd_on_the_same_weights_beside_it(tmp_path):
     assert len(aa) == 3 and (aa.n == 10).all() and (aa.pgd_n == 20).all()
     assert aa.set_index("eps").pgd_ours.to_dict() == pgd.to_dict()
     assert (aa.seconds > 0).all() and aa.device.str.startswith("cpu").all()
+    assert (tmp_path / "results" / "tiny" / "figures" / "autoattack_eps.png").stat().st_size > 0
 
 
 @pytest.mark.slow
