@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -266,3 +267,38 @@ def test_trained_on_notes_flag_a_table_of_two_machines(tmp_path):
     assert trained_on_notes(tmp_path, ["a-s0-1"]) == [
         "weights trained on: AMD EPYC (AVX2), 2 threads, torch 2.14.1 (1 runs)"
     ]
+
+
+# Committed results files that predate the result set's machine line (trained on an Intel Xeon whose weights were
+# not kept, or evaluated before the header named the training machine): each is to be regenerated from the zoo,
+# and leaves this list when it is (the test fails while a regenerated file is still listed).
+AWAITING_REGENERATION = {
+    "audit.md", "deviations.md", "seeds/table3.md", "table3.md", "table5.md", "training-fmnist-lenet5.md"
+}  # fmt: skip
+RUN_KEY = re.compile(r"\b[a-z0-9]+-[a-z0-9]+-[a-z]+-s\d+-[0-9a-f]{12}\b")
+MACHINE_LINE = re.compile(r"^- (?:weights )?trained on: (.*?)(?: \(\d+ runs?[^)]*\))?$", re.M)
+
+
+def test_the_committed_result_set_is_one_machine_type():
+    """Issue 26: every committed results file (one with a commit line, or naming a trained run) also names the
+    machine that trained its weights, and all of them name the same machine type (a file with two, or two files
+    with different ones, mix measurements). Speed benchmarks, the quick/tiny profiles' outputs and SUMMARY.md (an
+    index of the tables) are not such files; those still awaiting regeneration are listed, and only those."""
+    results = COMMITTED.parent
+    machines, lacking = {}, set()
+    for f in sorted(results.rglob("*.md")):
+        name = f.relative_to(results).as_posix()
+        if name.split("/")[0] in ("quick", "tiny", "zoo") or name.startswith(("bench-", "profile-", "SUMMARY")):
+            continue
+        text = f.read_text()
+        assert "\n- MIXED:" not in text, f"{name} mixes the weights of two machine types"
+        lines = MACHINE_LINE.findall(text)
+        for line in lines:
+            machines.setdefault(line, []).append(name)
+        if (RUN_KEY.search(text) or "\n- commit: " in text) and not lines:
+            lacking.add(name)
+    assert len(machines) <= 1, f"the committed results name several training machines: {machines}"
+    assert lacking == AWAITING_REGENERATION, (
+        f"results naming runs without the training machine's line: {sorted(lacking)}; listed as awaiting "
+        f"regeneration: {sorted(AWAITING_REGENERATION)}"
+    )
