@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,25 +25,13 @@ from pclc.zoo import zoo_name
 
 log = logging.getLogger(__name__)
 
-COLUMNS = [
-    "dataset",
-    "model",
-    "method",
-    "recipe",
-    "seed",
-    "name",
-    "run",
-    "weights",
-    "eps",
-    "n",
-    "clean_accuracy",
-    "autoattack",
-    "pgd_ours",
-    "pgd_n",
-    "pgd_paper",
-    "seconds",
-    "device",
-]
+BASE = ["dataset", "model", "method", "recipe", "seed", "name", "run", "weights", "eps", "n", "clean_accuracy"]
+
+
+def columns(attacks) -> list[str]:
+    """The CSV's columns: who, AutoAttack, and each of the paper's attacks here and in the paper."""
+    here, paper = [f"{a}_here" for a in attacks], [f"{a}_paper" for a in attacks]
+    return [*BASE, "autoattack", *here, "strongest_here", "here_n", *paper, "seconds", "device"]
 
 
 def _numbers(cell, cfg: DictConfig, suite: str, attack: str | None = None) -> dict[float, dict]:
@@ -58,9 +45,22 @@ def _numbers(cell, cfg: DictConfig, suite: str, attack: str | None = None) -> di
     return out
 
 
+def _paper_number(paper: pd.DataFrame, cell, attack: str, eps: float, table: str) -> float | None:
+    """The paper's number for the cell's method under ``attack`` at ``eps``: from ``table`` (the reported suite's)
+    when it has one, else from any table (Table 5 for the adversarially trained methods)."""
+    p = paper[
+        (paper.dataset == cell.dataset)
+        & (paper.method == cell.method)
+        & (paper.attack == attack)
+        & (paper.param.astype(str) == f"{eps:g}")
+    ]
+    p = p[p.table == table] if (p.table == table).any() else p
+    return float(p.accuracy.iloc[0]) if len(p) else None
+
+
 def collect(cfg: DictConfig) -> pd.DataFrame:
     exp, paper, rows = cfg.experiment, paper_tables(), []
-    pgd_paper = paper[paper.attack == exp.reported.attack]
+    attacks = list(exp.reported.attacks)
     for cell in experiment_cells(cfg):
         tc = train_cfg(cell, cfg)
         run = RunDir(cfg.store, run_key(tc))
@@ -68,15 +68,10 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
         if weights is None:
             continue
         aa = _numbers(cell, cfg, exp.suite)
-        # the paper's PGD as its table evaluates it: without AutoAttack's subset (the table's test set)
-        pgd = _numbers(replace(cell, evaluation=""), cfg, exp.reported.suite, exp.reported.attack)
+        here = {a: _numbers(cell, cfg, exp.reported.suite, a) for a in attacks}  # as the table computes them
         recipe = cell.arm.rsplit(".", 1)[-1] if cell.arm else "paper"
         for eps, r in sorted(aa.items()):
-            p = pgd_paper[
-                (pgd_paper.dataset == cell.dataset)
-                & (pgd_paper.method == cell.method)
-                & (pgd_paper.param.astype(str) == f"{eps:g}")
-            ]
+            got = {a: here[a][eps] for a in attacks if eps in here[a]}
             rows.append(
                 {
                     "dataset": cell.dataset,
@@ -84,27 +79,29 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
                     "method": cell.method,
                     "recipe": recipe,
                     "seed": cell.seed,
+                    "name": zoo_name(
+                        tc.dataset.name, tc.model.name, cell.method, cell.seed, recipe if cell.train_extra else ""
+                    ),
                     "run": run.key,
                     "weights": weights,
                     "eps": eps,
                     "n": r["n"],
-                    "name": zoo_name(
-                        tc.dataset.name,
-                        tc.model.name,
-                        cell.method,
-                        cell.seed,
-                        recipe if cell.train_extra else "",
-                    ),
                     "clean_accuracy": r["clean_accuracy"],
                     "autoattack": r["accuracy"],
-                    "pgd_ours": pgd[eps]["accuracy"] if eps in pgd else None,
-                    "pgd_n": pgd[eps]["n"] if eps in pgd else None,
-                    "pgd_paper": float(p.accuracy.iloc[0]) if len(p) and recipe == "paper" else None,
+                    **{f"{a}_here": got[a]["accuracy"] if a in got else None for a in attacks},
+                    "strongest_here": min((g["accuracy"] for g in got.values()), default=None),
+                    "here_n": min((g["n"] for g in got.values()), default=None),
+                    **{
+                        f"{a}_paper": _paper_number(paper, cell, a, eps, exp.reported.suite)
+                        if recipe == "paper"
+                        else None
+                        for a in attacks
+                    },
                     "seconds": r["seconds"],  # AutoAttack's own time at this eps (the planner's figure to check)
                     "device": r["device"],
                 }
             )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=columns(attacks))
 
 
 def _ms(v: pd.Series) -> str:
@@ -115,23 +112,25 @@ def _ms(v: pd.Series) -> str:
     return f"{m:.1f}" + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else "") + f" (n={len(v)})"
 
 
-def to_markdown(df: pd.DataFrame) -> list[str]:
-    epss = sorted(df.eps.unique())
-    head = "| method | recipe | clean | " + " | ".join(f"AutoAttack ε={e:g} | paper's PGD here | paper" for e in epss)
-    lines = [head + " |", "|" + "---|" * (3 + 3 * len(epss))]
+def to_markdown(df: pd.DataFrame, attacks) -> list[str]:
+    """One row per (method, recipe, eps): clean, AutoAttack, the paper's attacks here (mean ± sd over seeds, n) and
+    the paper's own numbers."""
+    names = [a.upper() for a in attacks]
+    head = f"| method | recipe | ε | clean | AutoAttack | {' | '.join(names)} | paper ({' / '.join(names)}) |"
+    lines = [head, "|" + "---|" * (6 + len(attacks))]
     for (meth, recipe), g in df.groupby(["method", "recipe"], sort=False):
-        cells = [_ms(g.drop_duplicates("run").clean_accuracy)]
-        for e in epss:
-            h = g[g.eps == e]
-            paper = h.pgd_paper.dropna()
-            cells += [_ms(h.autoattack), _ms(h.pgd_ours), f"{paper.iloc[0]:.1f}" if len(paper) else "—"]
-        lines.append(f"| {meth} | {recipe} | " + " | ".join(cells) + " |")
+        clean = _ms(g.drop_duplicates("run").clean_accuracy)
+        for e, h in g.groupby("eps"):
+            paper = [h[f"{a}_paper"].dropna() for a in attacks]
+            cells = [_ms(h.autoattack), *(_ms(h[f"{a}_here"]) for a in attacks)]
+            cells.append(" / ".join(f"{p.iloc[0]:g}" if len(p) else "—" for p in paper))
+            lines.append(f"| {meth} | {recipe} | {e:g} | {clean} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _figure(df: pd.DataFrame, path: Path, title: str) -> None:
     """Robust accuracy under AutoAttack against eps: one line per (method, recipe), the mean over seeds, the band
-    from the lowest to the highest seed (the paper's PGD on the same weights dashed)."""
+    from the lowest to the highest seed (dashed: the strongest of the paper's attacks on the same weights)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,13 +144,16 @@ def _figure(df: pd.DataFrame, path: Path, title: str) -> None:
         line = ax.plot(aa.index, aa["mean"], marker="o", label=label)[0]
         if n > 1:
             ax.fill_between(aa.index, aa["min"], aa["max"], alpha=0.2, color=line.get_color())
-        pgd = by.pgd_ours.mean().dropna()
-        if len(pgd):
-            ax.plot(pgd.index, pgd.values, linestyle="--", marker=".", color=line.get_color(), alpha=0.6)
+        strongest = by.strongest_here.mean().dropna()
+        if len(strongest):
+            ax.plot(strongest.index, strongest.values, linestyle="--", marker=".", color=line.get_color(), alpha=0.6)
     ax.set_xlabel("ε (L∞)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-2, 100)
-    ax.set_title(title + "\nsolid: AutoAttack (band: lowest to highest seed); dashed: the paper's PGD", fontsize=7)
+    ax.set_title(
+        title + "\nsolid: AutoAttack (band: lowest to highest seed); dashed: the strongest of the paper's attacks",
+        fontsize=7,
+    )
     ax.legend(fontsize=6)
     atomic_savefig(fig, path, dpi=150, bbox_inches="tight")
     plt.close(fig)
@@ -163,15 +165,16 @@ def _num(v) -> float | None:
 
 def write(cfg: DictConfig, tracker=None) -> list[Path]:
     exp, folder = cfg.experiment, out_dir(cfg)
-    df = collect(cfg)
+    df, attacks = collect(cfg), list(exp.reported.attacks)
     prov = provenance(resolve_device(cfg.device))
     subset = exp.get("subset")
     notes = [
         f"AutoAttack: pyautoattack 0.2.0, version standard, L-inf, on the "
         f"{'full test set' if subset is None else f'first {subset} test images (class-balanced)'}; "
         "robust accuracy counts an example correct both clean and attacked",
-        "the paper's PGD here: its own attack on the same weights, as its table computes it "
-        f"(`{exp.reported.suite}` suite, the table's test set); paper: its reported PGD",
+        f"{', '.join(a.upper() for a in attacks)}: the paper's attacks on the same weights, as its table computes "
+        f"them (`{exp.reported.suite}` suite, the table's test set, n in the CSV's here_n); paper: its reported "
+        "numbers (Table 5's for the adversarially trained methods)",
         f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
         *trained_on_notes(cfg.store, list(df.run.unique())),
         *evaluated_on_notes(df),
@@ -183,7 +186,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         csv_header(exp.title, prov, protocol, {"experiment": exp.name, "subset": subset}, md.name)
         + df.to_csv(index=False),
     )
-    body = to_markdown(df) if len(df) else ["No model has an AutoAttack result yet."]
+    body = to_markdown(df, attacks) if len(df) else ["No model has an AutoAttack result yet."]
     atomic_write_text(
         md,
         header(exp.title, prov, protocol, notes=notes, cells="accuracy in %, mean ± sd over seeds (n)")
@@ -210,9 +213,9 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
                 "eps": {
                     f"{r.eps:g}": {
                         "clean_acc": r.clean_accuracy,
-                        "reported": _num(r.pgd_paper),
-                        "pgd_here": _num(r.pgd_ours),
+                        "reported": _num(getattr(r, "pgd_paper", None)),  # RobustBench: the paper's own number
                         "autoattack_acc": r.autoattack,
+                        "paper_attacks_here": {a: _num(getattr(r, f"{a}_here")) for a in attacks},
                         "n": int(r.n),
                     }
                     for r in g.itertuples()

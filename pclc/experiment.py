@@ -197,12 +197,17 @@ def train_cfg(cell: Job, cfg: DictConfig) -> DictConfig:
 
 
 def eval_cfg(cell: Job, cfg: DictConfig, suite: str, restrict: bool = False) -> DictConfig:
-    """The cell's evaluation config; ``restrict`` keeps only the suite entries of ``cfg.attacks`` (when set)."""
+    """The cell's evaluation config; ``restrict`` keeps only the suite entries of ``cfg.attacks`` (when set). The
+    suite AutoAttack is reported beside (``experiment.reported``) is its table's: its attacks, its test set."""
     engine = [f"attack.{k}={v}" for k, v in (cfg.get("attack") or {}).items()]
     ec = compose(
         "evaluate",
         [*cell_overrides(cell, cfg), f"attack/suite={suite}", *engine, f"+profiles/eval={cfg.profile}"],
     )
+    reported = cfg.experiment.get("reported") if cfg.experiment.kind == "autoattack" else None
+    if reported and suite == reported.suite and suite != cfg.experiment.suite:
+        ec.suite.entries = [e for e in ec.suite.entries if e.attack in reported.attacks]
+        return ec
     if cell.evaluation:
         _apply_arm(ec, json.loads(cell.evaluation))
     if restrict and cfg.get("attacks"):
@@ -237,10 +242,14 @@ def suites_of(exp: DictConfig) -> list[str]:
 
 
 def cell_suites(cell: Job, cfg: DictConfig) -> list[str]:
-    """The suites a cell is evaluated under: the experiment's; a deviations arm without entries has none."""
-    if cfg.experiment.kind == "deviations":
-        return suites_of(cfg.experiment) if cell.evaluation and "entries" in json.loads(cell.evaluation) else []
-    return suites_of(cfg.experiment)
+    """The suites a cell is evaluated under: the experiment's; a deviations arm without entries has none;
+    AutoAttack's cells also the paper's attacks they are reported beside (``experiment.reported``)."""
+    exp = cfg.experiment
+    if exp.kind == "deviations":
+        return suites_of(exp) if cell.evaluation and "entries" in json.loads(cell.evaluation) else []
+    if exp.kind == "autoattack" and exp.get("reported"):
+        return [*suites_of(exp), exp.reported.suite]
+    return suites_of(exp)
 
 
 def check_attacks(cfg: DictConfig) -> None:
