@@ -1,6 +1,7 @@
 """Write the summaries of finished training runs (with their provenance) to results/.
 
     python scripts/summarize_runs.py --store runs --prefix fmnist-lenet5 --out results/training-fmnist-lenet5
+    python scripts/summarize_runs.py --store runs --runs <key>,<key> --out results/training-fmnist-lenet5
 
 Each run's own summary.json already records the command, commit, device and date that trained it;
 this script collects them beside the paper's clean accuracies (Table 1) into ``<out>.md`` and
@@ -17,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pclc.files import atomic_write_json, atomic_write_text
+from pclc.headers import trained_on_notes
 from pclc.paper_data import paper_tables
 from pclc.store import RunDir, provenance
 
@@ -24,20 +26,22 @@ from pclc.store import RunDir, provenance
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="runs")
-    ap.add_argument("--prefix", required=True, help="run keys starting with this, e.g. fmnist-lenet5")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prefix", help="run keys starting with this, e.g. fmnist-lenet5")
+    which.add_argument("--runs", help="these run keys, comma-separated, in this order")
     ap.add_argument("--out", required=True, help="output path without suffix")
     ap.add_argument("--note", action="append", default=[], help="a line to add under the header (repeatable)")
     args = ap.parse_args()
 
     paper = paper_tables()
     paper = paper[(paper.table == "table1") & (paper.attack == "clean")]
-    runs = [
-        RunDir(args.store, p.name)
-        for p in sorted(Path(args.store).glob(f"{args.prefix}-*"))
-        if (p / "summary.json").exists()
-    ]
+    keys = args.runs.split(",") if args.runs else [p.name for p in sorted(Path(args.store).glob(f"{args.prefix}-*"))]
+    runs = [RunDir(args.store, k) for k in keys if (Path(args.store) / k / "summary.json").exists()]
+    if args.runs and len(runs) < len(keys):
+        raise SystemExit(f"not finished in {args.store}: {sorted(set(keys) - {r.key for r in runs})}")
     if not runs:
         raise SystemExit(f"no finished runs matching {args.prefix}-* in {args.store}")
+    title = f"{args.prefix}-*" if args.prefix else f"{runs[0].key.rsplit('-', 3)[0]}-* ({len(runs)} runs)"
     rows = []
     for run in runs:
         s = run.read_summary()
@@ -69,10 +73,11 @@ def main() -> None:
         )
     me = provenance(torch.device("cpu"))
     lines = [
-        f"# Training runs {args.prefix}-* (full protocol unless the run config says otherwise)",
+        f"# Training runs {title} (full protocol unless the run config says otherwise)",
         "",
         f"- collected by: `{me['command']}` at commit `{me['commit']}` on {me['date']}",
         "- each run was trained by the command, commit and device listed below (from its summary.json)",
+        *[f"- {n}" for n in trained_on_notes(args.store, [r.key for r in runs])],
         "- test accuracy and mean probability gap p_y − max_{k≠y} p_k are on the full test set, final epoch",
         *[f"- note: {n}" for n in args.note],
         "",
