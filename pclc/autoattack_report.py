@@ -104,6 +104,64 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns(attacks))
 
 
+def verdicts(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
+    """Per model, the audit's verdict (pclc.audit.checks: its rules and configs/audit.yaml's thresholds) with
+    AutoAttack as the worst case: the paper's PGD here against it, the float32 saturation probe of the weights
+    (cached in the run), the CE model of the same seed and recipe as the reference level, and catastrophic
+    overfitting for FGSM-trained models (FGSM here against the paper's PGD). The audit's sanity flags (Square,
+    transfer, step ladder) are not run here, so they cannot fire."""
+    from pclc.audit.checks import explain_verdict, verdict, verdict_evidence
+    from pclc.config import compose
+    from pclc.deviation_saturation import saturation_of
+
+    th = dict(compose("audit", []).audit.thresholds)
+    device, rows = resolve_device(cfg.device), []
+    for run_key_, g in df.groupby("run", sort=False):
+        first = g.iloc[0]
+        who = {"method": first.method, "recipe": first.recipe, "seed": first.seed, "run": run_key_}
+        judged = g[g.pgd_here.notna()]
+        if judged.empty:
+            rows.append(
+                {**who, "verdict": "not judged: the paper's PGD is not evaluated on these weights", "reason": ""}
+            )
+            continue
+        run = RunDir(cfg.store, run_key_)
+        run_cfg = run.stored_config()
+        ref = df[(df.method == "ce") & (df.recipe == first.recipe) & (df.seed == first.seed)]
+        evidence = verdict_evidence(
+            saturation_of(run, run_cfg.dataset.root, device),
+            {"pgd": dict(zip(judged.eps, judged.pgd_here)), "fgsm": dict(zip(judged.eps, judged.fgsm_here))},
+            dict(zip(judged.eps, judged.autoattack)),
+            {},
+            {"pgd": "paper", "fgsm": "single-step"},
+            th,
+            reference=dict(zip(ref.eps, ref.autoattack)) if first.method != "ce" and len(ref) else None,
+            trained_with=(run_cfg.trainer.get("adversarial") or {}).get("attack"),
+        )
+        result = verdict(evidence, th)
+        rows.append({**who, "verdict": result, "reason": explain_verdict(evidence, result)})
+    return pd.DataFrame(rows, columns=["method", "recipe", "seed", "run", "verdict", "reason"])
+
+
+def verdict_lines(judged: pd.DataFrame) -> list[str]:
+    """The verdicts in markdown: per (method, recipe) how many seeds got each, then every model's reason."""
+    lines = [
+        "",
+        "## Verdicts (the audit's rules, AutoAttack as the worst case)",
+        "",
+        "| method | recipe | verdict (seeds) |",
+        "|---|---|---|",
+    ]
+    for (meth, recipe), g in judged.groupby(["method", "recipe"], sort=False):
+        counts = "; ".join(f"{v} ({n})" for v, n in g.verdict.value_counts(sort=False).items())
+        lines.append(f"| {meth} | {recipe} | {counts} |")
+    lines += ["", "<details><summary>each model's verdict and the signals that fired</summary>", ""]
+    lines += [
+        f"- `{r.run}` ({r.method}, {r.recipe}, seed {r.seed}): {r.reason or r.verdict}" for r in judged.itertuples()
+    ]
+    return [*lines, "", "</details>"]
+
+
 def _ms(v: pd.Series) -> str:
     v = [float(x) for x in v.dropna()]
     if not v:
@@ -166,6 +224,8 @@ def _num(v) -> float | None:
 def write(cfg: DictConfig, tracker=None) -> list[Path]:
     exp, folder = cfg.experiment, out_dir(cfg)
     df, attacks = collect(cfg), list(exp.reported.attacks)
+    judged = verdicts(cfg, df)
+    df = df.merge(judged[["run", "verdict"]], on="run", how="left")
     prov = provenance(resolve_device(cfg.device))
     subset = exp.get("subset")
     notes = [
@@ -186,7 +246,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         csv_header(exp.title, prov, protocol, {"experiment": exp.name, "subset": subset}, md.name)
         + df.to_csv(index=False),
     )
-    body = to_markdown(df, attacks) if len(df) else ["No model has an AutoAttack result yet."]
+    body = to_markdown(df, attacks) + verdict_lines(judged) if len(df) else ["No model has an AutoAttack result yet."]
     atomic_write_text(
         md,
         header(exp.title, prov, protocol, notes=notes, cells="accuracy in %, mean ± sd over seeds (n)")

@@ -19,7 +19,7 @@ from pclc.results import read_result, run_results, run_weights
 from pclc.store import RunDir, load_run, run_key
 
 
-def _saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
+def saturation_of(run: RunDir, root: str, device) -> dict[str, float]:
     """pclc.audit's float32 saturation probe of a finished run on its full test set, cached in the run directory
     as ``saturation.json`` (beside eval/, whose files are attack results only)."""
     from pclc.data import eval_tensors
@@ -82,7 +82,7 @@ def saturation(cfg: DictConfig) -> pd.DataFrame:
             if not run.finished or run.key in seen:
                 continue
             seen.add(run.key)
-            sat = _saturation_of(run, tc.dataset.root, device)
+            sat = saturation_of(run, tc.dataset.root, device)
             rows.append(
                 {
                     "training": training,

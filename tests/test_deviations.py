@@ -547,7 +547,7 @@ def test_the_survivor_analysis_counts_saturated_survivors_of_the_papers_pgd(tmp_
 
     from pclc.analysis.saturation import saturation_probe
     from pclc.data import eval_tensors
-    from pclc.deviation_saturation import _saturation_of
+    from pclc.deviation_saturation import saturation_of
     from pclc.evaluate import evaluate
     from pclc.store import load_run
     from pclc.train import train
@@ -563,7 +563,7 @@ def test_the_survivor_analysis_counts_saturated_survivors_of_the_papers_pgd(tmp_
     s = train(compose("train", over))
     evaluate(compose("evaluate", [*over, "suite.entries=[{attack: pgd, eps: [0.1]}]"]))
     run = RunDir(tmp_path, s["key"])
-    got = _saturation_of(run, compose("train", over).dataset.root, torch.device("cpu"))
+    got = saturation_of(run, compose("train", over).dataset.root, torch.device("cpu"))
     cfg, model = load_run(run, torch.device("cpu"))
     x, y = eval_tensors(cfg.dataset, None, "cpu")
     probe = saturation_probe(model, x, y, indices=True)

@@ -479,6 +479,17 @@ def test_autoattack_puts_the_papers_attacks_on_the_same_weights_beside_it(tmp_pa
     assert aa.set_index("eps").pgd_paper.to_dict() == {0.1: 0.0, 0.2: 0.0, 0.3: 0.0}  # Table 1's CE row
     assert (aa.seconds > 0).all() and aa.device.str.startswith("cpu").all()
     assert (tmp_path / "results" / "tiny" / "figures" / "autoattack_eps.png").stat().st_size > 0
+    # each model judged by the audit's rules with AutoAttack as the worst case (issues 30, 31)
+    from pclc.autoattack_report import verdicts
+
+    cfg = repro_cfg(tmp_path, "autoattack", "fmnist", "experiment.arms=[]")
+    assert aa.verdict.notna().all() and "## Verdicts" in (tmp_path / "results" / "tiny" / "autoattack.md").read_text()
+    level = aa.assign(autoattack=40.0, pgd_here=41.0)  # the paper's PGD is as strong as AutoAttack
+    assert verdicts(cfg, level).verdict.tolist() == ["robustness confirmed"]
+    assert verdicts(cfg, level.assign(autoattack=0.5, pgd_here=0.5)).verdict.tolist() == ["no robustness"]
+    over = verdicts(cfg, level.assign(autoattack=0.0)).iloc[0]  # the paper's PGD 41 points above the worst case
+    assert over.verdict in ("robustness reduced", "artefact of gradient masking") and "drop 41.0 points" in over.reason
+    assert verdicts(cfg, level.assign(pgd_here=None)).verdict.str.startswith("not judged").all()
 
 
 @pytest.mark.slow
