@@ -34,14 +34,13 @@ def columns(attacks) -> list[str]:
     return [*BASE, "autoattack", *here, "strongest_here", "here_n", *paper, "seconds", "device"]
 
 
-def _numbers(cell, cfg: DictConfig, suite: str, attack: str | None = None) -> dict[float, dict]:
-    """{eps: result} of the cell's run under ``suite`` (only ``attack`` when given), each checked."""
+def _numbers(cell, cfg: DictConfig, suite: str) -> dict[str, dict[float, dict]]:
+    """{attack: {eps: result}} of the cell's run under ``suite``, each checked; one compose and one read per cell."""
     ec = eval_cfg(cell, cfg, suite)
     run = RunDir(cfg.store, run_key(ec))
-    out = {}
-    mine = [e for e in entries(ec) if (attack is None or e.config == attack) and e.source == "white"]
-    for e, r in item_results(run, ec, mine):
-        out[float(e.eps)] = r
+    out: dict[str, dict[float, dict]] = {}
+    for e, r in item_results(run, ec, [e for e in entries(ec) if e.source == "white"]):
+        out.setdefault(e.config, {})[float(e.eps)] = r
     return out
 
 
@@ -67,8 +66,9 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
         weights = run_weights(run)
         if weights is None:
             continue
-        aa = _numbers(cell, cfg, exp.suite)
-        here = {a: _numbers(cell, cfg, exp.reported.suite, a) for a in attacks}  # as the table computes them
+        aa = {eps: r for by_eps in _numbers(cell, cfg, exp.suite).values() for eps, r in by_eps.items()}
+        reported = _numbers(cell, cfg, exp.reported.suite)  # as the table computes them
+        here = {a: reported.get(a, {}) for a in attacks}
         recipe = cell.arm.rsplit(".", 1)[-1] if cell.arm else "paper"
         for eps, r in sorted(aa.items()):
             got = {a: here[a][eps] for a in attacks if eps in here[a]}

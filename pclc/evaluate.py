@@ -41,7 +41,16 @@ from pclc.locks import held, lock_path
 from pclc.metrics import percent, predict, with_precision
 from pclc.progress import bar
 from pclc.results import craft_cache, result_path
-from pclc.store import RunDir, digest, load_run, provenance, run_fingerprint, run_key
+from pclc.store import (
+    RunDir,
+    digest,
+    load_run,
+    machine_line,
+    provenance,
+    run_fingerprint,
+    run_key,
+    same_machine_type,
+)
 from pclc.tracking import build_tracker, metric_key, run_identity
 from pclc.zoo import restore
 
@@ -123,6 +132,15 @@ def run_entry(
     done = load_tensors(partial) if partial.exists() else fresh
     if done.get("weights", header["weights"]) != header["weights"] or "l2" not in done:  # other weights, or a
         done = fresh  # partial from before per-example L2 norms were recorded: redone
+    here = header["provenance"]["machine"]
+    if done.get("machine") and not same_machine_type(done["machine"], here):
+        log.warning(
+            "%s was begun on %s, this machine is %s: redone here, so the number is one machine's measurement",
+            partial,
+            machine_line(done["machine"]),
+            machine_line(here),
+        )
+        done = fresh
     done["weights"] = header["weights"]
     attack = build_attack(entry.attack, engine=engine)
     n = len(y)
@@ -141,6 +159,7 @@ def run_entry(
             "linf": done["linf"] + delta.abs().amax(1).cpu().tolist(),
             "l2": done["l2"] + delta.norm(dim=1).cpu().tolist(),  # C&W is a minimum-L2 attack: its budget curve
             "weights": header["weights"],
+            "machine": here,  # a resume on another machine type starts again (above)
             "seconds": done["seconds"] + time.perf_counter() - t0,
         }
         atomic_torch_save(done, partial)

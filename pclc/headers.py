@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pclc.files import load_tensors
 from pclc.store import RunDir, provenance_lines
 
 PAPER_CELLS = "**ours** (paper, ours − paper); accuracy in % on the test set"
@@ -61,23 +62,31 @@ def trained_on_notes(store: str | Path, keys: list[str]) -> list[str]:
     from pclc.store import machine_line
 
     by: dict[str, list[str]] = {}
-    zoo = 0
+    zoo = unfinished = 0
     for key in dict.fromkeys(keys):
         run = RunDir(store, key)
-        if not run.finished:
+        if run.finished:
+            summary = run.read_summary()
+            prov = summary.get("provenance") or {}
+            line = (
+                machine_line(prov["machine"])
+                if prov.get("machine")
+                else f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
+            )
+            zoo += bool(summary.get("from_zoo"))
+        elif run.checkpoint.exists():  # still training (a learning curve so far): its checkpoint names the machine
+            m = load_tensors(run.checkpoint).get("machine")
+            line = machine_line(m) if m else "machine not recorded (a checkpoint from before pclc recorded it)"
+            unfinished += 1
+        else:
             continue
-        summary = run.read_summary()
-        prov = summary.get("provenance") or {}
-        line = (
-            machine_line(prov["machine"])
-            if prov.get("machine")
-            else f"{prov.get('device', '?')} (CPU model not recorded), torch {prov.get('torch', '?')}"
-        )
         by.setdefault(line, []).append(key)
-        zoo += bool(summary.get("from_zoo"))
     if not by:
         return []
-    src = f"; {zoo} of {sum(map(len, by.values()))} from the zoo (results/zoo/)" if zoo else ""
+    n = sum(map(len, by.values()))
+    src = (f"; {zoo} of {n} from the zoo (results/zoo/)" if zoo else "") + (
+        f"; {unfinished} of {n} still training, their epochs so far" if unfinished else ""
+    )
     lines = [f"weights trained on: {line} ({len(ks)} runs{src})" for line, ks in by.items()]
     if len(by) > 1:
         lines = [

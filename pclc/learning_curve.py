@@ -84,7 +84,8 @@ def write(store: Path | str, keys: list[str], out: Path | str, name: str) -> lis
     df = collect(store, keys)
     out = Path(out)
     prov = provenance(torch.device("cpu"))
-    title = f"Learning curve: {name} (test accuracy; dashed: robust accuracy on the monitored subset)"
+    robust = "; dashed: robust accuracy on the monitored subset" if df.robust_accuracy.notna().any() else ""
+    title = f"Learning curve: {name} (test accuracy{robust})"
     md, csv = out / "learning_curve" / f"{name}.md", out / "learning_curve" / f"{name}.csv"
     png = out / "figures" / f"learning_curve_{name}.png"
     best = best_epochs(df)

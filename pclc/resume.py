@@ -26,7 +26,16 @@ from pclc.files import (
     writer_gone,
     writer_tag,
 )
-from pclc.store import RunDir, identity, model_state, run_key, run_numerics
+from pclc.store import (
+    RunDir,
+    identity,
+    machine,
+    machine_line,
+    model_state,
+    run_key,
+    run_numerics,
+    same_machine_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,27 @@ def read_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     except RuntimeError as e:
         raise CheckpointMismatchError(f"{path} does not fit this model: {e}") from e
     return state
+
+
+def check_machine(state: dict[str, Any], path: Path, here: dict[str, Any], remedy: str) -> None:
+    """Refuse to go on from a checkpoint that another machine type trained: its epochs and this machine's would
+    make weights that neither machine gives, and the result set holds one machine type's trainings. A checkpoint
+    written before pclc recorded machines is taken as this machine's, with a warning naming it."""
+    was = state.get("machine")
+    if not was:
+        log.warning(
+            "%s does not record the machine that trained it (written before pclc recorded it); "
+            "taking it as this machine's, %s",
+            path,
+            machine_line(here),
+        )
+        return
+    if not same_machine_type(was, here):
+        raise CheckpointMismatchError(
+            f"{path} was trained (to epoch {state['epoch']}) on {machine_line(was)}, this machine is "
+            f"{machine_line(here)}: going on here would mix two machines' trainings in one run. Finish it on its "
+            f"machine type and evaluate its zoo weights here, or {remedy}."
+        )
 
 
 def set_aside(run: RunDir, why: str) -> Path:
@@ -144,9 +174,12 @@ def start_state(
     warmup_cfg: DictConfig | None,
 ):
     """Where training starts: this run's checkpoint (resume), the warm-up run's epoch-T checkpoint (trained
-    first if missing), or nothing. Returns (state or None, the warm-up run's key or None)."""
+    first if missing), or nothing; either checkpoint only if this machine type trained it (:func:`check_machine`).
+    Returns (state or None, the warm-up run's key or None)."""
+    here = machine(next(model.parameters()).device)
     if run.checkpoint.exists():
         state = read_checkpoint(run.checkpoint, model)
+        check_machine(state, run.checkpoint, here, "force=true to retrain it here from the start")
         log.info("resuming %s from epoch %d", run.key, state["epoch"])
         return state, state.get("warmup_from")
     if warmup_cfg is None or stop <= T:
@@ -160,6 +193,7 @@ def start_state(
             log.info("training the warm-up (first %d epochs of %s)", T, src.key)
             train(warmup_cfg, until_epoch=T)
     state = read_checkpoint(src.warmup, model)
+    check_machine(state, src.warmup, here, f"retrain its warm-up run {src.key} here first (force=true on it)")
     state["metrics"] = [dict(m, source=src.key) for m in state["metrics"]]
     log.info("reusing the epoch-%d warm-up of %s", T, src.key)
     return state, src.key

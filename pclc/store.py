@@ -316,7 +316,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: checkpoints keep this record and load weights_only
     }
     if device.type == "cuda":
         out.update(
@@ -325,6 +325,16 @@ def machine(device: torch.device) -> dict[str, Any]:
             cudnn=str(torch.backends.cudnn.version()),
         )
     return out
+
+
+# What makes the same seed train other weights, and the same weights give other float sums: the CPU's kernels,
+# the GPU, torch. Threads are not here: a resume adopts the checkpoint's (pclc.train._run_threads).
+MACHINE_TYPE = ("cpu_model", "cpu_capability", "gpu", "torch")
+
+
+def same_machine_type(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`machine` records are one machine type."""
+    return all(a.get(k) == b.get(k) for k in MACHINE_TYPE)
 
 
 def machine_line(m: dict[str, Any]) -> str:

@@ -381,6 +381,7 @@ def _train(cfg: DictConfig, run: RunDir, until_epoch: int | None) -> dict[str, A
                 "warmup_from": warmup_from,
                 "threads": threads,
                 "accel": accel.describe(),
+                "machine": prov["machine"],  # what trained these epochs (a resume elsewhere is refused)
             }
             if epoch + 1 == T:  # the warm-up first: a kill between the two writes leaves a resumable run
                 atomic_torch_save(ckpt, run.warmup)

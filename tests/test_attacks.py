@@ -251,7 +251,7 @@ def test_adversarial_training_run(store):
     )
 
 
-def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
+def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch, caplog):
     cfg = eval_cfg(store, "eval.subset=100", "eval.batch_size=40")
     cfg.suite = suite({"attack": "fgsm", "eps": [0.1, 0.2]}, {"attack": "bim", "eps": [0.1]})
     out = evaluate(cfg)
@@ -292,6 +292,29 @@ def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch):
     Path(resumed["file"]).unlink()
     fresh = evaluate(cfg)["results"][0]
     assert resumed["adv_accuracy"] == fresh["adv_accuracy"]
+
+    # interrupted on one machine type, resumed on another: redone there, so the number is one machine's
+    cfg.suite = suite({"attack": "bim", "eps": [0.3]})
+    done_batches.clear()
+    monkeypatch.setattr(ev, "predict", crash_after_first_group)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg)
+    attacked, real_prov = [], ev.provenance
+
+    def counting(model, x, bs):
+        attacked.extend([1] if len(x) < 100 else [])  # attacked batches: 40, 40, 20 (clean: all 100)
+        return real_predict(model, x, bs)
+
+    def elsewhere(device):
+        p = real_prov(device)
+        return {**p, "machine": {**p["machine"], "cpu_model": "Intel Xeon Platinum", "cpu_capability": "AVX2"}}
+
+    monkeypatch.setattr(ev, "predict", counting)
+    monkeypatch.setattr(ev, "provenance", elsewhere)
+    with caplog.at_level("WARNING"):
+        moved = evaluate(cfg)["results"][0]
+    assert len(attacked) == 3 and "was begun on" in caplog.text  # all three batches, not the two left
+    assert json.loads(Path(moved["file"]).read_text())["provenance"]["machine"]["cpu_model"] == "Intel Xeon Platinum"
 
 
 def test_transfer_attack_uses_the_substitute(store):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pclc.config import compose
-from pclc.store import run_key
+from pclc.store import machine, machine_line, run_key
 from pclc.train import train
 
 BASE = ["dataset=fake", "model=lenet5", "loss=pclc", "logger=none", "trainer.epochs_per_phase=2"]
@@ -59,5 +59,13 @@ def test_the_learning_curve_reads_the_metrics_and_names_the_best_epoch(tmp_path)
     text = md.read_text()
     assert f"| {key} | robust_accuracy (fgsm@0.1) | {best['epoch']} | {best['robust_accuracy']:.2f} | 4 |" in text
     assert "weights trained on:" in text
+
+    # a run still training (its curve so far): the machine that trained its epochs comes from its checkpoint
+    going = compose(
+        "train", [*BASE, f"store={tmp_path / 'runs'}", "monitor.attack=fgsm", "monitor.subset=32", "seed=1"]
+    )
+    assert not train(going, until_epoch=2)["finished"]
+    text = write(tmp_path / "runs", [run_key(going)], tmp_path / "results", "going")[0].read_text()
+    assert f"weights trained on: {machine_line(machine(torch.device('cpu')))} (1 runs; 1 of 1 still training" in text
     with pytest.raises(ValueError, match="no metrics.json for run nope"):
         write(tmp_path / "runs", ["nope"], tmp_path / "results", "x")

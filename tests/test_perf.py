@@ -137,7 +137,12 @@ def test_cost_model_scales_the_benchmark_by_size_steps_flops_and_adversarial_tra
     half = compose("train", ["dataset=fmnist", "dataset.subset.train=30000"]).dataset
     assert costs.epoch_seconds(BENCH, half, "lenet5", paper) == pytest.approx(1.5)
     fgsm_at = compose("train", ["dataset=fmnist", "trainer=adv_fgsm"]).trainer
-    assert costs.epoch_seconds(BENCH, ds, "lenet5", fgsm_at) == pytest.approx(3.0 * (1 + 0.5 * 2 / 3))
+    # an attack step costs what the benchmark measured against a training step, per example: here (50 s for 40
+    # steps on 10,000 images) / (3 s for one step on 60,000) = 2.5 training steps, not the 2/3 that FLOPs say
+    step = (50.0 / (40 * 10000)) / (3.0 / 60000)
+    assert costs.epoch_seconds(BENCH, ds, "lenet5", fgsm_at) == pytest.approx(3.0 * (1 + 0.5 * step))
+    pgd_at = compose("train", ["dataset=fmnist", "trainer=pgd_at"]).trainer
+    assert costs.epoch_seconds(BENCH, ds, "lenet5", pgd_at) == pytest.approx(3.0 * (1 + 10 * step))
     ratio = costs.model_flops("cnn3", 10, 1, 28) / 833040.0  # an unbenchmarked model: same seconds per FLOP
     assert ratio > 5 and costs.epoch_seconds(BENCH, ds, "cnn3", paper) == pytest.approx(3.0 * ratio)
     pgd = group_config("attack", "pgd")

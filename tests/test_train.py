@@ -114,6 +114,60 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch
     assert resumed["test_accuracy"] == done["test_accuracy"]
 
 
+def test_a_checkpoint_from_another_machine_type_is_not_resumed(tmp_path, monkeypatch, caplog):
+    """The same seed trains other weights on another CPU: a run (or a PC+LC warm-up) begun on one machine type and
+    finished on another would be labelled with the second alone. The store outlives sessions whose machines differ."""
+    import pclc.resume as resume_mod
+
+    real_epoch, real_machine, calls = train_mod.train_epoch, resume_mod.machine, []
+
+    def crash_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("the session ended")
+        return real_epoch(*a, **k)
+
+    def elsewhere(device):
+        return {**real_machine(device), "cpu_model": "Intel Xeon Platinum", "cpu_capability": "AVX2"}
+
+    cfg = cfg_for(tmp_path)
+    monkeypatch.setattr(train_mod, "train_epoch", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    run = RunDir(tmp_path / "runs", run_key(cfg))
+    assert (
+        torch.load(run.checkpoint, weights_only=True)["machine"]["cpu_model"]
+        == real_machine(torch.device("cpu"))["cpu_model"]
+    )
+
+    monkeypatch.setattr(resume_mod, "machine", elsewhere)
+    with pytest.raises(CheckpointMismatchError, match=r"trained \(to epoch 1\) on .* this machine is Intel Xeon"):
+        train(cfg)
+    assert not run.summary.exists()
+
+    monkeypatch.setattr(resume_mod, "machine", real_machine)
+    ce = train(cfg)  # its own machine type finishes it
+    monkeypatch.setattr(resume_mod, "machine", elsewhere)
+    with pytest.raises(CheckpointMismatchError, match=f"warm-up run {ce['key']}"):
+        train(cfg_for(tmp_path, loss="pclc"))  # PC+LC's first phase is the CE run's
+    assert train(cfg_for(tmp_path, "force=true"))["finished"]  # retrained here from the start
+
+    # a checkpoint from before machines were recorded: taken as this machine's, and said so
+    monkeypatch.setattr(train_mod, "train_epoch", crash_on_second)
+    calls.clear()
+    legacy = cfg_for(tmp_path, "seed=3")
+    with pytest.raises(KeyboardInterrupt):
+        train(legacy)
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    path = RunDir(tmp_path / "runs", run_key(legacy)).checkpoint
+    state = torch.load(path, weights_only=True)
+    del state["machine"]
+    torch.save(state, path)
+    assert train(legacy)["finished"]
+    assert "does not record the machine that trained it" in caplog.text
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = train_mod.build_loss
     batches = []  # fake data: 512 images = 2 batches an epoch; the loss turns NaN in epoch 2
