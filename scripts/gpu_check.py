@@ -47,11 +47,32 @@ def _run(name: str, cmd: list[str], folder: Path, env: dict, timeout: int) -> di
     return step
 
 
+# Shares of a --budget: what each step is expected to need on one H200 (tests ~2 min single-process, the bench
+# ~3 min, Table 1's column ~2 min, the plan seconds). A step that ends early leaves its time to the rest.
+SHARES = {"tests": 3.0, "bench": 4.0, "table1": 3.0, "plan": 0.5}
+
+
+def step_timeout(i: int, names: list[str], cap: int, deadline: float | None, now: float | None = None) -> int:
+    """Seconds step ``i`` may run: ``cap``, or under a deadline its share of the time left among the steps still
+    to run (at least 10 s, so a late step still starts and says why it stopped)."""
+    if deadline is None:
+        return cap
+    left = deadline - (time.monotonic() if now is None else now)
+    rest = [SHARES.get(n, 1.0) for n in names[i:]]
+    return max(10, min(cap, int(left * rest[0] / sum(rest))))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/gpu_check.py", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=os.environ.get("GPU_CHECK_DEVICE", "cuda"), choices=["cuda", "cpu"])
     ap.add_argument("--out", default=None, help="folder (default results/gpu-check-<device>)")
     ap.add_argument("--timeout", type=int, default=540, help="seconds per step at most")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for all steps together (a short GPU lease): each step gets its share of what is left",
+    )
     a = ap.parse_args(argv)
     import torch
 
@@ -91,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 py,
                 "-m",
                 "pytest",
-                "-q",
-                "-x",
+                "-q",  # no -x: one GPU minute should report every failure, not the first
                 "-p",
                 "no:cacheprovider",
                 *(["tests/test_gpu_path.py"] if tiny else []),
@@ -125,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ),
     ]
-    done = [_run(name, cmd, folder, env, a.timeout) for name, cmd in steps]
+    done = []
+    deadline = None if a.budget is None else time.monotonic() + a.budget
+    for i, (name, cmd) in enumerate(steps):
+        done.append(_run(name, cmd, folder, env, step_timeout(i, [n for n, _ in steps], a.timeout, deadline)))
     summary = {
         "device": machine_line(machine(device)),
         "mode": "tiny (CPU)" if tiny else "full",
+        "budget_s": a.budget,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "steps": done,
     }
@@ -138,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- date: {summary['date']}",
         f"- folder: {folder}",
+        f"- budget: {a.budget} s for all steps" if a.budget else "- budget: none (each step at most --timeout)",
         "",
         "| step | exit | seconds | last line |",
         "|---|---|---|---|",

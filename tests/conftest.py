@@ -27,6 +27,18 @@ def _quiet_env(monkeypatch, tmp_path):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def need_wandb():
+    """wandb for the W&B logger's tests. Missing, it fails the test, except inside `make gpu-check` on a bare GPU
+    image (PCLC_IN_GPU_CHECK), where only what the GPU path needs travels and the test is skipped, saying so."""
+    try:
+        import wandb
+    except ImportError:
+        if os.environ.get("PCLC_IN_GPU_CHECK"):
+            pytest.skip("wandb is not installed on this GPU image (gpu-check carries only what the GPU path needs)")
+        raise
+    return wandb
+
+
 @pytest.fixture
 def offline(monkeypatch):
     """Make every network connection fail at once, as on a machine without internet."""

@@ -125,3 +125,22 @@ def test_gpu_check_runs_every_step_at_a_tiny_size_on_cpu(tmp_path):
     assert (tmp_path / "tables" / "tiny" / "table1.csv").exists() and "| table1 | 0 |" in (
         tmp_path / "summary.md"
     ).read_text()
+
+
+def test_gpu_check_shares_a_budget_among_the_steps_still_to_run():
+    """A short GPU lease: under --budget each step gets its share of the time left, so a slow early step cannot
+    starve the steps after it, and time a step leaves unused goes to the rest."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_check", root / "scripts" / "gpu_check.py")
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    names = ["tests", "bench", "table1", "plan"]
+    assert gc.step_timeout(0, names, 540, None) == 540  # no budget: the per-step cap
+    # 105 s left for the four steps: shares 3 : 4 : 3 : 0.5
+    assert gc.step_timeout(0, names, 540, deadline=105.0, now=0.0) == 30
+    assert gc.step_timeout(1, names, 540, deadline=105.0, now=0.0) == 56  # 105 * 4 / 7.5
+    assert gc.step_timeout(3, names, 540, deadline=105.0, now=0.0) == 105  # the last step gets all that is left
+    assert gc.step_timeout(3, names, 60, deadline=105.0, now=0.0) == 60  # never above the cap
+    assert gc.step_timeout(2, names, 540, deadline=105.0, now=104.0) == 10  # late: still starts, says why it stopped

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import need_wandb
 from omegaconf import OmegaConf
 
 from pclc.config import compose
@@ -42,7 +43,7 @@ def test_metric_keys_and_names_are_the_same_in_every_run():
 
 @pytest.mark.slow
 def test_wandb_runs_are_tagged_charted_and_one_per_model_and_suite(tmp_path):
-    import wandb
+    wandb = need_wandb()
 
     over = [
         "dataset=fake",
@@ -77,7 +78,7 @@ def test_wandb_runs_are_tagged_charted_and_one_per_model_and_suite(tmp_path):
 
 
 def test_wandb_captures_the_console_for_the_logs_tab(tmp_path):
-    import wandb
+    wandb = need_wandb()
 
     logger = OmegaConf.create({"name": "wandb", "mode": "offline", "project": "pclc", "dir": str(tmp_path)})
     t = build_tracker(logger, name="console", group="g", config={})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import need_wandb
 
 import pclc.train as train_mod
 from pclc.config import compose
@@ -217,7 +218,7 @@ def test_invalid_settings_fail_before_any_work(tmp_path, monkeypatch):
 
 
 def test_wandb_logs_config_metrics_and_finishes_a_crashed_run(tmp_path, monkeypatch):
-    import wandb
+    wandb = need_wandb()
 
     def cfg(wandb_dir):
         return compose(
@@ -358,6 +359,7 @@ def test_real_fashion_mnist_ce_gce_pclc(real_fmnist_root, tmp_path, monkeypatch)
 
 def test_nested_wandb_runs_stay_independent(tmp_path):
     """An evaluation's run inside a reproduce run must not finish the outer one (Figure 2 does this)."""
+    need_wandb()
     from omegaconf import OmegaConf
 
     from pclc.tracking import build_tracker
@@ -373,7 +375,7 @@ def test_nested_wandb_runs_stay_independent(tmp_path):
 
 
 def test_wandb_one_run_per_model_across_resumes_and_evaluations_with_their_budgets(tmp_path, monkeypatch):
-    import wandb
+    wandb = need_wandb()
     from omegaconf import OmegaConf
 
     from pclc.config import group_config
