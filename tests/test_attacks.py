@@ -15,9 +15,9 @@ import pclc.evaluate as ev
 from pclc.attacks import ATTACKS, attack_config, build_attack, list_attacks
 from pclc.attacks.linf import HalfAdversarial, sign_pgd
 from pclc.attacks.paper import _zero_gradients
-from pclc.config import compose, group_config
+from pclc.config import compose, group_config, resolve_device
 from pclc.evaluate import evaluate
-from pclc.store import RunDir, load_run, run_key
+from pclc.store import RunDir, device_name, load_run, run_key
 from pclc.train import train
 
 BASE = ["dataset=fake", "dataset.n_test=600", "logger=none", "trainer.epochs_per_phase=2"]
@@ -257,7 +257,8 @@ def test_evaluate_writes_json_reuses_and_resumes(store, monkeypatch, caplog):
     out = evaluate(cfg)
     assert [r["eps"] for r in out["results"]] == [0.1, 0.2, 0.1] and out["n"] == 100
     r = json.loads(Path(out["results"][0]["file"]).read_text())
-    assert r["subset"] == 100 and r["n"] == 100 and r["params"] == {} and r["device"].startswith("cpu")
+    assert r["subset"] == 100 and r["n"] == 100 and r["params"] == {}
+    assert r["device"] == device_name(resolve_device(cfg.device))  # the device it ran on (a GPU: its name)
     assert r["seconds"] > 0 and r["max_linf"] <= 0.1 + 1e-6 and r["adv_accuracy"] <= r["clean_accuracy"]
     assert {"label", "clean_pred", "clean_top5", "adv_pred", "linf", "l2"} == set(r["records"]) and len(
         r["records"]["adv_pred"]

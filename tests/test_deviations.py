@@ -164,7 +164,8 @@ def test_unknown_study_or_arm_is_refused_before_any_work(tmp_path):
 
 
 def test_an_arms_training_overrides_reach_adam_and_the_paper_protocols_key_is_unchanged():
-    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[ce_baseline]"])
+    # device=cpu: the committed runs are CPU fp32 runs (on a GPU machine, device=auto keys a bf16 run)
+    cfg = compose("reproduce", ["experiment=deviations", "logger=none", "studies=[ce_baseline]", "device=cpu"])
     cells = {(c.arm, c.method): c for c in experiment_cells(cfg)}
     tc = train_cfg(cells["ce_baseline.gce_recipe", "ce"], cfg)
     assert (tc.trainer.lr, tc.trainer.batch_size, list(tc.trainer.betas)) == (0.001, 64, [0.9, 0.99])

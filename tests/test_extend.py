@@ -20,11 +20,11 @@ from pclc.train import train
 @register_attack("uniform-noise", bounded=True, passes=lambda p: p["draws"] / 2)
 def uniform_noise(model, x, y, eps, seed, draws: int):
     """The best of ``draws`` uniform perturbations in the eps-ball (per example, lowest true-class logit)."""
-    g = torch.Generator().manual_seed(seed)
-    best, score = x.clone(), torch.full((len(x),), float("inf"))
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU, moved to x's device: the same noise on any device
+    best, score = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
     with torch.no_grad():
         for _ in range(draws):
-            cand = (x + eps * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1)
+            cand = (x + eps * (2 * torch.rand(x.shape, generator=g).to(x.device) - 1)).clamp(0, 1)
             s = model(cand).gather(1, y[:, None]).squeeze(1)
             better = s < score
             best[better], score[better] = cand[better], s[better]

@@ -26,11 +26,11 @@ def cfg_for(store: Path, *over, loss="ce"):
 
 
 def weights(summary: dict) -> dict:
-    return torch.load(Path(summary["path"]) / "model.pt", weights_only=True)
+    return torch.load(Path(summary["path"]) / "model.pt", map_location="cpu", weights_only=True)
 
 
 def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +186,10 @@ def test_a_resume_keeps_the_runs_thread_count_and_refuses_other_numerics(tmp_pat
     seen, real = [], train_mod.train_epoch
     monkeypatch.setattr(train_mod, "train_epoch", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     # bf16 training is another run (issue 33: precision is part of the key), never a resume of the fp32 one
-    assert run_key(cfg_for(tmp_path, "accel.bf16=true")) != run_key(cfg_for(tmp_path))
-    assert run_key(cfg_for(tmp_path, "accel.channels_last=true")) != run_key(cfg_for(tmp_path))
-    assert run_key(cfg_for(tmp_path, "accel.bf16=false")) == run_key(cfg_for(tmp_path))  # fp32 keys unchanged
+    fp32 = ["accel.bf16=false", "accel.channels_last=false"]  # explicit: on a GPU, auto means bf16 + channels_last
+    assert run_key(cfg_for(tmp_path, "accel.bf16=true", fp32[1])) != run_key(cfg_for(tmp_path, *fp32))
+    assert run_key(cfg_for(tmp_path, "accel.channels_last=true", fp32[0])) != run_key(cfg_for(tmp_path, *fp32))
+    assert run_key(cfg_for(tmp_path, *fp32)) == run_key(cfg_for(tmp_path, "device=cpu"))  # fp32 keys unchanged
     torch.set_num_threads(1)
     s = train(cfg_for(tmp_path))
     assert seen == [2, 2, 2] and s["threads"] == 2 and torch.get_num_threads() == 1  # restored afterwards
@@ -366,6 +367,7 @@ def test_atomic_files_get_the_umasks_permissions(tmp_path, umask):
 def test_a_cpu_runs_stored_config_keeps_its_key_on_a_gpu_machine(tmp_path, monkeypatch):
     """Issue 33: ``accel.bf16: auto`` resolved on a GPU machine would give a CPU-trained (fp32) run's stored config
     another key there, and evaluating it would call it edited; the stored numerics are pinned."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # trained where device=auto is the CPU
     s = train(cfg_for(tmp_path))
     run = RunDir(tmp_path, s["key"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pclc.config import compose
+from pclc.config import compose, resolve_device
 from pclc.store import machine, machine_line, run_key
 from pclc.train import train
 
@@ -66,6 +66,7 @@ def test_the_learning_curve_reads_the_metrics_and_names_the_best_epoch(tmp_path)
     )
     assert not train(going, until_epoch=2)["finished"]
     text = write(tmp_path / "runs", [run_key(going)], tmp_path / "results", "going")[0].read_text()
-    assert f"weights trained on: {machine_line(machine(torch.device('cpu')))} (1 runs; 1 of 1 still training" in text
+    trained_on = machine_line(machine(resolve_device(going.device)))  # a GPU machine trains on its GPU
+    assert f"weights trained on: {trained_on} (1 runs; 1 of 1 still training" in text
     with pytest.raises(ValueError, match="no metrics.json for run nope"):
         write(tmp_path / "runs", ["nope"], tmp_path / "results", "x")
