@@ -26,7 +26,7 @@ from pclc.derived import substitute_cfg, warmup_source
 from pclc.experiment import Job, experiment_cells, missing_entries, sub_experiments, train_cfg
 from pclc.models import create_model
 from pclc.results import crafted_groups, eval_settings, read_store, result_stem
-from pclc.store import RunDir, run_key, runs_in
+from pclc.store import RunDir, machine_line, run_key, runs_in
 
 
 # ------------------------------------------------------------------------------------------
@@ -388,13 +388,64 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
             "examples survive each attack: the adaptive ones run as a cascade on survivors); finished "
             "attacks are cached in runs/<key>/audit/"
         )
-    return {
+    out = {
         "cells": rows,
         "predicted_seconds": total,
         "unmeasured": unknown,
         "sources": sorted(cost.sources),
         "audits_not_predicted": audited,
     }
+    if cfg.get("plan_out"):
+        write_plan(cfg, out, cost)
+    return out
+
+
+def write_plan(cfg: DictConfig, out: dict[str, Any], cost: CostModel) -> Path:
+    """``plan_out=<file>.md``: the plan as a results file, with the provenance of this run and of the benchmark
+    its costs were scaled from (a GPU's bench read on a CPU host predicts that GPU's time)."""
+    from omegaconf import OmegaConf
+
+    from pclc.files import atomic_write_text
+    from pclc.headers import markdown_table
+    from pclc.store import provenance, provenance_lines
+
+    path = Path(cfg.plan_out)
+    prov = provenance(resolve_device(str(cfg.get("device", "auto"))))
+    bench = load_bench(bench_path(cfg)) if "bench" in cost.sources else None
+    d = (bench or {}).get("device") or {}
+    on = d.get("name", "the benchmark's device (not recorded in it)") if bench else "this device"
+    total = out["predicted_seconds"]
+    lines = [f"# Plan: experiment={cfg.experiment.name}", "", *[f"- {x}" for x in provenance_lines(prov)]]
+    lines.append(f"- machine: {machine_line(prov['machine'])}")
+    if bench:
+        lines.append(
+            f"- costs scaled by FLOPs from `{bench_path(cfg)}`: measured on {on} (commit `{d.get('commit', '?')}`, "
+            f"{d.get('date', '?')}), torch {d.get('torch', '?')}"
+        )
+    if "store" in cost.sources:
+        lines.append(f"- costs measured in the run store `{cfg.store}` where it has them")
+    lines += [
+        "",
+        f"**Predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on {on}**"
+        + (f"; not predicted: {len(out['unmeasured'])} items (no measurement)" if out["unmeasured"] else "")
+        + (
+            f"; the audit's attacks on {len(out['audits_not_predicted'])} runs are not in it"
+            if out["audits_not_predicted"]
+            else ""
+        ),
+        "",
+        markdown_table(pd.DataFrame(out["cells"])),
+        "",
+        "<details><summary>resolved config</summary>",
+        "",
+        "```yaml",
+        OmegaConf.to_yaml(cfg, resolve=True).rstrip(),
+        "```",
+        "</details>",
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return path
 
 
 def cell_timeout_minutes(cfg: DictConfig, margin: float = 1.5, floor: int = 10) -> int | None:

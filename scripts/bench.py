@@ -293,7 +293,7 @@ def main() -> None:
     ap.add_argument("--cpu-large-batches", type=int, default=3, help="CPU, VGG-13/ResNet-56: batches timed")
     ap.add_argument("--cpu-large-pgd-images", type=int, default=64, help="CPU, VGG-13/ResNet-56: images attacked")
     ap.add_argument(
-        "--gpu-ref-pgd-images", type=int, default=2048, help="GPU: images the reference loop attacks (scaled to 10k)"
+        "--gpu-ref-pgd-images", type=int, default=1024, help="GPU: images the reference loop attacks (scaled to 10k)"
     )
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
     args = ap.parse_args()

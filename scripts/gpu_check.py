@@ -47,9 +47,10 @@ def _run(name: str, cmd: list[str], folder: Path, env: dict, timeout: int) -> di
     return step
 
 
-# Shares of a --budget: what each step is expected to need on one H200 (tests ~2 min single-process, the bench
-# ~3 min, Table 1's column ~2 min, the plan seconds). A step that ends early leaves its time to the rest.
-SHARES = {"tests": 3.0, "bench": 4.0, "table1": 3.0, "plan": 0.5}
+# Shares of a --budget, from the first gpu-check on an H200 (results/gpu-check-nvidia-h200/): tests 96 s, the bench
+# ~200 s (it ran out of its share there), Table 1's column from the zoo 61 s, the plan 17 s. A step that ends early
+# leaves its time to the rest.
+SHARES = {"tests": 2.5, "bench": 5.0, "table1": 1.5, "plan": 0.5}
 
 
 def step_timeout(i: int, names: list[str], cap: int, deadline: float | None, now: float | None = None) -> int:
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 "plan=true",
                 *common,
                 f"bench={folder / f'bench-{slug}.json'}",
+                f"plan_out={folder / 'plan.md'}",
                 *(["datasets=[fmnist]"] if tiny else []),
             ],
         ),

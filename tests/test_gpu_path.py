@@ -122,6 +122,7 @@ def test_gpu_check_runs_every_step_at_a_tiny_size_on_cpu(tmp_path):
     assert [s["step"] for s in summary["steps"]] == ["tests", "bench", "table1", "plan"]
     assert all(s["exit"] == 0 for s in summary["steps"]) and "predicted time" in summary["steps"][3]["last_line"]
     assert json.loads((tmp_path / "bench-cpu.json").read_text())["models"][0]["model"] == "lenet5"
+    assert "**Predicted time for the rest:" in (tmp_path / "plan.md").read_text()  # the plan as a results file
     assert (tmp_path / "tables" / "tiny" / "table1.csv").exists() and "| table1 | 0 |" in (
         tmp_path / "summary.md"
     ).read_text()
@@ -138,9 +139,9 @@ def test_gpu_check_shares_a_budget_among_the_steps_still_to_run():
     spec.loader.exec_module(gc)
     names = ["tests", "bench", "table1", "plan"]
     assert gc.step_timeout(0, names, 540, None) == 540  # no budget: the per-step cap
-    # 105 s left for the four steps: shares 3 : 4 : 3 : 0.5
-    assert gc.step_timeout(0, names, 540, deadline=105.0, now=0.0) == 30
-    assert gc.step_timeout(1, names, 540, deadline=105.0, now=0.0) == 56  # 105 * 4 / 7.5
-    assert gc.step_timeout(3, names, 540, deadline=105.0, now=0.0) == 105  # the last step gets all that is left
-    assert gc.step_timeout(3, names, 60, deadline=105.0, now=0.0) == 60  # never above the cap
-    assert gc.step_timeout(2, names, 540, deadline=105.0, now=104.0) == 10  # late: still starts, says why it stopped
+    # 95 s left for the four steps: shares 2.5 : 5 : 1.5 : 0.5
+    assert gc.step_timeout(0, names, 540, deadline=95.0, now=0.0) == 25
+    assert gc.step_timeout(1, names, 540, deadline=95.0, now=0.0) == 67  # 95 * 5 / 7
+    assert gc.step_timeout(3, names, 540, deadline=95.0, now=0.0) == 95  # the last step gets all that is left
+    assert gc.step_timeout(3, names, 60, deadline=95.0, now=0.0) == 60  # never above the cap
+    assert gc.step_timeout(2, names, 540, deadline=95.0, now=94.0) == 10  # late: still starts, says why it stopped

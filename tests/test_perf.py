@@ -174,6 +174,24 @@ def test_planner_predicts_unmeasured_work_from_the_benchmark(tmp_path, capsys):
     assert "from " + str(tmp_path / "bench.json") in capsys.readouterr().out
 
 
+def test_a_plan_is_written_with_the_benchmarks_device_and_provenance(tmp_path):
+    """plan_out: a GPU's bench read on any host predicts that GPU's time, in a file that says whose time it is."""
+    from pclc.reproduce import reproduce
+
+    gpu = {**BENCH, "device": {"name": "NVIDIA H200", "commit": "abc123", "date": "2026-12-04", "torch": "2.11.0"}}
+    (tmp_path / "bench.json").write_text(json.dumps(gpu))
+    out = tmp_path / "plan" / "table1.md"
+    over = ["experiment=table1", "datasets=[fmnist]", "plan=true", "logger=none", f"store={tmp_path / 'runs'}"]
+    p = reproduce(compose("reproduce", [*over, f"bench={tmp_path / 'bench.json'}", f"plan_out={out}"]))
+    text = out.read_text()
+    minutes = f"{p['predicted_seconds'] / 60:.1f} min"
+    assert f"**Predicted time for the rest: {minutes}" in text and "on NVIDIA H200**" in text
+    assert "measured on NVIDIA H200 (commit `abc123`" in text and "- commit: " in text and "- machine: " in text
+    assert text.count("| table1 |") == 2 and "resolved config" in text
+    reproduce(compose("reproduce", [*over, f"bench={tmp_path / 'none.json'}"]))  # no plan_out: nothing written
+    assert sorted(x.name for x in out.parent.iterdir()) == ["table1.md"]
+
+
 def test_launcher_timeout_is_the_planners_slowest_cell_with_margin(tmp_path, capsys):
     from pclc.reproduce import reproduce
 
