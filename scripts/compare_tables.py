@@ -40,11 +40,25 @@ def compare(a: Path, b: Path) -> tuple[pd.DataFrame, dict, dict]:
     return m, pa, pb
 
 
+def trained_on(keys: list[str], zoo_folder: str | None = None) -> list[str]:
+    """Which machine trained the runs, from the zoo's manifest (one line per machine; runs not in the zoo said)."""
+    from pclc import zoo
+    from pclc.store import machine_line
+
+    entries = {e["key"]: e for e in zoo.read_manifest(zoo_folder)}
+    by: dict[str, int] = {}
+    for key in dict.fromkeys(keys):
+        line = machine_line(entries[key]["trained_on"]) if key in entries else "not in the zoo (machine unknown)"
+        by[line] = by.get(line, 0) + 1
+    return [f"- weights trained on: {line} ({n} runs; from the zoo's manifest)" for line, n in by.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/compare_tables.py", description=__doc__.splitlines()[0])
     ap.add_argument("a", type=Path, help="results CSV A (e.g. the committed table)")
     ap.add_argument("b", type=Path, help="results CSV B (the same table on another machine)")
     ap.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    ap.add_argument("--zoo", default=None, help="zoo folder whose manifest names the training machine")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch
@@ -63,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     prov = provenance(torch.device("cpu"))
+    runs = json.loads(pa["config"].split(" (resolved", 1)[0])["runs"]
     diff = m["b_minus_a"].abs()
     lines = [
         f"# {args.a.name}: the same weights on two machines",
@@ -75,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             f"command `{pp.get('command', '?')}`"
             for tag, p, pp in (("A", args.a, pa), ("B", args.b, pb))
         ],
-        f"- runs (the same in both): {json.loads(pa['config'].split(' (resolved', 1)[0])['runs']}",
+        f"- runs (the same in both): {runs}",
+        *trained_on(list(runs.values()), args.zoo),
         "",
         f"**{len(m)} cells; {int((diff == 0).sum())} identical; largest |B - A| {diff.max():.2f} points; "
         f"mean |B - A| {diff.mean():.3f} points** (accuracy in %)",

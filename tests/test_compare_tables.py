@@ -31,11 +31,12 @@ def test_the_same_weights_are_compared_cell_by_cell_and_other_weights_are_refuse
     a = table(tmp_path / "a.csv", runs, [88.95, 29.66, 22.99], "cpu (AMD EPYC, AVX512, 2 threads)")
     b = table(tmp_path / "b.csv", runs, [88.95, 29.60, 22.90], "NVIDIA H200")
     out = tmp_path / "cmp.md"
-    assert ct.main([str(a), str(b), "--out", str(out)]) == 0
+    assert ct.main([str(a), str(b), "--out", str(out), "--zoo", str(tmp_path / "no-zoo")]) == 0
     text = out.read_text()
     assert "**3 cells; 1 identical; largest |B - A| 0.09 points; mean |B - A| 0.050 points**" in text
     assert "| table1 | fmnist | lenet5 | pgd | 0.1 | ce | 29.66 | 29.60 | -0.06 |" in text
     assert "- B `" in text and "NVIDIA H200; commit `abc`" in text
+    assert "- weights trained on: not in the zoo (machine unknown) (1 runs" in text  # fake keys: no zoo entry
     other = table(tmp_path / "c.csv", {"fmnist/lenet5/ce": "fmnist-lenet5-ce-s0-bbb"}, [1.0, 2.0, 3.0], "gpu")
     assert ct.main([str(a), str(other), "--out", str(tmp_path / "no.md")]) == 2
     assert "do not name the same runs" in capsys.readouterr().err and not (tmp_path / "no.md").exists()
