@@ -3,6 +3,7 @@ the numbers the manifest records from the machine that trained it.
 
     make verify-zoo                              # python -m pclc.verify: writes results/verify-<machine>.{md,csv}
     python -m pclc.verify --record               # on the training machine: record the reference numbers
+    python -m pclc.verify --device cpu           # the host CPU of a GPU machine (default auto: its GPU)
 
 The cells are the clean accuracy on the full test set (against the manifest's ``clean_accuracy``) and clean,
 FGSM and the paper's PGD at the dataset's epsilon grid (``configs/attack/suite/verify.yaml``) on the first
@@ -76,10 +77,15 @@ def verify(
     record: bool = False,
     out_dir: str | Path = "results",
     names: list[str] | None = None,
+    device: str = "auto",
 ) -> Path:
-    """Evaluate every (or each named) zoo model here; write ``<out_dir>/verify-<machine>.{md,csv}``; with
-    ``record``, store the numbers in the manifest as the reference other machines are compared with."""
-    device = torch.device("cpu")
+    """Evaluate every (or each named) zoo model here, on ``device`` (auto: the GPU where there is one); write
+    ``<out_dir>/verify-<machine>.{md,csv}`` after each model (marked partial until the last, so a run cut short,
+    a GPU lease say, leaves what it measured); with ``record``, store the numbers in the manifest as the
+    reference other machines are compared with."""
+    from pclc.config import resolve_device
+
+    device = resolve_device(device)
     entries = zoo.read_manifest(zoo_folder)
     if names:
         entries = [zoo.find(n, zoo_folder) for n in names]
@@ -113,17 +119,27 @@ def verify(
                 "cells": {k: round(v, 2) for k, v in cells.items() if k != "clean (full test set)"},
                 "machine": machine_line(here),
             }
+            if i < len(entries):
+                _write(pd.DataFrame(rows), Path(out_dir), here, subset, False, device, (i, len(entries)))
     if record:
         zoo.update(lambda e: {**e, "verify": recorded[e["key"]]} if e["key"] in recorded else e, zoo_folder)
-    return _write(pd.DataFrame(rows), Path(out_dir), here, subset, record)
+    return _write(pd.DataFrame(rows), Path(out_dir), here, subset, record, device)
 
 
-def _write(df: pd.DataFrame, out_dir: Path, here: dict[str, Any], subset: int, record: bool) -> Path:
+def _write(
+    df: pd.DataFrame,
+    out_dir: Path,
+    here: dict[str, Any],
+    subset: int,
+    record: bool,
+    device: torch.device,
+    partial: tuple[int, int] | None = None,
+) -> Path:
     from pclc.files import atomic_write_text
 
     diffs = df["diff"].dropna().abs()
     worst = df.loc[diffs.idxmax()] if len(diffs) else None
-    prov = provenance(torch.device("cpu"))
+    prov = provenance(device)
     head = [
         f"# Zoo verification on {machine_line(here)}",
         "",
@@ -141,6 +157,11 @@ def _write(df: pd.DataFrame, out_dir: Path, here: dict[str, Any], subset: int, r
             else "- no manifest numbers to compare with"
         ),
         *(["- this run recorded its numbers in the manifest (--record)"] if record else []),
+        *(
+            [f"- **PARTIAL: {partial[0]} of {partial[1]} models so far** (the run stopped or is running)"]
+            if partial
+            else []
+        ),
         "",
     ]
     table = ["| model | cell | here | manifest | diff |", "|---|---|---|---|---|"]
@@ -154,7 +175,8 @@ def _write(df: pd.DataFrame, out_dir: Path, here: dict[str, Any], subset: int, r
     md, csv = out_dir / f"verify-{slug}.md", out_dir / f"verify-{slug}.csv"
     atomic_write_text(csv, "".join(f"# {ln}\n" for ln in provenance_lines(prov)) + df.to_csv(index=False))
     atomic_write_text(md, "\n".join(head + table) + "\n")
-    print("\n".join(head))
+    if not partial:
+        print("\n".join(head))
     return md
 
 
@@ -165,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=1000, help="test images for the attacked cells (default 1000)")
     p.add_argument("--record", action="store_true", help="record this machine's numbers in the manifest")
     p.add_argument("--out-dir", default="results", help="where verify-<machine>.{md,csv} go (default results)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where there is one), cpu or cuda")
     p.add_argument("names", nargs="*", help="zoo models to verify (default: all)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
@@ -172,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --subset must be a positive number of test images, got {a.subset}", file=sys.stderr)
         return 2
     try:
-        verify(a.zoo, a.store, a.subset, a.record, a.out_dir, a.names or None)
+        verify(a.zoo, a.store, a.subset, a.record, a.out_dir, a.names or None, a.device)
     except zoo.ZooError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

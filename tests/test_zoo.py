@@ -305,3 +305,33 @@ def test_the_committed_result_set_is_one_machine_type():
         f"results naming runs without the training machine's line: {sorted(lacking)}; listed as awaiting "
         f"regeneration: {sorted(AWAITING_REGENERATION)}"
     )
+
+
+def test_verify_leaves_a_partial_file_when_cut_short_and_a_whole_one_when_done(tmp_path, monkeypatch):
+    """A verify cut short (a GPU lease ending, a session stopping) leaves what it measured, marked partial."""
+    import pclc.verify as v
+
+    entries = [
+        {"name": f"m{i}", "key": f"k{i}", "clean_accuracy": 90.0, "trained_on": {"line": "AMD EPYC"}} for i in range(3)
+    ]
+    monkeypatch.setattr(v.zoo, "read_manifest", lambda z=None: entries)
+    calls = []
+
+    def cells(e, *a):
+        calls.append(e["name"])
+        if calls == ["m0", "m1", "m2"]:
+            raise KeyboardInterrupt("the lease ended")
+        return {"clean (full test set)": 90.0, "fgsm eps 0.1 (first 20)": 40.0}
+
+    monkeypatch.setattr(v, "model_cells", cells)
+    with pytest.raises(KeyboardInterrupt):
+        v.verify(out_dir=tmp_path, subset=20, device="cpu")
+    (md,) = tmp_path.glob("verify-*.md")
+    text = md.read_text()
+    assert (
+        "**PARTIAL: 2 of 3 models so far**" in text and "| m1 | clean (full test set) | 90.00 | 90.00 | +0.00 |" in text
+    )
+    assert "| m2 |" not in text
+    v.verify(out_dir=tmp_path, subset=20, device="cpu")  # m0 again, then all three
+    text = md.read_text()
+    assert "PARTIAL" not in text and "| m2 | fgsm eps 0.1 (first 20) | 40.00 |" in text and "- models: 3;" in text
