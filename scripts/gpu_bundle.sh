@@ -7,6 +7,7 @@
 #     scripts/gpu_bundle.sh                    # here, after `make setup` and with dataset-fashion-mnist installed
 #     bash .gpu/run.sh gpu-check               # there: make gpu-check under a budget (BUDGET seconds, default 420)
 #     bash .gpu/run.sh verify                  # there: make verify-zoo on the GPU
+#     bash .gpu/run.sh reproduce experiment=table5 datasets=[fmnist] from_zoo=true   # a table from the zoo
 #
 # .gpu/ is ignored by git (.git/info/exclude); it is about 45 MB. wandb is left out (62 MB): its tests skip there.
 set -euo pipefail
@@ -42,7 +43,12 @@ case "${1:-gpu-check}" in
     tar czf "$OUT/gpu-check.tgz" --exclude='*/runs/*' results/gpu-check-* ;;
   verify)
     python3 -m pclc.verify --out-dir "$OUT" >"$OUT/verify.log" 2>&1; rc=$?; tail -15 "$OUT/verify.log" ;;
-  *) echo "usage: bash .gpu/run.sh [gpu-check|verify]" >&2; rc=2 ;;
+  reproduce)  # e.g. bash .gpu/run.sh reproduce experiment=autoattack datasets=[fmnist] from_zoo=true
+    shift
+    python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_dir=/tmp/pclc-results \
+      >"$OUT/reproduce.log" 2>&1; rc=$?; tail -15 "$OUT/reproduce.log"
+    tar czf "$OUT/results.tgz" -C /tmp pclc-results ;;
+  *) echo "usage: bash .gpu/run.sh [gpu-check|verify|reproduce ARGS...]" >&2; rc=2 ;;
 esac
 exit $rc
 EOF
