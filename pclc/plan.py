@@ -403,29 +403,25 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
 def write_plan(cfg: DictConfig, out: dict[str, Any], cost: CostModel) -> Path:
     """``plan_out=<file>.md``: the plan as a results file, with the provenance of this run and of the benchmark
     its costs were scaled from (a GPU's bench read on a CPU host predicts that GPU's time)."""
-    from omegaconf import OmegaConf
-
     from pclc.files import atomic_write_text
-    from pclc.headers import markdown_table
-    from pclc.store import provenance, provenance_lines
+    from pclc.headers import config_block, config_yaml, header, markdown_table
+    from pclc.store import provenance
 
-    path = Path(cfg.plan_out)
     prov = provenance(resolve_device(str(cfg.get("device", "auto"))))
     bench = load_bench(bench_path(cfg)) if "bench" in cost.sources else None
     d = (bench or {}).get("device") or {}
     on = d.get("name", "the benchmark's device (not recorded in it)") if bench else "this device"
-    total = out["predicted_seconds"]
-    lines = [f"# Plan: experiment={cfg.experiment.name}", "", *[f"- {x}" for x in provenance_lines(prov)]]
-    lines.append(f"- machine: {machine_line(prov['machine'])}")
+    notes = [f"machine: {machine_line(prov['machine'])}"]
     if bench:
-        lines.append(
-            f"- costs scaled by FLOPs from `{bench_path(cfg)}`: measured on {on} (commit `{d.get('commit', '?')}`, "
+        notes.append(
+            f"costs scaled by FLOPs from `{bench_path(cfg)}`: measured on {on} (commit `{d.get('commit', '?')}`, "
             f"{d.get('date', '?')}), torch {d.get('torch', '?')}"
         )
     if "store" in cost.sources:
-        lines.append(f"- costs measured in the run store `{cfg.store}` where it has them")
-    lines += [
-        "",
+        notes.append(f"costs measured in the run store `{cfg.store}` where it has them")
+    total = out["predicted_seconds"]
+    lines = [
+        header(f"Plan: experiment={cfg.experiment.name}", prov, str(cfg.get("profile", "full")), notes, None),
         f"**Predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on {on}**"
         + (f"; not predicted: {len(out['unmeasured'])} items (no measurement)" if out["unmeasured"] else "")
         + (
@@ -436,14 +432,10 @@ def write_plan(cfg: DictConfig, out: dict[str, Any], cost: CostModel) -> Path:
         "",
         markdown_table(pd.DataFrame(out["cells"])),
         "",
-        "<details><summary>resolved config</summary>",
-        "",
-        "```yaml",
-        OmegaConf.to_yaml(cfg, resolve=True).rstrip(),
-        "```",
-        "</details>",
+        *config_block(config_yaml(cfg)),
     ]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    path = Path(cfg.plan_out)
+    atomic_write_text(path, "\n".join(lines))
     print(f"wrote {path}")
     return path
 
