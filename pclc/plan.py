@@ -26,7 +26,7 @@ from pclc.derived import substitute_cfg, warmup_source
 from pclc.experiment import Job, experiment_cells, missing_entries, sub_experiments, train_cfg
 from pclc.models import create_model
 from pclc.results import crafted_groups, eval_settings, read_store, result_stem
-from pclc.store import RunDir, machine_line, run_key, runs_in
+from pclc.store import RunDir, run_key, runs_in
 
 
 # ------------------------------------------------------------------------------------------
@@ -369,7 +369,18 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
             audited += [x["key"] for x in r if x["cell"] != "-"]
     total = sum(v for v in work.values() if v is not None)
     unknown = sorted({k[1] + (f" {k[2]}" if len(k) > 2 else " training") for k, v in work.items() if v is None})
+    out = {
+        "cells": rows,
+        "predicted_seconds": total,
+        "unmeasured": unknown,
+        "sources": sorted(cost.sources),
+        "audits_not_predicted": audited,
+    }
     print(pd.DataFrame(rows).to_string(index=False))
+    if cfg.get("plan_out"):
+        from pclc.plan_file import write_plan
+
+        print(f"the plan, with its provenance: {write_plan(cfg, out, cost.bench, bench_path(cfg), cost.sources)}")
     src = {"store": "the run store", "bench": f"{bench_path(cfg)} (scaled by FLOPs)"}
     print(
         f"predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on this device"
@@ -388,56 +399,7 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
             "examples survive each attack: the adaptive ones run as a cascade on survivors); finished "
             "attacks are cached in runs/<key>/audit/"
         )
-    out = {
-        "cells": rows,
-        "predicted_seconds": total,
-        "unmeasured": unknown,
-        "sources": sorted(cost.sources),
-        "audits_not_predicted": audited,
-    }
-    if cfg.get("plan_out"):
-        write_plan(cfg, out, cost)
     return out
-
-
-def write_plan(cfg: DictConfig, out: dict[str, Any], cost: CostModel) -> Path:
-    """``plan_out=<file>.md``: the plan as a results file, with the provenance of this run and of the benchmark
-    its costs were scaled from (a GPU's bench read on a CPU host predicts that GPU's time)."""
-    from pclc.files import atomic_write_text
-    from pclc.headers import config_block, config_yaml, header, markdown_table
-    from pclc.store import provenance
-
-    prov = provenance(resolve_device(str(cfg.get("device", "auto"))))
-    bench = load_bench(bench_path(cfg)) if "bench" in cost.sources else None
-    d = (bench or {}).get("device") or {}
-    on = d.get("name", "the benchmark's device (not recorded in it)") if bench else "this device"
-    notes = [f"machine: {machine_line(prov['machine'])}"]
-    if bench:
-        notes.append(
-            f"costs scaled by FLOPs from `{bench_path(cfg)}`: measured on {on} (commit `{d.get('commit', '?')}`, "
-            f"{d.get('date', '?')}), torch {d.get('torch', '?')}"
-        )
-    if "store" in cost.sources:
-        notes.append(f"costs measured in the run store `{cfg.store}` where it has them")
-    total = out["predicted_seconds"]
-    lines = [
-        header(f"Plan: experiment={cfg.experiment.name}", prov, str(cfg.get("profile", "full")), notes, None),
-        f"**Predicted time for the rest: {total / 60:.1f} min ({total / 3600:.2f} h) on {on}**"
-        + (f"; not predicted: {len(out['unmeasured'])} items (no measurement)" if out["unmeasured"] else "")
-        + (
-            f"; the audit's attacks on {len(out['audits_not_predicted'])} runs are not in it"
-            if out["audits_not_predicted"]
-            else ""
-        ),
-        "",
-        markdown_table(pd.DataFrame(out["cells"])),
-        "",
-        *config_block(config_yaml(cfg)),
-    ]
-    path = Path(cfg.plan_out)
-    atomic_write_text(path, "\n".join(lines))
-    print(f"wrote {path}")
-    return path
 
 
 def cell_timeout_minutes(cfg: DictConfig, margin: float = 1.5, floor: int = 10) -> int | None:
