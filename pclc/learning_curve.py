@@ -24,6 +24,16 @@ from pclc.store import RunDir, provenance
 
 log = logging.getLogger(__name__)
 
+# Issue 31's declared rule for choosing adversarial training's epochs from a curve (fixed before the PGD-AT curve
+# finished): the plateau is the first epoch whose trailing mean over PLATEAU_WINDOW epochs comes within
+# PLATEAU_TOLERANCE points of the best such mean of the run. Why these: the monitor's robust accuracy on 1,000
+# images has a binomial standard error of ~1.4 points at 70%, so one epoch's value cannot place a plateau; a 5-epoch
+# mean has ~0.65, and 1 point is ~1.5 of those. The epochs per phase chosen from it: the plateau rounded up to a
+# multiple of PLATEAU_ROUND (a CE baseline then trains twice that, past the plateau; PC+LC warms up on it).
+PLATEAU_WINDOW = 5
+PLATEAU_TOLERANCE = 1.0
+PLATEAU_ROUND = 5
+
 COLUMNS = ["run", "epoch", "phase", "train_loss", "train_accuracy", "test_accuracy", "robust_accuracy", "robust_attack"]
 
 
@@ -39,13 +49,25 @@ def collect(store: Path | str, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def plateau(epochs: pd.Series, values: pd.Series) -> tuple[int, float] | None:
+    """The declared rule (PLATEAU_*): the first epoch whose trailing PLATEAU_WINDOW-epoch mean is within
+    PLATEAU_TOLERANCE points of the best trailing mean, and that mean; None for a curve shorter than the window."""
+    means = values.reset_index(drop=True).rolling(PLATEAU_WINDOW).mean()
+    if means.notna().sum() == 0:
+        return None
+    first = int((means >= means.max() - PLATEAU_TOLERANCE).idxmax())  # the first True (NaN compares False)
+    return int(epochs.iloc[first]), float(means.iloc[first])
+
+
 def best_epochs(df: pd.DataFrame) -> pd.DataFrame:
-    """Per run: the epoch of the highest robust accuracy (else test accuracy), its value, and the last epoch's."""
+    """Per run: the epoch of the highest robust accuracy (else test accuracy), its value, the last epoch's, and the
+    plateau by the declared rule with the epochs per phase it chooses (PLATEAU_*)."""
     out = []
     for key, part in df.groupby("run", sort=False):
         col = "robust_accuracy" if part.robust_accuracy.notna().any() else "test_accuracy"
         measured = part[part[col].notna()]
         best = measured.loc[measured[col].idxmax()]
+        found = plateau(measured.epoch, measured[col])
         out.append(
             {
                 "run": key,
@@ -54,6 +76,9 @@ def best_epochs(df: pd.DataFrame) -> pd.DataFrame:
                 "best": float(best[col]),
                 "last_epoch": int(measured.epoch.iloc[-1]),
                 "last": float(measured[col].iloc[-1]),
+                "plateau_epoch": found[0] if found else None,
+                f"plateau_mean_{PLATEAU_WINDOW}": found[1] if found else None,
+                "epochs_per_phase": -(-found[0] // PLATEAU_ROUND) * PLATEAU_ROUND if found else None,
             }
         )
     return pd.DataFrame(out)
@@ -92,6 +117,9 @@ def write(store: Path | str, keys: list[str], out: Path | str, name: str) -> lis
     notes = [
         "per epoch, from each run's metrics.json; robust accuracy: `monitor.attack` on the first `monitor.subset` "
         "test images (see each run's config.yaml), measured in eval mode after the epoch",
+        f"plateau (issue 31's rule, declared before the PGD-AT curve finished): the first epoch whose trailing "
+        f"{PLATEAU_WINDOW}-epoch mean is within {PLATEAU_TOLERANCE:g} point(s) of the run's best such mean; "
+        f"epochs_per_phase: the plateau rounded up to a multiple of {PLATEAU_ROUND}",
         *trained_on_notes(store, keys),
     ]
     table = markdown_table(best) if len(best) else ""

@@ -70,3 +70,24 @@ def test_the_learning_curve_reads_the_metrics_and_names_the_best_epoch(tmp_path)
     assert f"weights trained on: {trained_on} (1 runs; 1 of 1 still training" in text
     with pytest.raises(ValueError, match="no metrics.json for run nope"):
         write(tmp_path / "runs", ["nope"], tmp_path / "results", "x")
+
+
+def test_the_plateau_rule_places_the_first_epoch_near_the_best_smoothed_value():
+    import pandas as pd
+
+    from pclc.learning_curve import PLATEAU_TOLERANCE, PLATEAU_WINDOW, best_epochs, plateau
+
+    assert (PLATEAU_WINDOW, PLATEAU_TOLERANCE) == (5, 1.0)  # the rule issue 31 declared before its curve finished
+    rising = [50, 55, 60, 64, 66, 68, 70, 70, 70, 70]
+    flat = [70, 72, 68, 70, 70, 71, 69, 70, 70, 70]  # one-epoch spikes and dips move nothing
+    epochs = pd.Series(range(1, 21))
+    found = plateau(epochs, pd.Series(rising + flat))
+    assert found[0] == 10 and found[1] == pytest.approx(69.6)  # epochs 6-10: within 1 of the best mean 70.2 (12-16)
+    assert plateau(epochs[:4], pd.Series(rising[:4])) is None  # shorter than the window: no plateau claimed
+    late = plateau(epochs, pd.Series(rising + flat[:5] + [75] * 5))  # a second rise later: the plateau moves there
+    assert late[0] > 15
+
+    curve = [45, *rising, *flat]  # one epoch later: plateau 11, rounded up to a multiple of 5
+    df = pd.DataFrame({"run": "r", "epoch": range(1, 22), "robust_accuracy": curve, "robust_attack": "pgd10@0.1"})
+    row = best_epochs(df.assign(test_accuracy=80.0)).iloc[0]
+    assert (row.best_epoch, row.plateau_epoch, row.epochs_per_phase) == (13, 11, 15)
