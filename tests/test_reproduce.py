@@ -55,6 +55,12 @@ SMOKE_OVER = {
         "experiment.seeds={ce: [0], ce+trades: [0]}",
         "experiment.subset=20",
     ],
+    # one arm of each kind (several seeds under the seeds rule, a training override, a subset arm on the FGSM-AT
+    # models, a transfer arm): every arm took 405 s, 40% of the suite; test_deviations runs studies in depth
+    "deviations": [
+        "arms=[seeds.seeds,ce_baseline.paper,ce_baseline.lr_decay,cw_lr.lr0.1-sub,transfer.margin_transfer]",
+        "experiment.studies.seeds.arms.0.seeds=[0,1]",
+    ],
 }  # a few models
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -84,7 +90,14 @@ def test_every_experiment_has_a_smoke_case():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
-    out = reproduce(repro_cfg(tmp_path, name, SMOKE[name], *SMOKE_OVER.get(name, [])))
+    cfg = repro_cfg(tmp_path, name, SMOKE[name], *SMOKE_OVER.get(name, []))
+    if name == "deviations":  # the override above shortens the seeds arm, not another; every arm is still planned
+        assert cfg.experiment.studies.seeds.arms[0].name == "seeds"
+        whole = repro_cfg(tmp_path, name, SMOKE[name], "plan=true")
+        planned = {c["label"].split("/", 3)[-1] for c in reproduce(whole)["cells"]}  # dataset/model/method/arm
+        arms = {f"{s}.{a.name}" for s, st in whole.experiment.studies.items() for a in st.get("arms") or []}
+        assert arms <= planned and not (tmp_path / "runs").exists()  # a plan trains nothing
+    out = reproduce(cfg)
     assert out["outputs"] and all(Path(p).exists() and Path(p).stat().st_size > 0 for p in out["outputs"])
     text = {Path(p).suffix: Path(p).read_text() for p in out["outputs"] if Path(p).suffix in (".md", ".txt")}
     assert any("tiny" in t and "NOT the" in t for t in text.values())  # "NOT the paper's protocol / full audit"
