@@ -14,6 +14,8 @@ curves).
 Weights are the unit of reproduction: the same seed trains other weights on another CPU type, while the same
 weights give the same numbers. ``from_zoo=true`` (``make table1 FROM=zoo``) fills the run store from here and
 trains nothing; ``python -m pclc.reproduce ... stage=export`` adds an experiment's trained runs.
+One run no experiment names (a learning curve's): ``python -m pclc.zoo --run KEY --name NAME --method M --arm A
+<overrides of python -m pclc.train that retrain it>`` (refused unless they give its key).
 """
 
 from __future__ import annotations
@@ -296,3 +298,47 @@ def update(fn, zoo: str | Path | None = None) -> None:
     folder = zoo_dir(zoo)
     with held(folder / ".manifest.lock", "the zoo's manifest"):
         _write_manifest(folder, [fn(e) for e in read_manifest(zoo)])
+
+
+def export_run(store: str | Path, key: str, name: str, method: str, arm: str, train: list[str], zoo=None) -> dict:
+    """Export one finished run that no experiment's cell names (a learning-curve run, say) under ``name``, its
+    recipe ``train`` being the overrides of ``python -m pclc.train`` that retrain it: refused in one line, before
+    anything is written, unless composing them gives the run's key."""
+    from pclc.config import compose
+
+    run = RunDir(store, key)
+    if not run.finished:
+        raise ZooError(f"run {key} is not finished in {store}; train it before exporting it to the zoo")
+    cfg = compose("train", list(train))
+    if run_key(cfg) != key:
+        raise ZooError(f"`python -m pclc.train {' '.join(train)}` trains {run_key(cfg)}, not {key}: nothing exported")
+    meta = {
+        "method": method,
+        "loss": cfg.loss.name,
+        "trainer": next((t.split("=", 1)[1] for t in train if t.startswith("trainer=")), "paper"),
+        "recipe": {"arm": arm, "train": list(train)},
+        "role": "model",
+    }
+    return export(run, name, meta, zoo)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pclc.zoo", description="Export one finished run to the zoo.")
+    p.add_argument("--run", required=True, help="the run key")
+    p.add_argument("--name", required=True, help="its zoo name, e.g. fmnist-lenet5-ce+pgdat-s0-paper_schedule")
+    p.add_argument("--method", required=True, help="its method, e.g. ce+pgdat")
+    p.add_argument("--arm", required=True, help="what trained it, e.g. learning_curve.pgd_at")
+    p.add_argument("--store", default=None, help="run store (default: $PCLC_RUNS, else runs)")
+    p.add_argument("train", nargs="+", help="the overrides of python -m pclc.train that retrain it")
+    a = p.parse_args(argv)
+    try:
+        entry = export_run(a.store or os.environ.get("PCLC_RUNS", "runs"), a.run, a.name, a.method, a.arm, a.train)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{entry['name']}: {entry['key']} (clean {entry['clean_accuracy']:.2f}%, {entry['trained_on']['line']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -335,3 +335,24 @@ def test_verify_leaves_a_partial_file_when_cut_short_and_a_whole_one_when_done(t
     v.verify(out_dir=tmp_path, subset=20, device="cpu")  # m0 again, then all three
     text = md.read_text()
     assert "PARTIAL" not in text and "| m2 | fgsm eps 0.1 (first 20) | 40.00 |" in text and "- models: 3;" in text
+
+
+def test_a_run_no_cell_names_is_exported_only_with_the_command_that_retrains_it(tmp_path, capsys):
+    from pclc.train import train
+
+    over = ["dataset=fake", "loss=ce", "trainer=fast_at", "+profiles/train=tiny", "logger=none", "device=cpu"]
+    over.append(f"store={tmp_path / 'runs'}")
+    key = train(compose("train", [*over, "monitor.attack=fgsm", "monitor.subset=16"]))["key"]  # a curve run
+    args = ["--store", str(tmp_path / "runs"), "--run", key, "--method", "ce+fastat", "--arm", "learning_curve.x"]
+    with pytest.raises(SystemExit, match=f"trains .*, not {key}: nothing exported"):
+        zoo.main([*args, "--name", "wrong", *over, "seed=1"])
+    assert not (tmp_path / "zoo").exists()
+    os.environ["PCLC_ZOO"] = str(tmp_path / "zoo")
+    try:
+        zoo.main([*args, "--name", "fake-lenet5-ce+fastat-s0-curve", *over])
+        entry = zoo.find("fake-lenet5-ce+fastat-s0-curve")
+    finally:
+        del os.environ["PCLC_ZOO"]
+    assert entry["key"] == key and entry["recipe"] == {"arm": "learning_curve.x", "train": over}
+    assert (entry["method"], entry["loss"], entry["trainer"]) == ("ce+fastat", "ce", "fast_at")
+    assert f"fake-lenet5-ce+fastat-s0-curve: {key}" in capsys.readouterr().out
