@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +17,7 @@ from pclc.files import atomic_savefig, atomic_write_text
 from pclc.headers import csv_header, header, markdown_table, trained_on_notes
 from pclc.reports import evaluated_on_notes
 from pclc.results import read_result, read_store
-from pclc.store import RunDir, provenance
+from pclc.store import RunDir, provenance, store_path
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def main(argv=None) -> None:
         "--budgets", default=None, help=f"L2 budgets, comma-separated (default {','.join(map(str, BUDGETS))})"
     )
     a = p.parse_args(argv)
-    store = a.store or os.environ.get("PCLC_RUNS", "runs")
+    store = store_path(a.store)
     budgets = BUDGETS if a.budgets is None else tuple(float(b) for b in a.budgets.split(","))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for path in write(store, a.out, budgets):

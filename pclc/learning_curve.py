@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +19,7 @@ import torch
 
 from pclc.files import atomic_savefig, atomic_write_text
 from pclc.headers import csv_header, header, markdown_table, trained_on_notes
-from pclc.store import RunDir, provenance
+from pclc.store import RunDir, provenance, store_path
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        paths = write(a.store or os.environ.get("PCLC_RUNS", "runs"), a.run, a.out, a.name)
+        paths = write(store_path(a.store), a.run, a.out, a.name)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     for path in paths:

@@ -78,6 +78,11 @@ def digest(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
 
 
+def store_path(given: str | Path | None = None) -> str | Path:
+    """A command line's run store: ``given``, else ``$PCLC_RUNS``, else ``runs`` (the configs' default)."""
+    return given or os.environ.get("PCLC_RUNS", "runs")
+
+
 def run_key(cfg: DictConfig) -> str:
     """``<dataset>-<model>-<loss>-s<seed>-<hash>``: readable, and unique per identity."""
     return f"{cfg.dataset.name}-{cfg.model.name}-{cfg.loss.name}-s{cfg.seed}-{digest(identity(cfg))}"

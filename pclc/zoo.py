@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from pclc.errors import UserError
 from pclc.files import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from pclc.locks import held
-from pclc.store import RunDir, build_model, run_key, weights_digest
+from pclc.store import RunDir, build_model, run_key, store_path, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +306,7 @@ def export_run(store: str | Path, key: str, name: str, method: str, arm: str, tr
     anything is written, unless composing them gives the run's key."""
     from pclc.config import compose
 
-    run = RunDir(store, key)
-    if not run.finished:
-        raise ZooError(f"run {key} is not finished in {store}; train it before exporting it to the zoo")
+    run = RunDir(store, key)  # export refuses an unfinished run, before anything is written
     cfg = compose("train", list(train))
     if run_key(cfg) != key:
         raise ZooError(f"`python -m pclc.train {' '.join(train)}` trains {run_key(cfg)}, not {key}: nothing exported")
@@ -334,7 +332,7 @@ def main(argv=None) -> None:
     p.add_argument("train", nargs="+", help="the overrides of python -m pclc.train that retrain it")
     a = p.parse_args(argv)
     try:
-        entry = export_run(a.store or os.environ.get("PCLC_RUNS", "runs"), a.run, a.name, a.method, a.arm, a.train)
+        entry = export_run(store_path(a.store), a.run, a.name, a.method, a.arm, a.train)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"{entry['name']}: {entry['key']} (clean {entry['clean_accuracy']:.2f}%, {entry['trained_on']['line']})")
