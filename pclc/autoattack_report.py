@@ -17,6 +17,7 @@ from pclc.config import resolve_device
 from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
 from pclc.files import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
+from pclc.paired import comparison_lines
 from pclc.paper_data import paper_tables
 from pclc.reports import evaluated_on_notes
 from pclc.results import item_results, run_weights
@@ -246,7 +247,11 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         csv_header(exp.title, prov, protocol, {"experiment": exp.name, "subset": subset}, md.name)
         + df.to_csv(index=False),
     )
-    body = to_markdown(df, attacks) + verdict_lines(judged) if len(df) else ["No model has an AutoAttack result yet."]
+    body = (
+        to_markdown(df, attacks) + comparison_lines(df, cfg) + verdict_lines(judged)
+        if len(df)
+        else ["No model has an AutoAttack result yet."]
+    )
     atomic_write_text(
         md,
         header(exp.title, prov, protocol, notes=notes, cells="accuracy in %, mean ± sd over seeds (n)")

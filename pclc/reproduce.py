@@ -37,6 +37,7 @@ from pclc.experiment import (
     train_cfg,
 )
 from pclc.headers import config_yaml, trained_on_notes
+from pclc.paired import check_comparisons
 from pclc.plan import cell_seconds, cell_timeout_minutes, plan
 from pclc.progress import eta_line
 from pclc.reports import check_table_file, write_table
@@ -245,6 +246,8 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
         return reproduce_all(cfg)
     cells = experiment_cells(cfg)  # validates the restrictions before any work
     check_attacks(cfg)
+    if cfg.experiment.kind == "autoattack":
+        check_comparisons(cfg)
     if cfg.plan:
         return plan(cfg)
     if cfg.get("from_zoo") and cfg.stage in ("all", "cell", "train"):

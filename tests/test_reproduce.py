@@ -496,7 +496,9 @@ def test_autoattack_puts_the_papers_attacks_on_the_same_weights_beside_it(tmp_pa
     from pclc.autoattack_report import verdicts
 
     cfg = repro_cfg(tmp_path, "autoattack", "fmnist", "experiment.arms=[]")
-    assert aa.verdict.notna().all() and "## Verdicts" in (tmp_path / "results" / "tiny" / "autoattack.md").read_text()
+    md = (tmp_path / "results" / "tiny" / "autoattack.md").read_text()
+    assert aa.verdict.notna().all() and "## Verdicts" in md
+    assert "| pclc | ce | 0.1 | — | — | — | — | not judged: 0 paired seeds |" in md  # the declared pairs (pclc.paired)
     level = aa.assign(autoattack=40.0, pgd_here=41.0)  # the paper's PGD is as strong as AutoAttack
     assert verdicts(cfg, level).verdict.tolist() == ["robustness confirmed"]
     assert verdicts(cfg, level.assign(autoattack=0.5, pgd_here=0.5)).verdict.tolist() == ["no robustness"]
