@@ -27,6 +27,7 @@ from pclc.experiment import Job, experiment_cells, missing_entries, sub_experime
 from pclc.models import create_model
 from pclc.results import crafted_groups, eval_settings, read_store, result_stem
 from pclc.store import RunDir, run_key, runs_in
+from pclc.zoo import has
 
 
 # ------------------------------------------------------------------------------------------
@@ -285,11 +286,15 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
     store = Path(cfg.store)
     rows: list[dict] = []
     work: dict[tuple, float | None] = {}
+
+    def trained(key: str) -> bool:  # from_zoo=true restores a zoo model instead of training it
+        return RunDir(store, key).finished or bool(cfg.get("from_zoo")) and has(key, cfg.get("zoo_dir"))
+
     for i, cell in enumerate(experiment_cells(cfg)):
         tc = train_cfg(cell, cfg)
         key = run_key(tc)
-        done = _done_epochs(store, tc, cell)
         phase = int(tc.trainer.epochs_per_phase)
+        done = 2 * phase if trained(key) else _done_epochs(store, tc, cell)
         shared = done < phase and tc.loss.get("warmup") and ("train", run_key(warmup_source(tc))) in work
         train_s = cost.training(tc, phase if shared else done)  # shared: phase 1 is the warm-up run's, planned above
         if train_s != 0.0:
@@ -301,7 +306,7 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
             if e.source == "transfer":
                 sc = substitute_cfg(tc, ec.eval.substitute)
                 skey = run_key(sc)
-                if ("train", skey) not in work and not RunDir(store, skey).finished:
+                if ("train", skey) not in work and not trained(skey):
                     sdone = _done_epochs(store, sc, None)
                     work[("train", skey)] = st = cost.training(sc, sdone)
                     rows.append(
@@ -330,7 +335,7 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
                 "cell": i,
                 "label": cell.label,
                 "key": key,
-                "trained": RunDir(store, key).finished,
+                "trained": trained(key),
                 "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}",
                 "evals_missing": len(todo),
                 "predicted_seconds": None if train_s is None or eval_s is None else round(train_s + eval_s, 1),

@@ -171,6 +171,21 @@ def test_from_zoo_rebuilds_the_table_without_training(exported, tmp_path, monkey
     assert "MIXED" not in md
 
 
+def test_the_plan_from_the_zoo_counts_no_training(exported, tmp_path):
+    """``plan=true from_zoo=true``: zoo models (the targets and the black-box substitute) are restored, not
+    trained, so the prediction is the evaluation alone. The planner once predicted every model's training."""
+    from pclc.plan import CostModel, plan_items
+
+    tmp, _ = exported
+    over = ["attacks=[pgd]", "device=cpu"]
+    for from_zoo, trains in ((False, True), (True, False)):
+        cfg = _cfg(tmp, *over, f"from_zoo={str(from_zoo).lower()}", store=tmp_path / "store", out=tmp_path / "o")
+        rows, work = plan_items(cfg, CostModel(tmp / "runs", None))  # the exported store's measured epochs
+        assert any(k[0] == "train" for k in work) == trains and all(r["trained"] != trains for r in rows), rows
+    assert any(r["label"].endswith("(substitute)") for r in plan_items(_cfg(tmp, *over, store=tmp_path / "s"),
+                                                                      CostModel(tmp / "runs", None))[0])  # fmt: skip
+
+
 def test_from_zoo_refuses_before_any_work_when_the_zoo_lacks_a_run(exported, tmp_path):
     tmp, _ = exported
     z = _copy_zoo(tmp, tmp_path / "zoo")
