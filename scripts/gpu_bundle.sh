@@ -8,6 +8,13 @@
 #     bash .gpu/run.sh gpu-check               # there: make gpu-check under a budget (BUDGET seconds, default 420)
 #     bash .gpu/run.sh verify                  # there: make verify-zoo on the GPU
 #     bash .gpu/run.sh reproduce experiment=table5 datasets=[fmnist] from_zoo=true   # a table from the zoo
+#     bash .gpu/run.sh regenerate              # there: every file awaiting regeneration from the zoo, in order
+#
+# `regenerate` runs REGENERATE's steps (default: Table 5, Table 3, Table 3 over five seeds, the audit, AutoAttack on
+# 1,000 images, the deviations study; the files tests/test_zoo.py's AWAITING_REGENERATION lists, then issue 30's),
+# each from the zoo, until DEADLINE seconds (default 540, inside one call's 600) have passed; the results so far
+# are packed after every step, so a call cut short keeps every finished table. A step cut short leaves its
+# finished cells in /tmp/pclc-runs: a second call on the still-warm machine resumes it.
 #
 # .gpu/ is ignored by git (.git/info/exclude); it is about 45 MB. wandb is left out (62 MB): its tests skip there.
 set -euo pipefail
@@ -48,7 +55,25 @@ case "${1:-gpu-check}" in
     python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_dir=/tmp/pclc-results \
       >"$OUT/reproduce.log" 2>&1; rc=$?; tail -15 "$OUT/reproduce.log"
     tar czf "$OUT/results.tgz" -C /tmp pclc-results ;;
-  *) echo "usage: bash .gpu/run.sh [gpu-check|verify|reproduce ARGS...]" >&2; rc=2 ;;
+  regenerate)  # each step's reproduce arguments, one step a line
+    steps=${REGENERATE:-"experiment=table5 datasets=[fmnist]
+experiment=table3 datasets=[fmnist]
+experiment=table3 datasets=[fmnist] seeds=[0,1,2,3,4]
+experiment=audit datasets=[fmnist]
+experiment=autoattack experiment.subset=1000
+experiment=deviations"}
+    end=$((SECONDS + ${DEADLINE:-540})); rc=0
+    while IFS= read -r step; do
+      left=$((end - SECONDS)); [ "$left" -gt 20 ] || { echo "deadline: not started: $step"; rc=124; continue; }
+      echo "== $step (${left}s left)"
+      # shellcheck disable=SC2086  # a step is several arguments
+      timeout "$left" python3 -m pclc.reproduce $step from_zoo=true logger=none store=/tmp/pclc-runs \
+        out_dir=/tmp/pclc-results >>"$OUT/regenerate.log" 2>&1; s=$?
+      echo "   exit $s after $((SECONDS - end + ${DEADLINE:-540}))s"; [ "$s" -eq 0 ] || rc=$s
+      tar czf "$OUT/results.tgz" -C /tmp pclc-results 2>/dev/null
+    done <<<"$steps"
+    tail -15 "$OUT/regenerate.log" ;;
+  *) echo "usage: bash .gpu/run.sh [gpu-check|verify|reproduce ARGS...|regenerate]" >&2; rc=2 ;;
 esac
 exit $rc
 EOF
