@@ -42,9 +42,10 @@ def paired(df: pd.DataFrame, treated: str, control: str, column: str = "autoatta
         return m.set_index([m.eps.astype(float), m.seed.astype(int)])[column].astype(float).dropna()
 
     a, b = by(treated), by(control)
+    both = a.index.intersection(b.index)
     rows = []
     for eps in sorted(set(d.eps.astype(float))):
-        seeds = sorted(s for e, s in a.index.intersection(b.index) if e == eps)
+        seeds = sorted(s for e, s in both if e == eps)
         ta, tb = [a[(eps, s)] for s in seeds], [b[(eps, s)] for s in seeds]
         diffs = [x - y for x, y in zip(ta, tb)]
         rows.append(

@@ -27,7 +27,7 @@ from pclc.experiment import Job, experiment_cells, missing_entries, sub_experime
 from pclc.models import create_model
 from pclc.results import crafted_groups, eval_settings, read_store, result_stem
 from pclc.store import RunDir, run_key, runs_in
-from pclc.zoo import has
+from pclc.zoo import read_manifest
 
 
 # ------------------------------------------------------------------------------------------
@@ -287,8 +287,11 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
     rows: list[dict] = []
     work: dict[tuple, float | None] = {}
 
-    def trained(key: str) -> bool:  # from_zoo=true restores a zoo model instead of training it
-        return RunDir(store, key).finished or bool(cfg.get("from_zoo")) and has(key, cfg.get("zoo_dir"))
+    # from_zoo=true restores a zoo model instead of training it (the manifest read once, not per cell)
+    zoo_keys = {e["key"] for e in read_manifest(cfg.get("zoo_dir"))} if cfg.get("from_zoo") else set()
+
+    def trained(key: str) -> bool:
+        return key in zoo_keys or RunDir(store, key).finished
 
     for i, cell in enumerate(experiment_cells(cfg)):
         tc = train_cfg(cell, cfg)
@@ -336,7 +339,7 @@ def plan_items(cfg: DictConfig, cost: CostModel) -> tuple[list[dict], dict[tuple
                 "label": cell.label,
                 "key": key,
                 "trained": trained(key),
-                "epochs_done": f"{done}/{2 * int(tc.trainer.epochs_per_phase)}",
+                "epochs_done": f"{done}/{2 * phase}",
                 "evals_missing": len(todo),
                 "predicted_seconds": None if train_s is None or eval_s is None else round(train_s + eval_s, 1),
             }

@@ -44,6 +44,8 @@ export PYTHONPATH=$PWD/.gpu/site:$PWD PCLC_DATA=$PWD/.gpu/data PYTHONUNBUFFERED=
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 { date -u; nvidia-smi; python3 -c "import sys, torch; print(sys.version); print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.get_device_name())"; nproc; lscpu | grep 'Model name'; git log --oneline -1; } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
+repro() { python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_dir=/tmp/pclc-results; }
+pack() { tar czf "$OUT/results.tgz" -C /tmp pclc-results 2>/dev/null; }
 case "${1:-gpu-check}" in
   gpu-check)
     python3 scripts/gpu_check.py --budget "${BUDGET:-420}" 2>&1 | tee "$OUT/gpu_check.log"; rc=${PIPESTATUS[0]}
@@ -52,9 +54,8 @@ case "${1:-gpu-check}" in
     python3 -m pclc.verify --out-dir "$OUT" >"$OUT/verify.log" 2>&1; rc=$?; tail -15 "$OUT/verify.log" ;;
   reproduce)  # e.g. bash .gpu/run.sh reproduce experiment=autoattack datasets=[fmnist] from_zoo=true
     shift
-    python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_dir=/tmp/pclc-results \
-      >"$OUT/reproduce.log" 2>&1; rc=$?; tail -15 "$OUT/reproduce.log"
-    tar czf "$OUT/results.tgz" -C /tmp pclc-results ;;
+    repro "$@" >"$OUT/reproduce.log" 2>&1; rc=$?; tail -15 "$OUT/reproduce.log"
+    pack ;;
   regenerate)  # each step's reproduce arguments, one step a line
     steps=${REGENERATE:-"experiment=table5 datasets=[fmnist]
 experiment=table3 datasets=[fmnist]
@@ -63,14 +64,14 @@ experiment=audit datasets=[fmnist]
 experiment=autoattack experiment.subset=1000
 experiment=deviations"}
     end=$((SECONDS + ${DEADLINE:-540})); rc=0
+    export -f repro
     while IFS= read -r step; do
       left=$((end - SECONDS)); [ "$left" -gt 20 ] || { echo "deadline: not started: $step"; rc=124; continue; }
       echo "== $step (${left}s left)"
       # shellcheck disable=SC2086  # a step is several arguments
-      timeout "$left" python3 -m pclc.reproduce $step from_zoo=true logger=none store=/tmp/pclc-runs \
-        out_dir=/tmp/pclc-results >>"$OUT/regenerate.log" 2>&1; s=$?
-      echo "   exit $s after $((SECONDS - end + ${DEADLINE:-540}))s"; [ "$s" -eq 0 ] || rc=$s
-      tar czf "$OUT/results.tgz" -C /tmp pclc-results 2>/dev/null
+      timeout "$left" bash -c 'repro "$@"' _ $step from_zoo=true >>"$OUT/regenerate.log" 2>&1; s=$?
+      echo "   exit $s, ${SECONDS}s since the start"; [ "$s" -eq 0 ] || rc=$s
+      pack
     done <<<"$steps"
     tail -15 "$OUT/regenerate.log" ;;
   *) echo "usage: bash .gpu/run.sh [gpu-check|verify|reproduce ARGS...|regenerate]" >&2; rc=2 ;;
