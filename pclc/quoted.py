@@ -16,6 +16,7 @@ headed "the paper claims") may instead be held by the paper's tables (``pclc/pap
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from dataclasses import dataclass, field
@@ -131,12 +132,13 @@ def held_values(path: Path) -> list[float]:
     return [float(v) for f in files if f.exists() for v in HELD.findall(f.read_text())]
 
 
-def paper_values() -> list[float]:
+@functools.cache
+def paper_values() -> tuple[float, ...]:
     """Every number of the paper's tables and probability-gap figures."""
-    return [float(v) for v in paper_tables().accuracy] + [float(v) for v in paper_gaps().mean_probability_gap]
+    return tuple(float(v) for v in [*paper_tables().accuracy, *paper_gaps().mean_probability_gap])
 
 
-def holds(values: list[float], quoted: str) -> bool:
+def holds(values, quoted: str) -> bool:
     """Whether a value equals the quoted number to the digits quoted (68.004 holds 68.00, and 68.0 holds 68.00)."""
     q, digits = abs(float(quoted)), len(quoted.partition(".")[2])
     return any(abs(abs(v) - q) <= 0.5 * 10**-digits + 1e-9 for v in values)
@@ -155,7 +157,6 @@ def unsourced(doc: Path, root: Path) -> list[str]:
     """One line per quoted number that no file named beside it holds (``root``: the results folder); a unit
     that quotes numbers and names no file, or names a file that does not exist, is a line too."""
     cache: dict[str, list[float] | None] = {}
-    paper: list[float] = []
     problems = []
     for unit in units(doc.read_text()):
         numbers = quoted_numbers(unit.text)
@@ -170,9 +171,7 @@ def unsourced(doc: Path, root: Path) -> list[str]:
             problems.append(f"{doc}:{unit.line}: names {', '.join(missing)}, which does not exist")
         values = [v for n in unit.files if cache[n] for v in cache[n]]
         for number, of_paper in numbers:
-            if (of_paper or unit.paper) and not paper:
-                paper = paper_values()
-            if (of_paper or unit.paper) and holds(paper, number):
+            if (of_paper or unit.paper) and holds(paper_values(), number):
                 continue
             if not unit.files:
                 problems.append(f"{doc}:{unit.line}: {number} is quoted beside no results file")
