@@ -122,7 +122,7 @@ gpu-check: $(STAMP) ## GPU: tests, bench, Table 1 from the zoo, whole-paper plan
 	$(BIN)/python scripts/gpu_check.py
 verify-zoo: $(STAMP) ## Re-evaluate every zoo model here (clean, FGSM, PGD) against its manifest -> results/verify-<machine>.md
 	$(BIN)/python -m pclc.verify $(ARGS)
-quotes: $(STAMP) ## Every number README.md and results/README.md quote, checked against the results files named beside it
-	$(BIN)/python -m pclc.quoted README.md results/README.md
+quotes: $(STAMP) ## Every number README.md, results/README.md and docs/performance.md quote, checked against the results files named beside it
+	$(BIN)/python -m pclc.quoted README.md results/README.md docs/performance.md
 audit-run: $(STAMP) ## Audit one run: make audit-run ARGS="audit.run=<key>" (or dataset=.. model=.. loss=..)
 	$(BIN)/python -m pclc.audit $(ARGS)

@@ -123,13 +123,16 @@ def quoted_numbers(text: str) -> list[tuple[str, bool]]:
     return found
 
 
-def held_values(path: Path) -> list[float]:
+def held_values(path: Path) -> tuple[float, ...]:
     """Every number written in a file (``x.md`` with its ``x.csv``; a folder: every md, csv and json beneath)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".md", ".csv", ".json"))
     else:
         files = [path] + ([path.with_suffix(".csv")] if path.suffix == ".md" else [])
-    return [float(v) for f in files if f.exists() for v in HELD.findall(f.read_text())]
+    return tuple(float(v) for f in files if f.exists() for v in HELD.findall(f.read_text()))
+
+
+_held = functools.cache(held_values)  # a document names the same files many times
 
 
 @functools.cache
@@ -144,10 +147,16 @@ def holds(values, quoted: str) -> bool:
     return any(abs(abs(v) - q) <= 0.5 * 10**-digits + 1e-9 for v in values)
 
 
-def resolve(name: str, doc: Path, root: Path) -> Path | None:
-    """A named file: beside the document, else under ``root`` (a ``results/`` prefix read as ``root``), else in
-    the repository that holds ``root`` (``configs/...``)."""
-    for path in (doc.parent / name, root / name.removeprefix("results/"), root.parent / name):
+def resolve(name: str, doc: Path, root: Path, folders: tuple[Path, ...] = ()) -> Path | None:
+    """A named file: in a folder the same unit names (a heading's ``results/gpu-check-<gpu>/`` holds the
+    ``summary.md`` its paragraphs name), beside the document, else under ``root`` (a ``results/`` prefix read as
+    ``root``), else in the repository that holds ``root`` (``configs/...``)."""
+    for path in (
+        *(f / name for f in folders),
+        doc.parent / name,
+        root / name.removeprefix("results/"),
+        root.parent / name,
+    ):
         if path.exists():
             return path
     return None
@@ -156,20 +165,17 @@ def resolve(name: str, doc: Path, root: Path) -> Path | None:
 def unsourced(doc: Path, root: Path) -> list[str]:
     """One line per quoted number that no file named beside it holds (``root``: the results folder); a unit
     that quotes numbers and names no file, or names a file that does not exist, is a line too."""
-    cache: dict[str, list[float] | None] = {}
     problems = []
     for unit in units(doc.read_text()):
         numbers = quoted_numbers(unit.text)
         if not numbers:
             continue
-        for name in unit.files:
-            if name not in cache:
-                path = resolve(name, doc, root)
-                cache[name] = None if path is None else held_values(path)
-        missing = [n for n in unit.files if cache[n] is None]
+        folders = tuple(p for n in unit.files if n.endswith("/") and (p := resolve(n, doc, root)))
+        paths = {n: resolve(n, doc, root, folders) for n in unit.files}
+        missing = [n for n, path in paths.items() if path is None]
         if missing:
             problems.append(f"{doc}:{unit.line}: names {', '.join(missing)}, which does not exist")
-        values = [v for n in unit.files if cache[n] for v in cache[n]]
+        values = [v for path in paths.values() if path for v in _held(path)]
         for number, of_paper in numbers:
             if (of_paper or unit.paper) and holds(paper_values(), number):
                 continue

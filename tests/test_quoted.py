@@ -14,7 +14,7 @@ from pclc.quoted import holds, main, quoted_numbers, units, unsourced
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("doc", ["README.md", "results/README.md"])
+@pytest.mark.parametrize("doc", ["README.md", "results/README.md", "docs/performance.md"])
 def test_the_readmes_quote_only_numbers_held_by_the_files_they_name(doc):
     assert unsourced(ROOT / doc, ROOT / "results") == []
 
@@ -62,6 +62,21 @@ def test_column_headers_and_headings_name_files_for_what_is_beneath(results):
     assert check(results, "### Seeds (`seeds/table1.md`)\n\n- PGD 17.1 ± 6.2.\n") == []
     assert check(results, "### Seeds (`seeds/table1.md`)\n\n- PGD 17.2 ± 6.2.\n") == [
         "17.2 is in none of seeds/table1.md"
+    ]
+
+
+def test_a_name_under_a_heading_that_names_a_folder_is_that_folders_file(results):
+    """docs/performance.md's GPU section: the heading names ``results/gpu-check-<gpu>/`` and its paragraphs name
+    ``summary.md`` and ``tables/table1.md`` inside it (the old check called them missing)."""
+    (results / "seeds" / "summary.md").write_text("PGD 17.1 over five seeds\n")
+    assert check(results, "### Seeds (`results/seeds/`)\n\n- PGD 17.1 (`summary.md`).\n") == []
+    # the folder's own file, not the results folder's file of the same name
+    assert check(results, "### Seeds (`seeds/`)\n\n- PGD 11.0 (`table1.md`).\n") == [
+        "11.0 is in none of table1.md, seeds/"
+    ]
+    assert check(results, "### Seeds\n\n- PGD 17.1 (`summary.md`).\n") == [
+        "names summary.md, which does not exist",
+        "17.1 is in none of summary.md",
     ]
 
 
