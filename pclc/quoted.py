@@ -132,9 +132,6 @@ def held_values(path: Path) -> tuple[float, ...]:
     return tuple(float(v) for f in files if f.exists() for v in HELD.findall(f.read_text()))
 
 
-_held = functools.cache(held_values)  # a document names the same files many times
-
-
 @functools.cache
 def paper_values() -> tuple[float, ...]:
     """Every number of the paper's tables and probability-gap figures."""
@@ -166,6 +163,7 @@ def unsourced(doc: Path, root: Path) -> list[str]:
     """One line per quoted number that no file named beside it holds (``root``: the results folder); a unit
     that quotes numbers and names no file, or names a file that does not exist, is a line too."""
     problems = []
+    held = functools.cache(held_values)  # a document names the same files many times; read each once per call
     for unit in units(doc.read_text()):
         numbers = quoted_numbers(unit.text)
         if not numbers:
@@ -175,7 +173,7 @@ def unsourced(doc: Path, root: Path) -> list[str]:
         missing = [n for n, path in paths.items() if path is None]
         if missing:
             problems.append(f"{doc}:{unit.line}: names {', '.join(missing)}, which does not exist")
-        values = [v for path in paths.values() if path for v in _held(path)]
+        values = [v for path in paths.values() if path for v in held(path)]
         for number, of_paper in numbers:
             if (of_paper or unit.paper) and holds(paper_values(), number):
                 continue
