@@ -26,7 +26,7 @@ from pclc.derived import substitute_cfg, warmup_source
 from pclc.experiment import Job, experiment_cells, missing_entries, sub_experiments, train_cfg
 from pclc.models import create_model
 from pclc.results import crafted_groups, eval_settings, read_store, result_stem
-from pclc.store import RunDir, run_key, runs_in
+from pclc.store import RunDir, device_name, run_key, runs_in
 from pclc.zoo import read_manifest
 
 
@@ -401,6 +401,10 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
             else ""
         )
     )
+    from pclc.plan_file import other_cpu_note
+
+    if note := other_cpu_note(cost.bench if "bench" in cost.sources else None, device_name(resolve_device(cfg.device))):
+        print(note)
     if audited:
         print(
             f"not in that figure: the audit's attacks on {len(audited)} runs (their cost depends on how many "

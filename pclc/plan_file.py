@@ -12,6 +12,19 @@ from pclc.config import resolve_device
 from pclc.store import machine_line
 
 
+def other_cpu_note(bench: dict | None, here: str) -> str | None:
+    """A line when the benchmark the costs are scaled from ran on a CPU other than this one (or one it does not
+    name: files from before pclc recorded the model): FLOPs scaling carries its speed over, not this CPU's. A GPU's
+    bench read on a CPU host is left alone: it predicts that GPU's time, as the plan says."""
+    name = ((bench or {}).get("device") or {}).get("name", "")
+    if not (name.startswith("cpu") and here.startswith("cpu")) or name == here:
+        return None
+    return (
+        f"the benchmark's CPU ({name}) is not this one ({here}) or is not named in it: the prediction is that "
+        "CPU's speed scaled by FLOPs; `make bench` here measures this one's"
+    )
+
+
 def write_plan(cfg: DictConfig, out: dict[str, Any], bench: dict | None, bench_file: Path, sources) -> Path:
     """``plan_out=<file>.md``: the plan as a results file, with the provenance of this run and of the benchmark
     its costs were scaled from (a GPU's bench read on a CPU host predicts that GPU's time)."""
@@ -29,6 +42,7 @@ def write_plan(cfg: DictConfig, out: dict[str, Any], bench: dict | None, bench_f
             f"costs scaled by FLOPs from `{bench_file}`: measured on {on} (commit `{d.get('commit', '?')}`, "
             f"{d.get('date', '?')}), torch {d.get('torch', '?')}"
         )
+        notes += [n for n in [other_cpu_note(bench, prov["device"])] if n]
     if "store" in sources:
         notes.append(f"costs measured in the run store `{cfg.store}` where it has them")
     total = out["predicted_seconds"]

@@ -14,7 +14,6 @@ planner's prediction for the column on an empty store is printed beside it.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pclc.experiment import eval_cfg, experiment_cells, train_cfg
 from pclc.files import atomic_write_json, atomic_write_text, read_json
 from pclc.metrics import predict
 from pclc.plan import CostModel, bench_path, device_slug, forward_flops, load_bench, plan_items
-from pclc.store import RunDir, load_run, provenance, provenance_lines, run_key
+from pclc.store import RunDir, device_name, load_run, provenance, provenance_lines, run_key
 
 GOAL_S = 20 * 60  # the performance issue's target for the whole column on a 2-core CPU
 
@@ -172,7 +171,7 @@ def main() -> None:
     items = plan_items(empty, CostModel(Path(empty.store), load_bench(bench_path(empty))))[1]
     planner = None if any(v is None for v in items.values()) else sum(items.values())
     res = {
-        "device": f"{device_slug(device)} ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(device),  # names the CPU model: FLOPs-scaled costs are that CPU's
         "provenance": provenance(device),
         "n": min(args.n, test_examples),
         "test_examples": test_examples,

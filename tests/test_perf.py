@@ -188,8 +188,33 @@ def test_a_plan_is_written_with_the_benchmarks_device_and_provenance(tmp_path):
     assert f"**Predicted time for the rest: {minutes}" in text and "on NVIDIA H200**" in text
     assert "measured on NVIDIA H200 (commit `abc123`" in text and "- commit: " in text and "- machine: " in text
     assert text.count("| table1 |") == 2 and "resolved config" in text
+    assert "is not this one" not in text  # a GPU's bench read on a CPU host: that GPU's time, no CPU warning
     reproduce(compose("reproduce", [*over, f"bench={tmp_path / 'none.json'}"]))  # no plan_out: nothing written
     assert sorted(x.name for x in out.parent.iterdir()) == ["table1.md"]
+
+
+def test_a_plan_scaled_from_another_cpus_bench_says_so(tmp_path, capsys):
+    """The committed bench names only "cpu (x86_64, 2 threads)": a plan scaled from it on an AMD or Intel host
+    carries that CPU's speed, and the plan (stdout and file) says so; a bench from this very CPU gets no line."""
+    from pclc.plan_file import other_cpu_note
+    from pclc.reproduce import reproduce
+    from pclc.store import device_name
+
+    here = device_name(torch.device("cpu"))
+    assert other_cpu_note({"device": {"name": here}}, here) is None
+    assert other_cpu_note({"device": {"name": "NVIDIA H200"}}, here) is None
+    assert other_cpu_note(None, here) is None
+    old = {**BENCH, "device": {"name": "cpu (x86_64, 2 threads)", "commit": "abc123", "date": "2026-11-24"}}
+    (tmp_path / "bench.json").write_text(json.dumps(old))
+    out = tmp_path / "plan.md"
+    over = ["experiment=table1", "datasets=[fmnist]", "plan=true", "logger=none", "device=cpu"]
+    reproduce(
+        compose(
+            "reproduce", [*over, f"store={tmp_path / 'runs'}", f"bench={tmp_path / 'bench.json'}", f"plan_out={out}"]
+        )
+    )
+    line = f"the benchmark's CPU (cpu (x86_64, 2 threads)) is not this one ({here})"
+    assert line in capsys.readouterr().out and line in out.read_text()
 
 
 def test_launcher_timeout_is_the_planners_slowest_cell_with_margin(tmp_path, capsys):
