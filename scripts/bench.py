@@ -3,7 +3,7 @@
     python scripts/bench.py                 # make bench: writes results/bench-<device>.{md,json}
     python scripts/bench.py --tiny          # seconds; used by the test suite
 
-For LeNet-5 on Fashion-MNIST (real data when present) and VGG-13 / ResNet-56 on CIFAR-shaped data
+For LeNet-5 and the cnn3 substitute on Fashion-MNIST (real data when present) and VGG-13 / ResNet-56 on CIFAR-shaped data
 (synthetic, same shape and dtype, unless CIFAR-10 is on disk), it measures:
   1. a training epoch: ours (uint8 data on the device, batches by index, bf16 + channels_last on CUDA)
      vs the official code's style (torchvision dataset, DataLoader, per-sample ToTensor, fp32, batch 256,
@@ -198,7 +198,7 @@ def bench_model(name: str, model_name: str, device, args, peak: float) -> dict:
     make = lambda: create_model(model_name, k, c, s).to(device)  # noqa: E731
     full_batches = -(-len(train.y) // 256)
     cpu = device.type == "cpu"
-    large = cpu and model_name != "lenet5"  # VGG-13 / ResNet-56 on a CPU: fewer batches and images
+    large = cpu and model_name not in ("lenet5", "cnn3")  # VGG-13 / ResNet-56 on a CPU: fewer batches, images
     batches = min(
         full_batches,
         2 if tiny else ((args.cpu_large_batches if large else args.cpu_batches) if cpu else full_batches),
@@ -287,7 +287,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a few batches and images (tests)")
     ap.add_argument("--root", default=None, help="data root (default: dataset config's)")
     ap.add_argument("--out", default=None, help="output path without suffix (default results/bench-<device>)")
-    ap.add_argument("--models", default="fmnist:lenet5,cifar10:vgg13,cifar10:resnet56")
+    ap.add_argument("--models", default="fmnist:lenet5,fmnist:cnn3,cifar10:vgg13,cifar10:resnet56")
     ap.add_argument("--cpu-batches", type=int, default=20, help="CPU: training batches timed per pipeline")
     ap.add_argument("--cpu-pgd-images", type=int, default=512, help="CPU: images attacked by our PGD")
     ap.add_argument("--cpu-large-batches", type=int, default=3, help="CPU, VGG-13/ResNet-56: batches timed")

@@ -143,13 +143,33 @@ def test_cost_model_scales_the_benchmark_by_size_steps_flops_and_adversarial_tra
     assert costs.epoch_seconds(BENCH, ds, "lenet5", fgsm_at) == pytest.approx(3.0 * (1 + 0.5 * step))
     pgd_at = compose("train", ["dataset=fmnist", "trainer=pgd_at"]).trainer
     assert costs.epoch_seconds(BENCH, ds, "lenet5", pgd_at) == pytest.approx(3.0 * (1 + 10 * step))
-    ratio = costs.model_flops("cnn3", 10, 1, 28) / 833040.0  # an unbenchmarked model: same seconds per FLOP
+    ratio = costs.model_flops("cnn3", 10, 1, 28) / 833040.0  # an unbenchmarked model: the one row's seconds per FLOP
     assert ratio > 5 and costs.epoch_seconds(BENCH, ds, "cnn3", paper) == pytest.approx(3.0 * ratio)
     pgd = group_config("attack", "pgd")
     assert costs.attack_seconds_per_example(BENCH, ds, "lenet5", pgd) * 10000 == pytest.approx(50.0)
     assert build_attack(group_config("attack", "cw")).passes == 900  # the registry's cost: C&W 100 x 9 searches
     assert build_attack(group_config("attack", "fgsm")).passes == 1
     assert build_attack(group_config("attack", "spsa")).passes == 10 * 128
+
+
+def test_an_unbenchmarked_model_takes_the_rate_of_the_benchmarked_model_nearest_in_size():
+    """A CPU's seconds per FLOP depend on the network's size (LeNet-5 runs far below the peak, large networks near
+    it): cnn3, 17x LeNet-5's FLOPs, takes the rate of a benchmarked model nearer its size, not LeNet-5's (the old
+    rule, same channel count, predicted Table 3's transfer attacks several times too slow); its own row wins."""
+    from pclc import plan as costs
+
+    ds = compose("train", ["dataset=fmnist"]).dataset
+    pgd = group_config("attack", "pgd")
+    cnn3 = costs.model_flops("cnn3", 10, 1, 28)
+    big = {"dataset": "cifar10", "model": "resnet56", "train_images": 50000, "epoch_ours_s": 20.0}
+    big |= {"pgd40_ours_s": 400.0, "forward_flops_per_image": 1.0e8}  # 8x fewer seconds per FLOP than BENCH's
+    two = {"models": [*BENCH["models"], big]}
+    per_flop = 400.0 / (40 * 2 * 1.0e8 * 10000)
+    assert costs.attack_seconds_per_example(two, ds, "cnn3", pgd) == pytest.approx(per_flop * 2 * cnn3 * 40)
+    assert costs.attack_seconds_per_example(two, ds, "lenet5", pgd) * 10000 == pytest.approx(50.0)  # its own row
+    own = {**big, "dataset": "fmnist", "model": "cnn3", "pgd40_ours_s": 90.0, "forward_flops_per_image": cnn3}
+    three = {"models": [*two["models"], own]}
+    assert costs.attack_seconds_per_example(three, ds, "cnn3", pgd) * 10000 == pytest.approx(90.0)
 
 
 def test_planner_predicts_unmeasured_work_from_the_benchmark(tmp_path, capsys):
