@@ -3,8 +3,8 @@
     python scripts/bench.py                 # make bench: writes results/bench-<device>.{md,json}
     python scripts/bench.py --tiny          # seconds; used by the test suite
 
-For LeNet-5 and the cnn3 substitute on Fashion-MNIST (real data when present) and VGG-13 / ResNet-56 on CIFAR-shaped data
-(synthetic, same shape and dtype, unless CIFAR-10 is on disk), it measures:
+For LeNet-5 and the cnn3 substitute on Fashion-MNIST (real data when present) and VGG-13 / ResNet-56 on
+CIFAR-shaped data (synthetic, same shape and dtype, unless CIFAR-10 is on disk), it measures:
   1. a training epoch: ours (uint8 data on the device, batches by index, bf16 + channels_last on CUDA)
      vs the official code's style (torchvision dataset, DataLoader, per-sample ToTensor, fp32, batch 256,
      ``loss.item()`` every batch);
