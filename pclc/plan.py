@@ -372,12 +372,16 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
             audited += [x["key"] for x in r if x["cell"] != "-"]
     total = sum(v for v in work.values() if v is not None)
     unknown = sorted({k[1] + (f" {k[2]}" if len(k) > 2 else " training") for k, v in work.items() if v is None})
+    from pclc.plan_file import other_cpu_note
+
+    bench = cost.bench if "bench" in cost.sources else None
     out = {
         "cells": rows,
         "predicted_seconds": total,
         "unmeasured": unknown,
         "sources": sorted(cost.sources),
         "audits_not_predicted": audited,
+        "bench_note": other_cpu_note(bench, device_name(resolve_device(cfg.device))),  # stdout and plan_out
     }
     print(pd.DataFrame(rows).to_string(index=False))
     if cfg.get("plan_out"):
@@ -396,10 +400,8 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
             else ""
         )
     )
-    from pclc.plan_file import other_cpu_note
-
-    if note := other_cpu_note(cost.bench if "bench" in cost.sources else None, device_name(resolve_device(cfg.device))):
-        print(note)
+    if out["bench_note"]:
+        print(out["bench_note"])
     if audited:
         print(
             f"not in that figure: the audit's attacks on {len(audited)} runs (their cost depends on how many "

@@ -42,7 +42,7 @@ def write_plan(cfg: DictConfig, out: dict[str, Any], bench: dict | None, bench_f
             f"costs scaled by FLOPs from `{bench_file}`: measured on {on} (commit `{d.get('commit', '?')}`, "
             f"{d.get('date', '?')}), torch {d.get('torch', '?')}"
         )
-        notes += [n for n in [other_cpu_note(bench, prov["device"])] if n]
+        notes += [out["bench_note"]] if out.get("bench_note") else []
     if "store" in sources:
         notes.append(f"costs measured in the run store `{cfg.store}` where it has them")
     total = out["predicted_seconds"]
