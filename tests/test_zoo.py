@@ -289,7 +289,7 @@ def test_trained_on_notes_flag_a_table_of_two_machines(tmp_path):
 # Committed results files that predate the result set's machine line (trained on an Intel Xeon whose weights were
 # not kept, or evaluated before the header named the training machine): each is to be regenerated from the zoo,
 # and leaves this list when it is (the test fails while a regenerated file is still listed).
-AWAITING_REGENERATION = {"audit.md", "deviations.md", "seeds/table3.md"}
+AWAITING_REGENERATION = {"audit.md", "deviations.md"}
 RUN_KEY = re.compile(r"\b[a-z0-9]+-[a-z0-9]+-[a-z]+-s\d+-[0-9a-f]{12}\b")
 MACHINE_LINE = re.compile(r"^- (?:weights )?trained on: (.*?)(?: \(\d+ runs?\b.*\))?$", re.M)  # note may nest ()
 
