@@ -237,14 +237,13 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         f"them (`{exp.reported.suite}` suite, the table's test set, n in the CSV's here_n); paper: its reported "
         "numbers (Table 5's for the adversarially trained methods)",
         f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
-        *trained_on_notes(cfg.store, list(df.run.unique())),
-        *evaluated_on_notes(df),
+        *(machines := [*trained_on_notes(cfg.store, list(df.run.unique())), *evaluated_on_notes(df)]),
     ]
     md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"
     protocol = str(cfg.profile)
     atomic_write_text(
         csv,
-        csv_header(exp.title, prov, protocol, {"experiment": exp.name, "subset": subset}, md.name)
+        csv_header(exp.title, prov, protocol, {"experiment": exp.name, "subset": subset}, md.name, machines)
         + df.to_csv(index=False),
     )
     body = (

@@ -86,11 +86,10 @@ def write(store: Path | str, out: Path | str, budgets=BUDGETS) -> list[Path]:
         "C&W finds the smallest L2 change it can within its step budget; at budget r an example counts as robust when "
         "it is correct clean and C&W found no misclassified point within r. `accuracy`: the tables' number (the "
         "adversarial prediction alone); `broken`: examples correct clean and misclassified after the attack",
-        *trained_on_notes(store, list(df.run.unique()) if len(df) else []),
-        *evaluated_on_notes(used),
+        *(machines := [*trained_on_notes(store, list(df.run.unique()) if len(df) else []), *evaluated_on_notes(used)]),
     ]
-    atomic_write_text(csv, csv_header(TITLE, prov, "full", {"store": str(store), "budgets": list(budgets)}, md.name)
-                      + df.to_csv(index=False))  # fmt: skip
+    config = {"store": str(store), "budgets": list(budgets)}
+    atomic_write_text(csv, csv_header(TITLE, prov, "full", config, md.name, machines) + df.to_csv(index=False))
     table = markdown_table(df) if len(df) else "No C&W result with per-example norms in the store yet."
     cells = "one row per C&W result; accuracies in % of the test set (or its subset, n), norms on [0, 1] pixels"
     atomic_write_text(md, header(TITLE, prov, "full", notes=notes, cells=cells) + table + "\n")

@@ -248,7 +248,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
             f"where the paper reports at most {exp.near_zero.paper_at_most:g}%, ours must be at most "
             f"{exp.near_zero.ours_at_most:g}% to count as within tolerance; "
             f"'arms tried': arms with a number for the cell",
-            *trained_on_notes(cfg.store, [run_key(train_cfg(c, cfg)) for c in experiment_cells(cfg)]),
+            *(machines := trained_on_notes(cfg.store, [run_key(train_cfg(c, cfg)) for c in experiment_cells(cfg)])),
         ],
     )
     paths = [folder / "deviations.md", folder / "deviations.csv"]
@@ -264,7 +264,7 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
     atomic_write_text(paths[0], head + body + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     config = {"experiment": exp.name, "profile": cfg.profile, "studies_run": ran}
     atomic_write_text(
-        paths[1], csv_header(title, prov, cfg.profile, config, paths[0].name) + judged.to_csv(index=False)
+        paths[1], csv_header(title, prov, cfg.profile, config, paths[0].name, machines) + judged.to_csv(index=False)
     )
     if tracker is not None:
         tracker.log_table("deviations", judged)

@@ -97,12 +97,18 @@ def trained_on_notes(store: str | Path, keys: list[str]) -> list[str]:
     return lines
 
 
-def csv_header(title: str, prov: dict[str, Any], protocol: str, config: dict, md_name: str) -> str:
-    """The comment lines a results CSV opens with (read it with ``pandas.read_csv(..., comment="#")``)."""
+def csv_header(
+    title: str, prov: dict[str, Any], protocol: str, config: dict, md_name: str, machines: list[str] = ()
+) -> str:
+    """The comment lines a results CSV opens with (read it with ``pandas.read_csv(..., comment="#")``).
+    ``machines``: the markdown's lines naming the machines behind the numbers (:func:`trained_on_notes`, and
+    which machine computed the attacks), so a CSV read without its markdown still says where its weights and
+    numbers come from."""
     lines = [
         title,
         f"protocol: {protocol}",
         *provenance_lines(prov),
+        *machines,
         "config: " + json.dumps(config, default=str) + f" (resolved config in {md_name})",
     ]
     return "".join(f"# {ln}\n" for ln in lines)

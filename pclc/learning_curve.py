@@ -119,11 +119,11 @@ def write(store: Path | str, keys: list[str], out: Path | str, name: str) -> lis
         f"plateau (issue 31's rule, declared before the PGD-AT curve finished): the first epoch whose trailing "
         f"{PLATEAU_WINDOW}-epoch mean is within {PLATEAU_TOLERANCE:g} point(s) of the run's best such mean; "
         f"epochs_per_phase: the plateau rounded up to a multiple of {PLATEAU_ROUND}",
-        *trained_on_notes(store, keys),
+        *(machines := trained_on_notes(store, keys)),
     ]
     table = markdown_table(best) if len(best) else ""
     atomic_write_text(
-        csv, csv_header(title, prov, "full", {"runs": keys, "name": name}, md.name) + df.to_csv(index=False)
+        csv, csv_header(title, prov, "full", {"runs": keys, "name": name}, md.name, machines) + df.to_csv(index=False)
     )
     atomic_write_text(
         md,

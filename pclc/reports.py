@@ -363,8 +363,12 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
                 f"attack suite: `{exp.suite}`",
                 "runs: " + "; ".join(f"`{k}` → run `{v}`" for k, v in runs.items()),
                 *substitute_notes(cfg),
-                *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
-                *evaluated_on_notes(ev),
+                *(
+                    machines := [
+                        *trained_on_notes(cfg.store, [*runs.values(), *substitute_keys(cfg)]),
+                        *evaluated_on_notes(ev),
+                    ]
+                ),
                 *([kept] if kept else []),
                 *(
                     [
@@ -385,7 +389,7 @@ def write_table(cfg: DictConfig, tracker=None) -> list[Path]:
             "datasets": cfg.get("datasets") and list(cfg.datasets),
             "runs": runs,
         }
-        atomic_write_text(csv, csv_header(title, prov, protocol, config, md.name) + df.to_csv(index=False))
+        atomic_write_text(csv, csv_header(title, prov, protocol, config, md.name, machines) + df.to_csv(index=False))
         atomic_write_text(md, head + to_markdown(df) + "\n" + "\n".join(config_block(config_yaml(cfg))) + "\n")
     if tracker is not None:
         tracker.log_table(exp.name, df)

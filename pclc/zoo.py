@@ -6,7 +6,8 @@ its weights file, the ``weights`` hash that results record, its clean accuracy a
 it. Beside it, per model, ``<key>/model.safetensors`` (or a URL with its sha256, for models too large for
 git), ``<key>/config.yaml`` (the run's resolved training config: its identity hashes to the key) and
 ``<key>/summary.json`` (the run's training summary and provenance) and ``<key>/metrics.json`` (its per-epoch
-curves).
+curves); ``<key>/records/`` holds what was evaluated on those weights so far (pclc.records: an evaluation longer
+than one machine's session resumes from it on the next).
 
     from pclc.zoo import load
     cfg, model = load("fmnist-lenet5-pclc-s0")          # by name or run key; eval mode, hash-checked
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from pclc import records
 from pclc.errors import UserError
 from pclc.files import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from pclc.locks import held
@@ -184,6 +186,7 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
                 f"({entry['weights']}), trained elsewhere; use another store= for zoo runs, or move it "
                 f"aside"
             )
+        records.restore(run, zoo)  # what another machine evaluated on these weights, and this store lacks
         return run
     entry_config(entry, zoo)  # hash-checked, and hashing to the entry's key
     cfg_path = zoo_dir(zoo) / entry["config"]
@@ -200,6 +203,7 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
     atomic_torch_save(state, run.model)
     summary.update(path=str(run.path), from_zoo={"name": entry["name"], "sha256": entry["sha256"]})
     atomic_write_json(run.summary, summary)  # last: its presence means the run is finished
+    records.restore(run, zoo)
     log.info(
         "run %s restored from the zoo (%s; trained on %s)",
         run.key,

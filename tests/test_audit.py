@@ -353,8 +353,19 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
         raise AssertionError("an attack ran although its result is cached")
 
     monkeypatch.setattr(au_run, "attack_correct", boom)
+    # one cached result computed on another machine (a zoo record, pclc.records): the report names both machines
+    other = "cpu (Other CPU, AVX2, 2 threads)"
+    moved = run.path / "audit" / next(n for n in cached if n.startswith("square-"))
+    d = json.loads(moved.read_text())
+    moved.write_text(json.dumps({**d, "provenance": {**d["provenance"], "device": other}}))
     second = au.audit_run(run, torch.device("cpu"), ATTACKS, PROFILE, TH, EPS, ref, SUBSET)
     assert second.accuracy == first.accuracy and second.verdict == first.verdict
+    here = first.provenance["device"]
+    assert first.provenance["attack_devices"] == [here] and second.provenance["attack_devices"] == sorted([here, other])
+    assert (
+        f"- device: {', '.join(sorted([here, other]))}"
+        in au.write_audit_report([second], tmp_path / "2")[0].read_text()
+    )
     assert first.verdict in au.VERDICTS and first.reference_run == ce["key"]
 
     paper = [

@@ -59,6 +59,7 @@ def test_the_learning_curve_reads_the_metrics_and_names_the_best_epoch(tmp_path)
     text = md.read_text()
     assert f"| {key} | robust_accuracy (fgsm@0.1) | {best['epoch']} | {best['robust_accuracy']:.2f} | 4 |" in text
     assert "weights trained on:" in text
+    assert "\n# weights trained on: " in csv.read_text()  # the CSV names the training machine too
 
     # a run still training (its curve so far): the machine that trained its epochs comes from its checkpoint
     going = compose(

@@ -111,8 +111,9 @@ def cache_name(
 
 def _from_eval(
     evaluated: RunDir | None, spec: Spec, eps: float, subset: int | None, y, weights: str
-) -> torch.Tensor | None:
-    """The paper's PGD at ``eps`` as pclc.evaluate already computed it for this run, if it did."""
+) -> tuple[torch.Tensor, str | None] | None:
+    """The paper's PGD at ``eps`` as pclc.evaluate already computed it for this run, if it did (and the device
+    its file says computed it)."""
     if evaluated is None or spec.group != "paper":
         return None
     from pclc.attacks.suite import SuiteItem
@@ -131,7 +132,7 @@ def _from_eval(
     label = torch.tensor(rec["label"])
     if not torch.equal(label, y.cpu()):
         return None
-    return (torch.tensor(rec["clean_pred"]) == label) & (torch.tensor(rec["adv_pred"]) == label)
+    return (torch.tensor(rec["clean_pred"]) == label) & (torch.tensor(rec["adv_pred"]) == label), found.get("device")
 
 
 def cached_correct(
@@ -147,10 +148,13 @@ def cached_correct(
     evaluated: RunDir | None = None,
     only: torch.Tensor | None = None,
     weights: str | None = None,
+    devices: set[str] | None = None,
 ) -> torch.Tensor:
     """Per-example correctness under ``spec`` at ``eps``: from the cache, from pclc.evaluate's file for the
     paper's PGD, or computed (and cached atomically). ``only`` (bool per example): attack just these; the
-    others count as not robust (the cascade passes the examples that survived every attack so far)."""
+    others count as not robust (the cascade passes the examples that survived every attack so far).
+    ``devices``: gains the device that computed the result (a cached one may come from another machine, through
+    the zoo's records), so a report names every machine behind its numbers."""
     path = Path(cache_dir) / cache_name(spec, eps, subset, batch_size, seed, only)
     labels = _labels_digest(y)
     weights = weights or weights_digest(model.state_dict())  # what a cached result is tied to, and the source's
@@ -162,13 +166,18 @@ def cached_correct(
             log.warning("%s; recomputing", e)
             d = {}
         if d.get("labels") == labels and d.get("weights") == weights_key:
+            if devices is not None:
+                devices.add((d.get("provenance") or {}).get("device") or "device not recorded")
             return torch.tensor(d["correct"], dtype=torch.bool)
         if d:
             log.warning("%s was computed on other examples or weights; recomputing", path)
     t0 = time.perf_counter()
     bs = spec.batch_size or batch_size
-    correct = None if only is not None else _from_eval(evaluated, spec, eps, subset, y, weights)
-    source = "pclc.evaluate" if correct is not None else "audit"
+    found = None if only is not None else _from_eval(evaluated, spec, eps, subset, y, weights)
+    correct, source = (found[0], "pclc.evaluate") if found is not None else (None, "audit")
+    prov = provenance(x.device)
+    if found is not None:  # computed by pclc.evaluate, perhaps on another machine: its device, not this one
+        prov["device"] = found[1] or "device not recorded"
     if correct is None:
         idx = torch.arange(len(y)) if only is None else only.cpu().nonzero().squeeze(1)
         correct = torch.zeros(len(y), dtype=torch.bool)
@@ -193,9 +202,11 @@ def cached_correct(
             "accuracy": percent(correct),
             "seconds": secs,
             "computed_by": source,
-            "provenance": provenance(x.device),
+            "provenance": prov,
             "correct": correct.int().tolist(),
         },
     )
     log.info("%s eps=%g: %.2f%% (%.1fs)", spec.name, eps, percent(correct), secs)
+    if devices is not None:
+        devices.add(prov["device"])
     return correct

@@ -48,7 +48,7 @@ def _reported(paper: dict[tuple, float], a: AuditResult, attack: str, eps: str) 
 
 
 def _prov_lines(audits: list[AuditResult]) -> list[str]:
-    devices = sorted({a.provenance["device"] for a in audits})
+    devices = sorted({d for a in audits for d in a.provenance.get("attack_devices") or [a.provenance["device"]]})
     return provenance_lines(provenance(torch.device("cpu")), devices=devices or None)
 
 

@@ -151,6 +151,7 @@ def audit_model(
         seed=int(p["seed"]),
         evaluated=evaluated,
         weights=weights_digest(model.state_dict()),
+        devices=(devices := set()),
     )
     with torch.no_grad():
         clean = torch.cat([model(x[i : i + bs]).argmax(1) == y[i : i + bs] for i in range(0, len(x), bs)]).cpu()
@@ -206,7 +207,7 @@ def audit_model(
         transfer_source=None if source is None else source[0],
         profile={**p, "attacks": attacks},
         thresholds=th,
-        provenance=provenance(x.device),
+        provenance={**provenance(x.device), "attack_devices": sorted(devices)},
     )
 
 
