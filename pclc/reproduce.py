@@ -178,7 +178,7 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
     for cell in cells:
         ac = audit_cfg(cell, cfg)
         run = RunDir(cfg.store, run_key(ac))
-        if not run.finished and cfg.get("from_zoo"):
+        if cfg.get("from_zoo"):  # also fills what the zoo's records hold and this store lacks
             from pclc.zoo import restore
 
             restore(run.key, cfg.store, cfg.get("zoo_dir"))
