@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints lint format test test-fast clean demo plan bench summary cw-budget learning-curve baselines audit audit-run verify-zoo quotes gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
+.PHONY: help setup constraints lint format test test-fast clean demo plan bench summary cw-budget learning-curve baselines audit audit-run verify-zoo records quotes gpu-check table1 table2 table3 table4 table5 deviations figure1 figure2 figure3 gaps all
 
 # Reproduce options: make table1 DATASETS=fmnist PROFILE=quick ATTACKS=fgsm,pgd LAUNCHER=joblib (or pclc_slurm)
 # FROM=zoo: every model's weights from results/zoo/ (nothing trained; the run store is filled from the zoo)
@@ -122,6 +122,8 @@ gpu-check: $(STAMP) ## GPU: tests, bench, Table 1 from the zoo, whole-paper plan
 	$(BIN)/python scripts/gpu_check.py
 verify-zoo: $(STAMP) ## Re-evaluate every zoo model here (clean, FGSM, PGD) against its manifest -> results/verify-<machine>.md
 	$(BIN)/python -m pclc.verify $(ARGS)
+records: $(STAMP) ## Save the run store's evaluations of zoo runs into results/zoo/<key>/records (FROM=zoo restores them on any machine)
+	$(BIN)/python -m pclc.records save $(ARGS)
 quotes: $(STAMP) ## Every number README.md, results/README.md and docs/performance.md quote, checked against the results files named beside it
 	$(BIN)/python -m pclc.quoted README.md results/README.md docs/performance.md
 audit-run: $(STAMP) ## Audit one run: make audit-run ARGS="audit.run=<key>" (or dataset=.. model=.. loss=..)
