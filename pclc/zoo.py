@@ -21,6 +21,7 @@ One run no experiment names (a learning curve's): ``python -m pclc.zoo --run KEY
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
@@ -31,9 +32,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from pclc import records
 from pclc.errors import UserError
-from pclc.files import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from pclc.files import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from pclc.locks import held
 from pclc.store import RunDir, build_model, run_key, store_path, weights_digest
 
@@ -186,7 +186,7 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
                 f"({entry['weights']}), trained elsewhere; use another store= for zoo runs, or move it "
                 f"aside"
             )
-        records.restore(run, zoo)  # what another machine evaluated on these weights, and this store lacks
+        restore_records(run, zoo)  # what another machine evaluated on these weights, and this store lacks
         return run
     entry_config(entry, zoo)  # hash-checked, and hashing to the entry's key
     cfg_path = zoo_dir(zoo) / entry["config"]
@@ -203,7 +203,7 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
     atomic_torch_save(state, run.model)
     summary.update(path=str(run.path), from_zoo={"name": entry["name"], "sha256": entry["sha256"]})
     atomic_write_json(run.summary, summary)  # last: its presence means the run is finished
-    records.restore(run, zoo)
+    restore_records(run, zoo)
     log.info(
         "run %s restored from the zoo (%s; trained on %s)",
         run.key,
@@ -211,6 +211,39 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
         entry.get("trained_on", {}).get("line", "?"),
     )
     return run
+
+
+CARRIED = ("eval", "audit")  # the run folders whose *.json files are evaluation records (not their subfolders)
+
+
+def records_dir(key: str, zoo: str | Path | None = None) -> Path:
+    """``results/zoo/<key>/records``: what was evaluated on a zoo run's weights (pclc.records saves it)."""
+    return zoo_dir(zoo) / key / "records"
+
+
+def read_record(path: Path) -> bytes | None:
+    """A record's content, or None (with one line) when it cannot be read."""
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as e:
+        log.warning("record %s cannot be read (%s); skipped", path, e)
+        return None
+
+
+def restore_records(run: RunDir, zoo: str | Path | None = None) -> int:
+    """Fill ``run``'s eval/ and audit/ with the zoo's records of it that the store lacks (a file already in the
+    store is kept: it is this machine's); returns how many were restored. Each record carries the weights hash its
+    readers check and the machine that computed it, which reports name."""
+    n = 0
+    for sub in CARRIED:
+        for src in sorted((records_dir(run.key, zoo) / sub).glob("*.json.gz")):
+            dst = run.path / sub / src.name[: -len(".gz")]
+            if not dst.exists() and (data := read_record(src)) is not None:
+                atomic_write_bytes(dst, data)
+                n += 1
+    if n:
+        log.info("run %s: %d evaluation record(s) restored from the zoo", run.key, n)
+    return n
 
 
 def zoo_name(dataset: str, model: str, method: str, seed: int, arm: str = "") -> str:

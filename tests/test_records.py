@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shutil
 
 import pandas as pd
 import pytest
@@ -35,7 +36,7 @@ def test_a_fresh_store_resumes_from_the_zoos_records_without_recomputing(exporte
 
     written = records.save(a, zoo=z)
     assert sorted(p.name for p in written) == sorted(f"{f.name}.gz" for f in evals)
-    assert all(p.parent.parent == records.records_dir(p.parents[2].name, z) for p in written)
+    assert all(p.parent.parent == zoo.records_dir(p.parents[2].name, z) for p in written)
     assert gzip.decompress(written[0].read_bytes()) == next(f for f in evals if f.name == written[0].stem).read_bytes()
     assert records.save(a, zoo=z) == []  # nothing new: nothing written
 
@@ -58,9 +59,16 @@ def test_only_zoo_runs_have_records_and_a_store_file_is_never_overwritten(export
     key = zoo.find("fake-lenet5-ce-s0", z)["key"]
     with pytest.raises(zoo.ZooError, match="run nope-s0-1 is not a finished zoo run") as info:
         records.save(tmp / "runs", keys=[key, "nope-s0-1"], zoo=z)
-    assert "\n" not in str(info.value) and not records.records_dir(key, z).exists()  # refused before any write
+    assert "\n" not in str(info.value) and not zoo.records_dir(key, z).exists()  # refused before any write
+    other = tmp_path / "other"  # the same key trained on this machine: other weights, whose results are not the zoo's
+    shutil.copytree(tmp / "runs" / key, other / key)
+    summary = json.loads((other / key / "summary.json").read_text())
+    (other / key / "summary.json").write_text(json.dumps({**summary, "weights": "0" * 16}))
+    with pytest.raises(zoo.ZooError, match="holds other weights than the zoo's"):
+        records.save(other, zoo=z)
+    assert not zoo.records_dir(key, z).exists()
 
-    rec = records.records_dir(key, z)
+    rec = zoo.records_dir(key, z)
     (rec / "eval").mkdir(parents=True)
     (rec / "eval" / "white-pgd.json.gz").write_bytes(gzip.compress(b'{"from": "the zoo"}'))
     (rec / "eval" / "white-fgsm.json.gz").write_bytes(b"not gzip")
@@ -70,7 +78,7 @@ def test_only_zoo_runs_have_records_and_a_store_file_is_never_overwritten(export
     (run.path / "eval").mkdir(parents=True)
     (run.path / "eval" / "white-pgd.json").write_text('{"from": "this machine"}')
     with caplog.at_level(logging.WARNING):
-        assert records.restore(run, z) == 1  # the audit record; the damaged one skipped, the store's kept
+        assert zoo.restore_records(run, z) == 1  # the audit record; the damaged one skipped, the store's kept
     assert "white-fgsm.json.gz cannot be read" in caplog.text
     assert json.loads((run.path / "eval" / "white-pgd.json").read_text()) == {"from": "this machine"}
     assert json.loads((run.path / "audit" / "square.json").read_text()) == {"from": "the zoo"}
