@@ -151,7 +151,7 @@ def audit_model(
         seed=int(p["seed"]),
         evaluated=evaluated,
         weights=weights_digest(model.state_dict()),
-        devices=(devices := set()),
+        devices=(devices := {provenance(x.device)["device"]}),  # the probe and the indicators are computed here
     )
     with torch.no_grad():
         clean = torch.cat([model(x[i : i + bs]).argmax(1) == y[i : i + bs] for i in range(0, len(x), bs)]).cpu()
