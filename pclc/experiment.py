@@ -274,12 +274,19 @@ def entries(ec: DictConfig) -> list:
 
 
 def missing_entries(cell: Job, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
-    """(evaluation config, suite entry) of each evaluation this cell still needs."""
+    """(evaluation config, suite entry) of each evaluation this cell still needs: neither in the store nor, with
+    ``from_zoo``, among the zoo's records of the run (restored, not recomputed)."""
+    from pclc.zoo import records_dir
+
     out = []
     for suite in cell_suites(cell, cfg):
         ec = eval_cfg(cell, cfg, suite, restrict=True)
         run = RunDir(cfg.store, run_key(ec))
-        out += [(ec, e) for e in entries(ec) if not result_file(run, ec, e).exists()]
+        recorded = records_dir(run.key, cfg.get("zoo_dir")) / "eval" if cfg.get("from_zoo") else None
+        for e in entries(ec):
+            path = result_file(run, ec, e)
+            if not path.exists() and not (recorded and (recorded / f"{path.name}.gz").exists()):
+                out.append((ec, e))
     return out
 
 

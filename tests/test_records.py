@@ -40,6 +40,17 @@ def test_a_fresh_store_resumes_from_the_zoos_records_without_recomputing(exporte
     assert gzip.decompress(written[0].read_bytes()) == next(f for f in evals if f.name == written[0].stem).read_bytes()
     assert records.save(a, zoo=z) == []  # nothing new: nothing written
 
+    from pclc.plan import CostModel, plan_items  # the planner counts a recorded evaluation as done
+
+    over = ["attacks=[pgd]", f"zoo_dir={z}", "device=cpu"]
+
+    def planned(*o):
+        return [
+            k for k in plan_items(_cfg(tmp, *over, *o, store=tmp_path / "c"), CostModel(a, None))[1] if k[0] == "eval"
+        ]
+
+    assert planned() and not planned("from_zoo=true")
+
     def boom(*args, **kw):
         raise AssertionError("an attack ran although the zoo holds its record")
 
