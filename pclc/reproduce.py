@@ -60,9 +60,13 @@ def run_cells(cells: list[Job], cfg: DictConfig) -> list[dict[str, Any]]:
     """Every cell in turn, each announced with the planner's prediction and the ETA of the rest (scaled by
     this machine's pace on the cells before it)."""
     predicted = cell_seconds(cfg)
+    # the planner prices training and the suites' evaluations; the audit's attacks follow every cell, unpriced
+    unplanned = (
+        "the audit's attacks, run after the cells (cached ones reused)" if cfg.experiment.kind == "audit" else None
+    )
     results, measured, done_predicted = [], 0.0, 0.0
     for k, cell in enumerate(cells):
-        log.info(eta_line(k + 1, len(cells), cell.label, predicted[k:], measured, done_predicted))
+        log.info(eta_line(k + 1, len(cells), cell.label, predicted[k:], measured, done_predicted, unplanned))
         t0 = time.perf_counter()
         results.append(run_cell(cell, cfg))
         if predicted[k]:  # a finished cell (predicted 0) says nothing about the pace

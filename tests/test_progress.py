@@ -74,3 +74,12 @@ def test_eta_line_scales_the_planner_by_the_pace_so_far():
     )
     assert progress.eta_line(1, 2, "a", [None, 5.0], 0.0, 0.0).endswith("ETA unknown")
     assert "nothing left to compute" in progress.eta_line(1, 1, "a", [0.0], 0.0, 0.0)
+
+
+def test_eta_line_names_the_work_no_prediction_holds():
+    """The audit's attacks follow the cells and are priced by nothing: "0 s" must not read as "finished"."""
+    line = progress.eta_line(1, 1, "a", [0.0], 0.0, 0.0, unplanned="the audit's attacks")
+    assert line == (
+        "cell 1/1 a: nothing left to train or evaluate (finished results reused); ETA for the rest 0 s (planner); "
+        "not in this ETA: the audit's attacks"
+    )

@@ -256,8 +256,13 @@ def test_fan_out_with_submitit_local_then_assemble(tmp_path):
 
 
 @pytest.mark.slow
-def test_audit_of_some_methods_says_so_in_its_title(tmp_path):
+def test_audit_of_some_methods_says_so_in_its_title(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pclc.reproduce")
     out = reproduce(repro_cfg(tmp_path, "audit", "fmnist", "experiment.methods=[ce,pclc]"))
+    cells = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cell ")]
+    assert len(cells) == 2 and all(
+        c.endswith("not in this ETA: the audit's attacks, run after the cells (cached ones reused)") for c in cells
+    )
     md = Path(next(p for p in out["outputs"] if p.endswith(".md"))).read_text()
     assert "methods ce, pclc only (the experiment lists ce, gce, pclc, ce+at, gce+at, pclc+at)" in md.splitlines()[0]
     assert md.count("**Verdict:") == 2
