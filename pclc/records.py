@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pclc.files import atomic_write_bytes
 from pclc.store import RunDir, runs_in, store_path
-from pclc.zoo import CARRIED, ZooError, find, has, read_record, records_dir
+from pclc.zoo import CARRIED, ZooError, read_manifest, read_record, records_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,12 @@ def save(store: str | Path, keys: list[str] | None = None, zoo: str | Path | Non
     """Copy the records of the store's zoo runs (``keys``, else every one) into the zoo; a record already there
     with the same content is left alone. Returns the files written. A key that is not a finished zoo run of the
     store is refused in one line before anything is written."""
-    runs = [RunDir(store, k) for k in keys] if keys else [r for r in runs_in(store) if has(r.key, zoo)]
+    weights = {e["key"]: e["weights"] for e in read_manifest(zoo)}  # one read of the manifest
+    runs = [RunDir(store, k) for k in keys] if keys else [r for r in runs_in(store) if r.key in weights]
     for run in runs:
-        if not run.finished or not has(run.key, zoo):
+        if not run.finished or run.key not in weights:
             raise ZooError(f"run {run.key} is not a finished zoo run of {store}: only zoo weights have records")
-        if run.read_summary().get("weights") != find(run.key, zoo)["weights"]:
+        if run.read_summary().get("weights") != weights[run.key]:
             raise ZooError(f"run {run.key} of {store} holds other weights than the zoo's (trained here): no records")
     written = []
     for run in runs:
