@@ -10,12 +10,15 @@
 #     bash .gpu/run.sh reproduce experiment=table5 datasets=[fmnist] from_zoo=true   # a table from the zoo
 #     bash .gpu/run.sh regenerate              # there: every file awaiting regeneration from the zoo, in order
 #
-# `regenerate` runs REGENERATE's steps (default: the audit, the baselines, AutoAttack on 1,000 images, the
-# deviations study: the files tests/test_zoo.py's AWAITING_REGENERATION lists and the ones issues 30 and 31 add;
-# Tables 5 and 3 and Table 3 over five seeds were regenerated from the zoo on the CPU, 2026-12-05),
-# each from the zoo, until DEADLINE seconds (default 540, inside one call's 600) have passed; the results so far
-# are packed after every step, so a call cut short keeps every finished table. A step cut short leaves its
-# finished cells in /tmp/pclc-runs: a second call on the still-warm machine resumes it.
+# `regenerate` runs REGENERATE's steps (default: the baselines, AutoAttack on 1,000 images, the deviations study:
+# the file tests/test_zoo.py's AWAITING_REGENERATION lists and the ones issues 30 and 31 add; Tables 5 and 3, Table
+# 3 over five seeds and the audit were regenerated from the zoo on the CPU, 2026-12-05), each from the zoo (whose
+# evaluation records fill the store first: what a CPU finished is not computed again), until DEADLINE seconds
+# (default 540, inside one call's 600) have passed. After every step the results so far are packed
+# (results.tgz) and so are the zoo's evaluation records (records.tgz: `python -m pclc.records save`; unpack it
+# in the checkout and commit `results/zoo/*/records/`), so a call cut short keeps every finished table and every
+# finished attack, and the next session, CPU or GPU, resumes from them. A table with cells from both names each
+# device ("attacks computed on" lines).
 #
 # .gpu/ is ignored by git (.git/info/exclude); it is about 45 MB. wandb is left out (62 MB): its tests skip there.
 set -euo pipefail
@@ -46,7 +49,11 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 { date -u; nvidia-smi; python3 -c "import sys, torch; print(sys.version); print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.get_device_name())"; nproc; lscpu | grep 'Model name'; git log --oneline -1; } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 repro() { python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_dir=/tmp/pclc-results; }
-pack() { tar czf "$OUT/results.tgz" -C /tmp pclc-results 2>/dev/null; }
+pack() {
+  tar czf "$OUT/results.tgz" -C /tmp pclc-results 2>/dev/null
+  python3 -m pclc.records save --store /tmp/pclc-runs >>"$OUT/records.log" 2>&1
+  find results/zoo -path '*/records/*' -newer "$OUT/machine.txt" -name '*.gz' -print0 | tar czf "$OUT/records.tgz" --null -T -
+}
 case "${1:-gpu-check}" in
   gpu-check)
     python3 scripts/gpu_check.py --budget "${BUDGET:-420}" 2>&1 | tee "$OUT/gpu_check.log"; rc=${PIPESTATUS[0]}
@@ -58,8 +65,7 @@ case "${1:-gpu-check}" in
     repro "$@" >"$OUT/reproduce.log" 2>&1; rc=$?; tail -15 "$OUT/reproduce.log"
     pack ;;
   regenerate)  # each step's reproduce arguments, one step a line
-    steps=${REGENERATE:-"experiment=audit datasets=[fmnist]
-experiment=baselines
+    steps=${REGENERATE:-"experiment=baselines
 experiment=autoattack experiment.subset=1000
 experiment=deviations"}
     end=$((SECONDS + ${DEADLINE:-540})); rc=0
