@@ -11,9 +11,10 @@ import statistics
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pclc.config import resolve_device
+from pclc import robustbench
+from pclc.config import compose, resolve_device
 from pclc.experiment import entries, eval_cfg, experiment_cells, out_dir, train_cfg
 from pclc.files import atomic_savefig, atomic_write_json, atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
@@ -21,7 +22,7 @@ from pclc.paired import comparison_lines
 from pclc.paper_data import paper_tables
 from pclc.reports import evaluated_on_notes
 from pclc.results import item_results, run_weights
-from pclc.store import RunDir, provenance, run_key
+from pclc.store import RunDir, provenance, provenance_lines, run_key
 from pclc.zoo import zoo_name
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,6 @@ def verdicts(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
     overfitting for FGSM-trained models (FGSM here against the paper's PGD). The audit's sanity flags (Square,
     transfer, step ladder) are not run here, so they cannot fire."""
     from pclc.audit.checks import explain_verdict, verdict, verdict_evidence
-    from pclc.config import compose
     from pclc.deviation_saturation import saturation_of
 
     th = dict(compose("audit", []).audit.thresholds)
@@ -264,28 +264,32 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         png = folder / "figures" / f"{exp.name}_eps.png"
         _figure(df, png, f"{exp.title} ({prov['device']})")
         paths.append(png)
-    for name, g in df.groupby("name"):  # RobustBench's model-info record, one per model
+    lines = [*provenance_lines(prov), *machines]
+    suite = compose("evaluate", [f"attack/suite={exp.suite}"]).suite  # the attack as configured, as the audit keeps it
+    attack = OmegaConf.to_container(suite.attacks[suite.entries[0].attack])
+    for name, g in df.groupby("name"):  # RobustBench's record, one per model
         path = folder / exp.name / f"{name}.json"
         atomic_write_json(
             path,
-            {
-                "name": name,
-                "run": g.run.iloc[0],
-                "weights": g.weights.iloc[0],
-                "dataset": g.dataset.iloc[0],
-                "threat_model": "Linf",
-                "eps": {
-                    f"{r.eps:g}": {
+            robustbench.record(
+                name=name,
+                run=g.run.iloc[0],
+                weights=g.weights.iloc[0],
+                dataset=g.dataset.iloc[0],
+                architecture=g.model.iloc[0],
+                per_eps={
+                    float(r.eps): {
                         "clean_acc": r.clean_accuracy,
-                        "reported": _num(getattr(r, "pgd_paper", None)),  # RobustBench: the paper's own number
                         "autoattack_acc": r.autoattack,
+                        "reported": _num(getattr(r, "pgd_paper", None)),  # RobustBench: the paper's own number
                         "paper_attacks_here": {a: _num(getattr(r, f"{a}_here")) for a in attacks},
                         "n": int(r.n),
                     }
                     for r in g.itertuples()
                 },
-                "provenance": prov,
-            },
+                provenance=lines,
+                attack=attack,
+            ),
         )
         paths.append(path)
     if tracker is not None:

@@ -379,16 +379,20 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
         }
     ]
     md, csv, png, robust = au.write_audit_report([first], tmp_path, paper)
-    rb = json.loads(robust.read_text())  # RobustBench-style: clean, the paper's reported number, AutoAttack
-    assert robust.name == f"{pc['key']}.json" and rb["clean_acc"] == first.clean_accuracy
-    assert rb["entries"] == [
-        {
-            "eps": 0.1,
+    rb = json.loads(
+        robust.read_text()
+    )  # RobustBench's record (pclc.robustbench, the schema experiment=autoattack writes)
+    assert robust.name == f"{pc['key']}.json" and rb["weights"] == run.read_summary()["weights"]
+    assert rb["run"] == pc["key"] and rb["threat_model"] == "Linf" and rb["attack"]["version"] == "standard"
+    assert rb["eps"] == {
+        "0.1": {
+            "clean_acc": first.clean_accuracy,
             "autoattack_acc": first.accuracy["autoattack"]["0.1"],
             "reported": 55.5,
-            "paper_attack_acc": first.accuracy["pgd-paper"]["0.1"],
+            "paper_attacks_here": {"pgd": first.accuracy["pgd-paper"]["0.1"]},
+            "n": first.n,
         }
-    ]
+    }
     text = md.read_text()
     assert text.startswith("# Robustness audit") and "commit:" in text and "(paper 55.5)" in text
     assert first.verdict in text and "worst case" in text and "p_y == 1.0" in text
@@ -537,3 +541,23 @@ def test_an_attack_whose_package_is_missing_is_refused_before_any_work(monkeypat
 
     cfg = compose("evaluate", ["attack/suite=table1"])
     assert expand_suite(cfg.suite, cfg.dataset)  # the paper's attacks need nothing more
+
+
+def test_a_robustbench_record_is_the_schema_or_nothing():
+    from pclc import robustbench
+
+    good = {"clean_acc": 90.0, "autoattack_acc": 1.0, "reported": None, "paper_attacks_here": {"pgd": 5.0}, "n": 10}
+    rec = robustbench.record(
+        name="m", run="k", weights="w", dataset="d", architecture="a", per_eps={0.2: good, 0.1: good}, provenance=["p"]
+    )
+    assert list(rec["eps"]) == ["0.1", "0.2"] and rec["eps"]["0.1"] == good and rec["threat_model"] == "Linf"
+    with pytest.raises(ValueError, match="eps 0.1: keys"):  # the audit's old "paper_attack_acc" is not the schema
+        robustbench.record(
+            name="m",
+            run="k",
+            weights="w",
+            dataset="d",
+            architecture="a",
+            per_eps={0.1: {**{k: v for k, v in good.items() if k != "paper_attacks_here"}, "paper_attack_acc": 5.0}},
+            provenance=[],
+        )

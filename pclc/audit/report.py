@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pclc import robustbench
 from pclc.audit.checks import HEALTHY, named, paper_attack, verdict
 from pclc.audit.result import AuditResult
 from pclc.files import atomic_savefig, atomic_write_json, atomic_write_text
@@ -263,34 +264,34 @@ def overview(audits: list[AuditResult], paper: dict[tuple, float]) -> list[str]:
 
 
 def robustbench_entries(audits: list[AuditResult], paper: dict[tuple, float], prov: list[str]) -> dict[str, dict]:
-    """RobustBench-style JSON per model audited with AutoAttack: clean accuracy, the paper's reported number
-    (its PGD, the attack it reports) and the AutoAttack accuracy, per eps (file name -> content)."""
+    """RobustBench's record (pclc.robustbench) per model audited with AutoAttack: clean accuracy, the paper's
+    reported number (its PGD, the attack it reports), the AutoAttack accuracy and the paper's PGD here, per eps
+    (file name -> content)."""
     out = {}
     for a in audits:
         aa = [n for n in named(a.groups, "standard") if n in a.accuracy]
         if not aa:
             continue
         pgd = paper_attack(a.groups)
-        out[f"{a.run or 'model'}.json"] = {
-            "run": a.run,
-            "name": a.method or a.loss,
-            "dataset": a.dataset,
-            "architecture": a.model,
-            "threat_model": "Linf",
-            "n_examples": a.n,
-            "clean_acc": a.clean_accuracy,
-            "entries": [
-                {
-                    "eps": float(e),
-                    "autoattack_acc": a.accuracy[aa[0]][e],
+        out[f"{a.run or 'model'}.json"] = robustbench.record(
+            name=a.method or a.loss or "model",
+            run=a.run or "model",
+            weights=a.provenance.get("weights"),
+            dataset=a.dataset or "",
+            architecture=a.model or "",
+            per_eps={
+                float(e): {
+                    "clean_acc": a.clean_accuracy,
+                    "autoattack_acc": acc,
                     "reported": _reported(paper, a, pgd, e),
-                    "paper_attack_acc": a.accuracy[pgd].get(e),
+                    "paper_attacks_here": {"pgd": a.accuracy[pgd].get(e)},
+                    "n": a.n,
                 }
-                for e in a.accuracy[aa[0]]
-            ],
-            "attack": a.profile.get("attacks", {}).get(aa[0]),
-            "provenance": prov,
-        }
+                for e, acc in a.accuracy[aa[0]].items()
+            },
+            provenance=prov,
+            attack=a.profile.get("attacks", {}).get(aa[0]),
+        )
     return out
 
 

@@ -150,7 +150,7 @@ def audit_model(
         batch_size=bs,
         seed=int(p["seed"]),
         evaluated=evaluated,
-        weights=weights_digest(model.state_dict()),
+        weights=(digest := weights_digest(model.state_dict())),
         devices=(devices := {provenance(x.device)["device"]}),  # the probe and the indicators are computed here
     )
     with torch.no_grad():
@@ -207,7 +207,7 @@ def audit_model(
         transfer_source=None if source is None else source[0],
         profile={**p, "attacks": attacks},
         thresholds=th,
-        provenance={**provenance(x.device), "attack_devices": sorted(devices)},
+        provenance={**provenance(x.device), "attack_devices": sorted(devices), "weights": digest},
     )
 
 
