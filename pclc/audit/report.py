@@ -267,6 +267,9 @@ def robustbench_entries(audits: list[AuditResult], paper: dict[tuple, float], pr
     """RobustBench's record (pclc.robustbench) per model audited with AutoAttack: clean accuracy, the paper's
     reported number (its PGD, the attack it reports), the AutoAttack accuracy and the paper's PGD here, per eps
     (file name -> content)."""
+    from pclc.zoo import read_manifest
+
+    zoo_names = {e["key"]: e["name"] for e in read_manifest()}  # a zoo run is named as experiment=autoattack names it
     out = {}
     for a in audits:
         aa = [n for n in named(a.groups, "standard") if n in a.accuracy]
@@ -274,7 +277,7 @@ def robustbench_entries(audits: list[AuditResult], paper: dict[tuple, float], pr
             continue
         pgd = paper_attack(a.groups)
         out[f"{a.run or 'model'}.json"] = robustbench.record(
-            name=a.method or a.loss or "model",
+            name=zoo_names.get(a.run, a.method or a.loss or "model"),
             run=a.run or "model",
             weights=a.provenance.get("weights"),
             dataset=a.dataset or "",
