@@ -383,7 +383,11 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
         robust.read_text()
     )  # RobustBench's record (pclc.robustbench, the schema experiment=autoattack writes)
     assert robust.name == f"{pc['key']}.json" and rb["weights"] == run.read_summary()["weights"]
-    assert rb["run"] == pc["key"] and rb["threat_model"] == "Linf" and rb["attack"]["version"] == "standard"
+    assert (
+        rb["run"] == pc["key"]
+        and rb["threat_model"] == "Linf"
+        and rb["attack"] == dict(ATTACKS["autoattack"]["attack"])
+    )
     assert rb["name"] == (first.method or first.loss)  # not a zoo run: named by its method (a zoo run by its zoo name)
     assert rb["eps"] == {
         "0.1": {

@@ -293,7 +293,7 @@ def robustbench_entries(audits: list[AuditResult], paper: dict[tuple, float], pr
                 for e, acc in a.accuracy[aa[0]].items()
             },
             provenance=prov,
-            attack=a.profile.get("attacks", {}).get(aa[0]),
+            attack=(a.profile.get("attacks", {}).get(aa[0]) or {}).get("attack"),  # the attack's own config
         )
     return out
 
