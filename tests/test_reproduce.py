@@ -103,13 +103,12 @@ def test_experiment_runs_end_to_end_on_fake_data(tmp_path, name):
     text = {Path(p).suffix: Path(p).read_text() for p in out["outputs"] if Path(p).suffix in (".md", ".txt")}
     assert any("tiny" in t and "NOT the" in t for t in text.values())  # "NOT the paper's protocol / full audit"
     assert any("commit" in t for t in text.values())
-    if (
-        compose("reproduce", [f"experiment={name}"]).experiment.kind == "autoattack"
-    ):  # RobustBench's records: one schema
+    kind = compose("reproduce", [f"experiment={name}"]).experiment.kind
+    if kind == "autoattack":  # RobustBench's records: one schema
         records = [json.loads(Path(p).read_text()) for p in out["outputs"] if p.endswith(".json")]
         assert records and all(set(r["eps"]) and r["weights"] and r["attack"]["version"] == "standard" for r in records)
         assert all(set(v) == set(robustbench.PER_EPS) for r in records for v in r["eps"].values())
-    if compose("reproduce", [f"experiment={name}"]).experiment.kind == "table":
+    if kind == "table":
         csv = pd.read_csv(next(p for p in out["outputs"] if p.endswith(".csv")), comment="#", dtype={"param": str})
         assert (csv.status == "run").all()  # every paper cell of the restricted table was computed
         # the machine that computed the attacks and their time: what recomputing from the zoo costs
