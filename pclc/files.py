@@ -74,8 +74,13 @@ def atomic_savefig(fig, path: Path, **kwargs) -> None:
     _atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip("."), **kwargs))
 
 
+def json_text(obj: Any) -> str:
+    """The one way this project writes a JSON file (pclc.record_codec rebuilds records byte for byte from it)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def read_json(path: Path) -> Any:

@@ -21,7 +21,6 @@ One run no experiment names (a learning curve's): ``python -m pclc.zoo --run KEY
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import os
@@ -222,10 +221,13 @@ def records_dir(key: str, zoo: str | Path | None = None) -> Path:
 
 
 def read_record(path: Path) -> bytes | None:
-    """A record's content, or None (with one line) when it cannot be read."""
+    """A record's content (``records/<sub>/<name>.json.gz``, stored by pclc.record_codec, its shared arrays in
+    ``records/arrays``), or None (with one line) when it cannot be read."""
+    from pclc.record_codec import ARRAYS, RecordError, unpack
+
     try:
-        return gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as e:
+        return unpack(path.read_bytes(), lambda name: (path.parents[1] / ARRAYS / f"{name}.bin").read_bytes())
+    except (OSError, RecordError) as e:
         log.warning("record %s cannot be read (%s); skipped", path, e)
         return None
 
