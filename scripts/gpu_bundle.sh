@@ -52,7 +52,7 @@ repro() { python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_di
 pack() {
   tar czf "$OUT/results.tgz" -C /tmp pclc-results 2>/dev/null
   python3 -m pclc.records save --store /tmp/pclc-runs >>"$OUT/records.log" 2>&1
-  find results/zoo -path '*/records/*' -newer "$OUT/machine.txt" -name '*.gz' -print0 | tar czf "$OUT/records.tgz" --null -T -
+  find results/zoo -path '*/records/*' -newer "$OUT/machine.txt" \( -name '*.gz' -o -name '*.bin' \) -print0 | tar czf "$OUT/records.tgz" --null -T -
 }
 case "${1:-gpu-check}" in
   gpu-check)
