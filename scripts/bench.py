@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 from pclc.attacks import build_attack
 from pclc.config import compose, group_config
+from pclc.costs import device_slug, forward_flops
 from pclc.data import DeviceData, Split, load_splits
 from pclc.files import atomic_write_json, atomic_write_text
 from pclc.losses import get_loss
 from pclc.models import create_model
-from pclc.plan import device_slug, forward_flops
 from pclc.store import provenance
 from pclc.train import Accel, train_epoch
 

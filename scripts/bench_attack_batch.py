@@ -20,9 +20,9 @@ import torch
 
 from pclc.attacks import attack_config, build_attack
 from pclc.config import group_config
+from pclc.costs import device_slug
 from pclc.files import atomic_write_json, atomic_write_text
 from pclc.models import create_model
-from pclc.plan import device_slug
 from pclc.store import provenance
 
 

@@ -24,11 +24,12 @@ from bench import peak_flops  # scripts/bench.py, beside this file
 from pclc.attacks import build_attack
 from pclc.attacks.suite import expand_suite
 from pclc.config import compose
+from pclc.costs import CostModel, device_slug, forward_flops, load_bench
 from pclc.data import eval_tensors
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
 from pclc.files import atomic_write_json, atomic_write_text, read_json
 from pclc.metrics import predict
-from pclc.plan import CostModel, bench_path, device_slug, forward_flops, load_bench, plan_items
+from pclc.plan import bench_path, plan_items
 from pclc.store import RunDir, device_name, load_run, provenance, provenance_lines, run_key
 
 GOAL_S = 20 * 60  # the performance issue's target for the whole column on a 2-core CPU

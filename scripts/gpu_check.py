@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from pclc.plan import device_slug
+    from pclc.costs import device_slug
     from pclc.store import machine, machine_line
 
     if a.device == "cuda" and not torch.cuda.is_available():

@@ -20,10 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from pclc.attacks import build_attack
 from pclc.config import compose, group_config
+from pclc.costs import device_slug
 from pclc.data import eval_tensors
 from pclc.files import atomic_write_text
 from pclc.models import create_model
-from pclc.plan import device_slug
 from pclc.store import RunDir, load_run, provenance, provenance_lines
 
 GROUPS = {

@@ -11,9 +11,9 @@ import torch
 
 from pclc.attacks import register_attack
 from pclc.config import compose
+from pclc.costs import split_sizes
 from pclc.data import Split, register_loader
 from pclc.evaluate import evaluate
-from pclc.plan import split_sizes
 from pclc.train import train
 
 

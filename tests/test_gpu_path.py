@@ -11,7 +11,7 @@ import torch
 
 import pclc.train as train_mod
 from pclc.config import compose, resolve_device
-from pclc.plan import device_slug
+from pclc.costs import device_slug
 
 FAKE = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase=2", "device=cpu"]
 

@@ -40,7 +40,8 @@ def test_a_fresh_store_resumes_from_the_zoos_records_without_recomputing(exporte
     assert zoo.read_record(written[0]) == next(f for f in evals if f.name == written[0].stem).read_bytes()
     assert records.save(a, zoo=z) == []  # nothing new: nothing written
 
-    from pclc.plan import CostModel, plan_items  # the planner counts a recorded evaluation as done
+    from pclc.costs import CostModel  # the planner counts a recorded evaluation as done
+    from pclc.plan import plan_items
 
     over = ["attacks=[pgd]", f"zoo_dir={z}", "device=cpu"]
 

@@ -375,7 +375,7 @@ def _eval_file(store: Path, key: str, name: str, **rec):
 
 
 def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path):
-    from pclc.plan import _attack_seconds, _transfer_seconds
+    from pclc.costs import _attack_seconds, _transfer_seconds
     from pclc.results import read_store
 
     store, sub = tmp_path / "runs", "mnist-cnn3-ce-s0-bbbb"
@@ -422,7 +422,8 @@ def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path
 
 @pytest.mark.slow
 def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
-    from pclc.plan import CostModel, _transfer_seconds, plan_items
+    from pclc.costs import CostModel, _transfer_seconds
+    from pclc.plan import plan_items
 
     reproduce(repro_cfg(tmp_path, "table3", "mnist", "attacks=[pgd]"))
     store = tmp_path / "runs"
@@ -447,7 +448,8 @@ def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
 
 @pytest.mark.slow
 def test_plan_counts_a_shared_warm_up_once_and_costs_epochs_at_their_batch_size(tmp_path):
-    from pclc.plan import CostModel, plan_items
+    from pclc.costs import CostModel
+    from pclc.plan import plan_items
 
     reproduce(repro_cfg(tmp_path, "table1", "mnist", "attacks=[fgsm]"))  # measured epochs at the tiny batch size
     rows, work = plan_items(
@@ -545,3 +547,41 @@ def test_demo_prints_the_table_the_protocol_line_and_the_files_only(tmp_path, ca
     assert "eval.param_overrides.pgd.nb_iter 2 (paper: off)" in lines[-2] and "cw" not in lines[-2]  # its attacks
     assert "Expect PC+LC tens of points from the paper" in lines[-2]
     assert lines[-1] == "files: " + ", ".join(out["outputs"])
+
+
+def test_planner_prices_autoattack_at_the_audits_measured_time_not_its_worst_case(tmp_path):
+    """Reference AutoAttack attacks only what each attack before it left robust: its measured cost on LeNet-5 was
+    0.01-0.06 s per image where the worst case (every image surviving every attack) priced it at ~0.4 s. The
+    audit's measurements count, from the store and from the zoo's records (a fresh clone's store is empty)."""
+    import gzip
+
+    from pclc.costs import CostModel, _audit_records, _audit_seconds
+    from pclc.experiment import entries
+
+    store, zoo_dir, empty = tmp_path / "runs", tmp_path / "zoo", tmp_path / "empty"
+
+    def rec(secs, version="standard", n=10000):
+        return json.dumps({"attack": "autoattack", "params": {"version": version}, "n": n, "seconds": secs})
+
+    ce = store / "fmnist-lenet5-ce-s0-aaaa"
+    (ce / "audit").mkdir(parents=True)
+    (ce / "config.yaml").write_text("{}")  # a run of the store
+    (ce / "audit" / "autoattack-eps0.1-x.json").write_text(rec(100.0))
+    (ce / "audit" / "autoattack-eps0.2-y.json").write_text(rec(1000.0, "custom", 10))  # smoke budgets: not counted
+    (ce / "audit" / "autoattack-eps0.3-z.json").write_text("{not json")
+    gce = zoo_dir / "fmnist-lenet5-gce-s0-bbbb" / "records" / "audit"
+    gce.mkdir(parents=True)
+    (gce / "autoattack-eps0.1-x.json.gz").write_bytes(gzip.compress(rec(600.0).encode()))
+    records = _audit_records(store, zoo_dir)
+    assert len(records) == 3
+    assert _audit_seconds(records, "fmnist", "lenet5") == {"autoattack_ref": pytest.approx(0.035)}
+    assert _audit_seconds(records, "mnist", "lenet5") == {"autoattack_ref": pytest.approx(0.035)}  # else any dataset
+    assert _audit_seconds(records, "fmnist", "vgg13") == {}
+
+    ec = compose("evaluate", ["dataset=fmnist", "model=lenet5", "attack/suite=autoattack", "eval.subset=1000"])
+    (entry,) = [e for e in entries(ec) if e.eps == 0.1]
+    bench = json.loads((CONFIG_DIR.parent / "results" / "bench-cpu.json").read_text())
+    worst = CostModel(empty, bench, empty).attack(ec, "lenet5", entry)
+    assert CostModel(store, bench, zoo_dir).attack(ec, "lenet5", entry) == pytest.approx(35.0)
+    assert CostModel(store, bench, empty).attack(ec, "lenet5", entry) == pytest.approx(10.0)  # the store's alone
+    assert worst > 5 * 35.0  # what the planner said before

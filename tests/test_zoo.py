@@ -181,7 +181,8 @@ def test_from_zoo_rebuilds_the_table_without_training(exported, tmp_path, monkey
 def test_the_plan_from_the_zoo_counts_no_training(exported, tmp_path):
     """``plan=true from_zoo=true``: zoo models (the targets and the black-box substitute) are restored, not
     trained, so the prediction is the evaluation alone. The planner once predicted every model's training."""
-    from pclc.plan import CostModel, plan_items
+    from pclc.costs import CostModel
+    from pclc.plan import plan_items
 
     tmp, _ = exported
     over = ["attacks=[pgd]", "device=cpu"]

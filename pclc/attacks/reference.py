@@ -19,8 +19,8 @@ STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 def _passes(p: dict) -> float:
     """Worst case per example (every example survives every attack): APGD-CE, then APGD-T and FAB-T (forward and
-    backward per step, per target class), then Square's forward-only queries. The store's measured seconds
-    replace it once one result exists."""
+    backward per step, per target class), then Square's forward-only queries. The planner uses it only until a
+    measured time exists: the store's results of the suite, else the audit's of the same code (pclc.plan)."""
     if p.get("version", "standard") == "standard":
         return 100.0 * (1 + 2 * 9) + 5000 / 2
     return float(p.get("nb_iter", 100)) * (1 + 2 * p.get("targets", 9)) + float(p.get("queries", 5000)) / 2
