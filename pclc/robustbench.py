@@ -1,7 +1,7 @@
 """RobustBench's flat record of one model, as JSON: clean accuracy, the paper's reported number and the reference
 AutoAttack's robust accuracy, per eps, with the run, its weights hash and the provenance lines of the file.
 
-One schema for every writer (the audit: ``<out_dir>/autoattack/<run>.json``, the whole audited set;
+One schema for every writer (the audit: ``<out_dir>/audit/<run>.json``, the whole audited set;
 ``experiment=autoattack`` and ``experiment=baselines``: ``<out_dir>/<experiment>/<model>.json``), so that a reader,
 or a script that collects them, reads one kind of file; ``n`` says how many test images each number counts."""
 

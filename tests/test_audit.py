@@ -383,6 +383,7 @@ def test_audit_run_caches_and_reports(runs, tmp_path, monkeypatch):
         robust.read_text()
     )  # RobustBench's record (pclc.robustbench, the schema experiment=autoattack writes)
     assert robust.name == f"{pc['key']}.json" and rb["weights"] == run.read_summary()["weights"]
+    assert robust.parent == tmp_path / "audit"  # not autoattack/: experiment=autoattack's records of the same models
     assert (
         rb["run"] == pc["key"]
         and rb["threat_model"] == "Linf"

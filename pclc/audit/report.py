@@ -348,6 +348,6 @@ def write_audit_report(
     atomic_write_text(paths[1], "".join(f"# {p}\n" for p in [*prov, *config]) + csv.to_csv(index=False))
     _plot(audits, paths[2], prov, paper)
     for name, entry in robustbench_entries(audits, paper, prov).items():
-        paths.append(out_dir / "autoattack" / name)
+        paths.append(out_dir / "audit" / name)  # results/autoattack/ is experiment=autoattack's (subset, seeds)
         atomic_write_json(paths[-1], entry)
     return paths
