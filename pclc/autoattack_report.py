@@ -237,6 +237,9 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
         f"them (`{exp.reported.suite}` suite, the table's test set, n in the CSV's here_n); paper: its reported "
         "numbers (Table 5's for the adversarially trained methods)",
         f"models: {df.run.nunique()} of {len(experiment_cells(cfg))} (the rest not trained or not evaluated)",
+        f"AutoAttack's own time: {df.seconds.sum() / 60:.1f} min over {len(df)} (model, eps) evaluations, measured "
+        "(the CSV's seconds, each on the device its row names); what the planner predicted before a run: "
+        f"`make plan EXP={exp.name} FROM=zoo` (`results/plans/`)",
         *(machines := [*trained_on_notes(cfg.store, list(df.run.unique())), *evaluated_on_notes(df)]),
     ]
     md, csv = folder / f"{exp.name}.md", folder / f"{exp.name}.csv"

@@ -511,6 +511,7 @@ def test_autoattack_puts_the_papers_attacks_on_the_same_weights_beside_it(tmp_pa
     cfg = repro_cfg(tmp_path, "autoattack", "fmnist", "experiment.arms=[]")
     md = (tmp_path / "results" / "tiny" / "autoattack.md").read_text()
     assert aa.verdict.notna().all() and "## Verdicts" in md
+    assert f"AutoAttack's own time: {aa.seconds.sum() / 60:.1f} min over 3 (model, eps) evaluations, measured" in md
     assert "| pclc | ce | 0.1 | — | — | — | — | not judged: 0 paired seeds |" in md  # the declared pairs (pclc.paired)
     level = aa.assign(autoattack=40.0, pgd_here=41.0)  # the paper's PGD is as strong as AutoAttack
     assert verdicts(cfg, level).verdict.tolist() == ["robustness confirmed"]
