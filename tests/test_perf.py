@@ -128,7 +128,7 @@ BENCH = {
 
 
 def test_cost_model_scales_the_benchmark_by_size_steps_flops_and_adversarial_training():
-    from pclc import plan as costs
+    from pclc import costs
 
     ds = compose("train", ["dataset=fmnist"]).dataset
     paper = compose("train", ["dataset=fmnist", "trainer=paper"]).trainer
@@ -156,7 +156,7 @@ def test_an_unbenchmarked_model_takes_the_rate_of_the_benchmarked_model_nearest_
     """A CPU's seconds per FLOP depend on the network's size (LeNet-5 runs far below the peak, large networks near
     it): cnn3, 17x LeNet-5's FLOPs, takes the rate of a benchmarked model nearer its size, not LeNet-5's (the old
     rule, same channel count, predicted Table 3's transfer attacks several times too slow); its own row wins."""
-    from pclc import plan as costs
+    from pclc import costs
 
     ds = compose("train", ["dataset=fmnist"]).dataset
     pgd = group_config("attack", "pgd")
