@@ -24,6 +24,7 @@ from pclc.attacks import build_attack
 from pclc.models import create_model
 from pclc.results import crafted_groups, read_store
 from pclc.store import RunDir, runs_in
+from pclc.zoo import read_record, zoo_dir
 
 
 # ------------------------------------------------------------------------------------------
@@ -159,8 +160,6 @@ AUDIT_AS_SUITE = {"autoattack": "autoattack_ref"}  # the audit's attack -> the s
 def _audit_records(store: Path, zoo: Path | None) -> list[tuple[str, dict]]:
     """(run key, record) of the audit's results of the attacks in ``AUDIT_AS_SUITE``: the store's, and the zoo's
     evaluation records (a fresh clone's store is empty, and what another machine measured is the estimate)."""
-    from pclc.zoo import read_record, zoo_dir
-
     found = []
     for run in runs_in(store):
         found += [

@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from pclc.errors import UserError
 from pclc.files import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from pclc.locks import held
+from pclc.record_codec import ARRAYS, RecordError, unpack
 from pclc.store import RunDir, build_model, run_key, store_path, weights_digest
 
 log = logging.getLogger(__name__)
@@ -223,8 +224,6 @@ def records_dir(key: str, zoo: str | Path | None = None) -> Path:
 def read_record(path: Path) -> bytes | None:
     """A record's content (``records/<sub>/<name>.json.gz``, stored by pclc.record_codec, its shared arrays in
     ``records/arrays``), or None (with one line) when it cannot be read."""
-    from pclc.record_codec import ARRAYS, RecordError, unpack
-
     try:
         return unpack(path.read_bytes(), lambda name: (path.parents[1] / ARRAYS / f"{name}.bin").read_bytes())
     except (OSError, RecordError) as e:
