@@ -160,17 +160,17 @@ AUDIT_AS_SUITE = {"autoattack": "autoattack_ref"}  # the audit's attack -> the s
 def _audit_records(store: Path, zoo: Path | None) -> list[tuple[str, dict]]:
     """(run key, record) of the audit's results of the attacks in ``AUDIT_AS_SUITE``: the store's, and the zoo's
     evaluation records (a fresh clone's store is empty, and what another machine measured is the estimate)."""
-    found = []
+    found: dict[tuple[str, str], bytes | None] = {}  # (run, result file): the store's first, a record only if absent
     for run in runs_in(store):
-        found += [
-            (run.key, f.read_bytes()) for a in AUDIT_AS_SUITE for f in sorted((run.path / "audit").glob(f"{a}-*.json"))
-        ]
+        for a in AUDIT_AS_SUITE:
+            found.update({(run.key, f.name): f.read_bytes() for f in sorted((run.path / "audit").glob(f"{a}-*.json"))})
     for rec in sorted(zoo_dir(zoo).glob("*/records/audit")):
-        found += [
-            (rec.parents[1].name, read_record(f)) for a in AUDIT_AS_SUITE for f in sorted(rec.glob(f"{a}-*.json.gz"))
-        ]
+        for a in AUDIT_AS_SUITE:
+            for f in sorted(rec.glob(f"{a}-*.json.gz")):
+                if (at := (rec.parents[1].name, f.name[: -len(".gz")])) not in found:
+                    found[at] = read_record(f)
     out = []
-    for key, data in found:
+    for (key, _), data in found.items():
         try:
             out.append((key, json.loads(data)))
         except (TypeError, ValueError):
