@@ -262,7 +262,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = False  # the engine drops finished rows: every new batch shape would be autotuned
     run = RunDir.at(cfg.run_dir) if cfg.get("run_dir") else RunDir(cfg.store, run_key(cfg))
     if cfg.get("from_zoo") and not cfg.get("run_dir"):  # the weights from results/zoo: nothing trains
-        restore(run.key, cfg.store, cfg.get("zoo_dir"))
+        restore(run.key, cfg.store, cfg.get("zoo_dir"), records=cfg.get("zoo_records", True))
     if not run.path.exists():
         raise ValueError(
             f"no run {run.key} in {run.path.parent}; train it first (python -m pclc.train dataset="

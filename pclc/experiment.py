@@ -186,10 +186,16 @@ def cell_overrides(cell: Job, cfg: DictConfig) -> list[str]:
 
 
 def zoo_overrides(cfg: DictConfig) -> list[str]:
-    """``from_zoo``/``zoo_dir`` carried into a cell's train and evaluate configs."""
+    """``from_zoo``/``zoo_dir``/``zoo_records`` carried into a cell's train and evaluate configs."""
     if not cfg.get("from_zoo"):
         return []
-    return ["from_zoo=true", *([f"zoo_dir={quoted(cfg.zoo_dir)}"] if cfg.get("zoo_dir") else [])]
+    out = ["from_zoo=true", *([f"zoo_dir={quoted(cfg.zoo_dir)}"] if cfg.get("zoo_dir") else [])]
+    return out + ([] if cfg.get("zoo_records", True) else ["zoo_records=false"])
+
+
+def zoo_records(cfg: DictConfig) -> bool:
+    """Whether the zoo's evaluation records stand for attacks (``from_zoo`` and not ``zoo_records=false``)."""
+    return bool(cfg.get("from_zoo")) and bool(cfg.get("zoo_records", True))
 
 
 def train_cfg(cell: Job, cfg: DictConfig) -> DictConfig:
@@ -275,14 +281,14 @@ def entries(ec: DictConfig) -> list:
 
 def missing_entries(cell: Job, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
     """(evaluation config, suite entry) of each evaluation this cell still needs: neither in the store nor, with
-    ``from_zoo``, among the zoo's records of the run (restored, not recomputed)."""
+    ``from_zoo`` (and ``zoo_records``), among the zoo's records of the run (restored, not recomputed)."""
     from pclc.zoo import records_dir
 
     out = []
     for suite in cell_suites(cell, cfg):
         ec = eval_cfg(cell, cfg, suite, restrict=True)
         run = RunDir(cfg.store, run_key(ec))
-        recorded = records_dir(run.key, cfg.get("zoo_dir")) / "eval" if cfg.get("from_zoo") else None
+        recorded = records_dir(run.key, cfg.get("zoo_dir")) / "eval" if zoo_records(cfg) else None
         for e in entries(ec):
             path = result_file(run, ec, e)
             if not path.exists() and not (recorded and (recorded / f"{path.name}.gz").exists()):

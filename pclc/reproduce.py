@@ -185,7 +185,7 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
         if cfg.get("from_zoo"):  # also fills what the zoo's records hold and this store lacks
             from pclc.zoo import restore
 
-            restore(run.key, cfg.store, cfg.get("zoo_dir"))
+            restore(run.key, cfg.store, cfg.get("zoo_dir"), records=cfg.get("zoo_records", True))
         if not run.finished:
             raise ValueError(f"run {run.key} ({cell.label}) is not trained; run stage=all first")
         checked_config(run)  # an edited config.yaml is refused before its reference run is trained

@@ -272,7 +272,7 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
         if cfg.get("from_zoo"):  # weights from results/zoo, never trained here (another CPU trains other weights)
             from pclc.zoo import restore
 
-            restore(run.key, cfg.store, cfg.get("zoo_dir"))
+            restore(run.key, cfg.store, cfg.get("zoo_dir"), records=cfg.get("zoo_records", True))
         return _train(cfg, run, until_epoch)
 
 

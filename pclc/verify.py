@@ -46,7 +46,7 @@ def model_cells(
     from pclc.metrics import percent, predict
     from pclc.store import load_run
 
-    run = zoo.restore(entry["key"], store, zoo_folder)
+    run = zoo.restore(entry["key"], store, zoo_folder, records=False)  # every number computed here, none copied
     cfg, model = load_run(run, device)
     ec = compose(
         "evaluate",

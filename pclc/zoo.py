@@ -173,9 +173,10 @@ def load(
     return cfg, model.to(device)
 
 
-def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDir:
+def restore(key: str, store: str | Path, zoo: str | Path | None = None, records: bool = True) -> RunDir:
     """Fill the run store with the zoo's run ``key`` (config, weights, summary): a finished run that trains
-    nothing. A store run that already holds other weights is refused (one table never mixes two trainings)."""
+    nothing; with ``records``, also the zoo's records of what was evaluated on it elsewhere. A store run that
+    already holds other weights is refused (one table never mixes two trainings)."""
     entry = find(key, zoo)
     run = RunDir(store, entry["key"])
     if run.finished:
@@ -186,7 +187,8 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
                 f"({entry['weights']}), trained elsewhere; use another store= for zoo runs, or move it "
                 f"aside"
             )
-        restore_records(run, zoo)  # what another machine evaluated on these weights, and this store lacks
+        if records:  # what another machine evaluated on these weights, and this store lacks
+            restore_records(run, zoo)
         return run
     entry_config(entry, zoo)  # hash-checked, and hashing to the entry's key
     cfg_path = zoo_dir(zoo) / entry["config"]
@@ -203,7 +205,8 @@ def restore(key: str, store: str | Path, zoo: str | Path | None = None) -> RunDi
     atomic_torch_save(state, run.model)
     summary.update(path=str(run.path), from_zoo={"name": entry["name"], "sha256": entry["sha256"]})
     atomic_write_json(run.summary, summary)  # last: its presence means the run is finished
-    restore_records(run, zoo)
+    if records:
+        restore_records(run, zoo)
     log.info(
         "run %s restored from the zoo (%s; trained on %s)",
         run.key,

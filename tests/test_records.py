@@ -64,6 +64,34 @@ def test_a_fresh_store_resumes_from_the_zoos_records_without_recomputing(exporte
     assert f"- attacks computed on: {OTHER} ({len(evals)} result files" in md  # the machine that computed them
     assert not list(b.glob("*/audit/adv"))
 
+    # zoo_records=false (gpu-check's GPU step): the zoo's weights, every attack computed here again
+    assert planned("from_zoo=true", "zoo_records=false") == planned()
+    with pytest.raises(AssertionError, match="an attack ran although the zoo holds its record"):
+        reproduce(
+            _cfg(tmp, "attacks=[pgd]", "from_zoo=true", "zoo_records=false", f"zoo_dir={z}", store=tmp_path / "d")
+        )
+    assert not list((tmp_path / "d").glob("*/eval/*.json"))  # nothing restored from the records
+
+
+@pytest.mark.slow
+def test_verify_evaluates_here_and_never_reads_the_zoos_records(exported, tmp_path, monkeypatch):  # noqa: F811
+    """verify's numbers are this machine's: the zoo's record of the same cell (another machine's) must not stand in
+    for the attack, or verify would compare the zoo with itself and always find 0."""
+    import pclc.evaluate as ev
+    from pclc.verify import main
+
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    s = tmp_path / "s"
+    args = ["--zoo", str(z), "--subset", "20", "fake-lenet5-ce-s0"]
+    assert main([*args, "--store", str(s), "--out-dir", str(tmp_path / "a")]) == 0
+    assert records.save(s, zoo=z)  # the verify cells are now records in the zoo
+    crafted = []
+    real = ev.craft
+    monkeypatch.setattr(ev, "craft", lambda *a, **kw: crafted.append(1) or real(*a, **kw))
+    assert main([*args, "--out-dir", str(tmp_path / "b")]) == 0  # a fresh store
+    assert crafted  # the attacks ran here
+
 
 def test_only_zoo_runs_have_records_and_a_store_file_is_never_overwritten(exported, tmp_path, caplog):  # noqa: F811
     tmp, _ = exported
