@@ -83,3 +83,26 @@ def test_eta_line_names_the_work_no_prediction_holds():
         "cell 1/1 a: nothing left to train or evaluate (finished results reused); ETA for the rest 0 s (planner); "
         "not in this ETA: the audit's attacks"
     )
+
+
+def test_finished_cells_do_not_replan_the_rest(monkeypatch, caplog):
+    """The planner runs again after a cell only when that cell computed something (the store gained a measurement):
+    on the H100 lease, with no bench for the GPU, it replanned after each of 46 finished cells, ~5 s each."""
+    from omegaconf import OmegaConf
+
+    import pclc.reproduce as rp
+
+    calls = []
+
+    def cell_seconds(cfg):
+        calls.append(1)
+        return [0.0, 0.0, 0.0, None, None]  # three finished cells, two the planner cannot price
+
+    monkeypatch.setattr(rp, "cell_seconds", cell_seconds)
+    monkeypatch.setattr(rp, "run_cell", lambda cell, cfg: {"cell": cell.label})
+    cells = [OmegaConf.create({"label": f"c{i}"}) for i in range(5)]
+    cfg = OmegaConf.create({"experiment": {"kind": "table"}})
+    with caplog.at_level(logging.INFO, logger="pclc.reproduce"):
+        rp.run_cells(cells, cfg)
+    assert len(calls) == 1 + 1  # once at the start, once after c3 (it computed); none after c0-c2 or the last
+    assert "cell 5/5 c4" in caplog.text
