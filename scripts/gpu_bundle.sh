@@ -68,7 +68,10 @@ export PYTHONPATH=$PWD/.gpu/site:$PWD PCLC_DATA=$PWD/.gpu/data PYTHONUNBUFFERED=
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 { date -u; nvidia-smi; python3 -c "import sys, torch; print(sys.version); print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.get_device_name())"; nproc; lscpu | grep 'Model name'; git log --oneline -1; } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
-repro() { python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_dir=/tmp/pclc-results; }
+# the planner's costs for this GPU from its gpu-check bench when one is committed (ETA lines, no unpriced cells)
+slug=$(python3 -c "import torch; from pclc.costs import device_slug; print(device_slug(torch.device('cuda')))" 2>/dev/null)
+bench=results/gpu-check-$slug/bench-$slug.json; [ -f "$bench" ] && export PCLC_BENCH="bench=$bench" || export PCLC_BENCH=
+repro() { python3 -m pclc.reproduce "$@" logger=none store=/tmp/pclc-runs out_dir=/tmp/pclc-results $PCLC_BENCH; }
 pack() {
   tar czf "$OUT/results.tgz" -C /tmp pclc-results 2>/dev/null
   python3 -m pclc.records save --store /tmp/pclc-runs >>"$OUT/records.log" 2>&1
