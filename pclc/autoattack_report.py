@@ -33,7 +33,7 @@ BASE = ["dataset", "model", "method", "recipe", "seed", "name", "run", "weights"
 def columns(attacks) -> list[str]:
     """The CSV's columns: who, AutoAttack, and each of the paper's attacks here and in the paper."""
     here, paper = [f"{a}_here" for a in attacks], [f"{a}_paper" for a in attacks]
-    return [*BASE, "autoattack", *here, "strongest_here", "here_n", *paper, "seconds", "device"]
+    return [*BASE, "autoattack", "square_only", *here, "strongest_here", "here_n", *paper, "seconds", "device"]
 
 
 def _numbers(cell, cfg: DictConfig, suite: str) -> dict[str, dict[float, dict]]:
@@ -90,6 +90,7 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
                     "n": r["n"],
                     "clean_accuracy": r["clean_accuracy"],
                     "autoattack": r["accuracy"],
+                    "square_only": r["square_only"],  # % only Square broke: the gradient attacks missed them
                     **{f"{a}_here": got[a]["accuracy"] if a in got else None for a in attacks},
                     "strongest_here": min((g["accuracy"] for g in got.values()), default=None),
                     "here_n": min((g["n"] for g in got.values()), default=None),
@@ -106,12 +107,22 @@ def collect(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns(attacks))
 
 
+def black_box_flag(square_only: pd.Series, tolerance: float) -> dict[str, bool]:
+    """The audit's ``white_box_beats_black_box`` from AutoAttack's stage records of one model (one value per eps):
+    it fails where Square alone broke more than ``tolerance`` % of the images; not judged unless every eps has it."""
+    if square_only.empty or square_only.isna().any():
+        return {}
+    return {"white_box_beats_black_box": bool(square_only.max() <= tolerance)}
+
+
 def verdicts(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
     """Per model, the audit's verdict (pclc.audit.checks: its rules and configs/audit.yaml's thresholds) with
     AutoAttack as the worst case: the paper's PGD here against it, the float32 saturation probe of the weights
     (cached in the run), the CE model of the same seed and recipe as the reference level, and catastrophic
-    overfitting for FGSM-trained models (FGSM here against the paper's PGD). The audit's sanity flags (Square,
-    transfer, step ladder) are not run here, so they cannot fire."""
+    overfitting for FGSM-trained models (FGSM here against the paper's PGD), and AutoAttack's own black-box check:
+    white-box beats black-box unless Square alone breaks more than the audit's tolerance of the images its
+    gradient attacks left robust, at some eps (judged only where every eps holds the stage record). The audit's
+    other sanity flags (transfer, step ladder) are not run here, so they cannot fire."""
     from pclc.audit.checks import explain_verdict, verdict, verdict_evidence
     from pclc.deviation_saturation import saturation_of
 
@@ -129,11 +140,12 @@ def verdicts(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
         run = RunDir(cfg.store, run_key_)
         run_cfg = run.stored_config()
         ref = df[(df.method == "ce") & (df.recipe == first.recipe) & (df.seed == first.seed)]
+        flags = black_box_flag(g.square_only, th["tolerance"])
         evidence = verdict_evidence(
             saturation_of(run, run_cfg.dataset.root, device),
             {"pgd": dict(zip(judged.eps, judged.pgd_here)), "fgsm": dict(zip(judged.eps, judged.fgsm_here))},
             dict(zip(judged.eps, judged.autoattack)),
-            {},
+            flags,
             {"pgd": "paper", "fgsm": "single-step"},
             th,
             reference=dict(zip(ref.eps, ref.autoattack)) if first.method != "ce" and len(ref) else None,
@@ -175,13 +187,16 @@ def to_markdown(df: pd.DataFrame, attacks) -> list[str]:
     """One row per (method, recipe, eps): clean, AutoAttack, the paper's attacks here (mean ± sd over seeds, n) and
     the paper's own numbers."""
     names = [a.upper() for a in attacks]
-    head = f"| method | recipe | ε | clean | AutoAttack | {' | '.join(names)} | paper ({' / '.join(names)}) |"
-    lines = [head, "|" + "---|" * (6 + len(attacks))]
+    head = (
+        f"| method | recipe | ε | clean | AutoAttack | only Square | {' | '.join(names)} | "
+        f"paper ({' / '.join(names)}) |"
+    )
+    lines = [head, "|" + "---|" * (7 + len(attacks))]
     for (meth, recipe), g in df.groupby(["method", "recipe"], sort=False):
         clean = _ms(g.drop_duplicates("run").clean_accuracy)
         for e, h in g.groupby("eps"):
             paper = [h[f"{a}_paper"].dropna() for a in attacks]
-            cells = [_ms(h.autoattack), *(_ms(h[f"{a}_here"]) for a in attacks)]
+            cells = [_ms(h.autoattack), _ms(h.square_only), *(_ms(h[f"{a}_here"]) for a in attacks)]
             cells.append(" / ".join(f"{p.iloc[0]:g}" if len(p) else "—" for p in paper))
             lines.append(f"| {meth} | {recipe} | {e:g} | {clean} | " + " | ".join(cells) + " |")
     return lines
@@ -232,7 +247,9 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
     notes = [
         f"AutoAttack: pyautoattack 0.2.0, version standard, L-inf, on the "
         f"{'full test set' if subset is None else f'first {subset} test images (class-balanced)'}; "
-        "robust accuracy counts an example correct both clean and attacked",
+        "robust accuracy counts an example correct both clean and attacked; only Square: % of the images that "
+        "only its last attack, the black-box Square, broke (its gradient attacks missed them: a sign of masked "
+        "gradients past the audit's tolerance; — where AutoAttack ran before it recorded which attack broke what)",
         f"{', '.join(a.upper() for a in attacks)}: the paper's attacks on the same weights, as its table computes "
         f"them (`{exp.reported.suite}` suite, the table's test set, n in the CSV's here_n); paper: its reported "
         "numbers (Table 5's for the adversarially trained methods)",

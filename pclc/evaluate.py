@@ -67,23 +67,27 @@ def craft(
     hi: int,
     batch_size: int,
     cache: Path | None = None,
-) -> torch.Tensor:
-    """Adversarial examples for ``x[lo:hi]``, batch by batch (batch at offset i seeded 1000 + i).
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Adversarial examples for ``x[lo:hi]``, batch by batch (batch at offset i seeded 1000 + i), and what the
+    attack reports per example beside them (AutoAttack: which of its attacks broke each).
 
     With ``cache`` (a directory; transfer attacks use one in the substitute's run) the group is saved as
     ``<lo>-<hi>.pt`` and reused: every target attacked from the same substitute gets the same examples,
-    crafted once.
+    crafted once (a cached attack reports nothing beside them).
     """
+    outs = []
 
     def run() -> torch.Tensor:
-        return torch.cat(
-            [
-                attack(model, x[i : min(i + batch_size, hi)], y[i : min(i + batch_size, hi)], eps, 1000 + i)
-                for i in range(lo, hi, batch_size)
-            ]
+        outs.extend(
+            attack.run(model, x[i : min(i + batch_size, hi)], y[i : min(i + batch_size, hi)], eps, 1000 + i)
+            for i in range(lo, hi, batch_size)
         )
+        return torch.cat([a for a, _ in outs])
 
-    return cached_tensor(None if cache is None else cache / f"{lo}-{hi}.pt", run, x.device)
+    adv = cached_tensor(None if cache is None else cache / f"{lo}-{hi}.pt", run, x.device)
+    if cache is not None or not outs or not all(e.keys() == outs[0][1].keys() for _, e in outs):
+        return adv, {}  # a batch without a report leaves it out for the whole group
+    return adv, {k: torch.cat([e[k] for _, e in outs]) for k in outs[0][1]}
 
 
 def run_entry(
@@ -150,14 +154,19 @@ def run_entry(
     while done["n"] < n:
         t0 = time.perf_counter()
         lo, hi = done["n"], min(done["n"] + step, n)
-        adv = craft(attack, source_model, x, y, entry.eps, lo, hi, batch_size, folder)
+        adv, extras = craft(attack, source_model, x, y, entry.eps, lo, hi, batch_size, folder)
         pred = predict(target, adv, batch_size).argmax(1)
         delta = (adv - x[lo:hi]).flatten(1)
+        reported = done.get("extras", {})
         done = {
             "n": hi,
             "adv_pred": done["adv_pred"] + pred.cpu().tolist(),
             "linf": done["linf"] + delta.abs().amax(1).cpu().tolist(),
             "l2": done["l2"] + delta.norm(dim=1).cpu().tolist(),  # C&W is a minimum-L2 attack: its budget curve
+            # an attack's per-example report, kept only while every group so far has it
+            "extras": {
+                k: reported.get(k, []) + v.cpu().tolist() for k, v in extras.items() if k in reported or lo == 0
+            },
             "weights": header["weights"],
             "machine": here,  # a resume on another machine type starts again (above)
             "seconds": done["seconds"] + time.perf_counter() - t0,
@@ -181,7 +190,13 @@ def run_entry(
         "engine": dict(engine or {}),
         "adv_accuracy": percent(adv_pred == y.cpu()),
         "max_linf": max(done["linf"]) if done["linf"] else 0.0,
-        "records": {**header["records"], "adv_pred": done["adv_pred"], "linf": done["linf"], "l2": done["l2"]},
+        "records": {
+            **header["records"],
+            "adv_pred": done["adv_pred"],
+            "linf": done["linf"],
+            "l2": done["l2"],
+            **{k: v for k, v in done.get("extras", {}).items() if len(v) == n},
+        },
     }
     atomic_write_json(out, result)
     partial.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from pclc.attacks.reference import STANDARD
 from pclc.attacks.suite import SuiteItem
 from pclc.files import CorruptFileError, read_json
 from pclc.metrics import percent
@@ -162,8 +163,16 @@ def crafted_groups(substitute: RunDir, stem: str) -> int:
 RECORD_COLUMNS = [
     "run", "dataset", "model", "loss", "adversarial", "method", "seed", "attack", "kind", "source", "eps", "budget",
     "subset", "precision", "n", "clean_accuracy", "accuracy", "max_linf", "seconds", "device", "weights",
-    "substitute", "file",
+    "substitute", "square_only", "file",
 ]  # fmt: skip
+SQUARE = 1 + STANDARD.index("square")  # the aa_stage of AutoAttack's Square
+
+
+def square_only(r: dict[str, Any]) -> float | None:
+    """% of the result's images that only AutoAttack's Square broke (its gradient attacks left them robust); None
+    where the result holds no stage record (another attack, or AutoAttack evaluated before stages were recorded)."""
+    stage = (r.get("records") or {}).get("aa_stage")
+    return None if not stage else 100.0 * sum(s == SQUARE for s in stage) / len(stage)
 
 
 def method_of(run_config) -> str:
@@ -197,6 +206,7 @@ def _record(r: dict[str, Any], f: Path, run_config: dict) -> dict[str, Any]:
         "device": r.get("device"),  # the machine that evaluated (the zoo's manifest names the one that trained)
         "weights": r.get("weights"),
         "substitute": r.get("substitute"),
+        "square_only": square_only(r),  # AutoAttack's sign of masked gradients
         "file": str(f),
     }
 

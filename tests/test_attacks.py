@@ -447,5 +447,48 @@ def test_the_reference_autoattack_runs_through_the_evaluation_and_refuses_a_chan
     r = json.loads(Path(out["results"][0]["file"]).read_text())
     assert r["attack"] == "autoattack_ref" and r["params"]["version"] == "custom" and r["n"] == 20
     assert r["adv_accuracy"] <= r["clean_accuracy"] and r["max_linf"] <= 0.1 + 1e-6
+    # which of AutoAttack's attacks broke each image, recorded beside the examples and agreeing with them
+    rec = r["records"]
+    stage, label = torch.tensor(rec["aa_stage"]), torch.tensor(rec["label"])
+    assert len(stage) == 20 and set(stage.tolist()) <= {-1, 0, 1, 2, 3, 4}
+    assert torch.equal(stage == 0, torch.tensor(rec["clean_pred"]) != label)
+    assert torch.equal(stage == -1, torch.tensor(rec["adv_pred"]) == label)
     with pytest.raises(ValueError, match="version=standard runs the published budgets"):
         evaluate(compose("evaluate", [*over, *aa, "+suite.attacks.autoattack_ref.nb_iter=2"]))
+
+
+class _Quantized(torch.nn.Module):
+    """A model whose input rounding zeroes every input gradient: masked gradients by construction."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+def test_autoattack_marks_what_only_square_broke_on_a_model_with_masked_gradients(trained, caplog):
+    """AutoAttack's gradient attacks get nothing from a model that rounds its input; its black-box Square still
+    breaks images. The stage record shows it (stage 4), and the report's flag fails on it."""
+    import pandas as pd
+
+    from pclc.autoattack_report import black_box_flag
+    from pclc.results import SQUARE, square_only
+
+    model, x, y = trained
+    masked = _Quantized(model).eval()
+    x, y = x[:40], y[:40]
+    adv, extras = build_attack(attack_config("autoattack-ref", **{**SMALL["autoattack-ref"], "queries": 300})).run(
+        masked, x, y, 0.3, 0
+    )
+    stage = extras["aa_stage"]
+    assert (stage == SQUARE).sum() > 2 * ((stage >= 1) & (stage < SQUARE)).sum()  # mostly Square's work
+    assert torch.equal(stage == -1, masked(adv).argmax(1) == y)
+    share = square_only({"records": {"aa_stage": stage.tolist()}})
+    assert share == 100.0 * (stage == SQUARE).sum().item() / 40
+    # the same share AutoAttack's own check warns of (its log, which reports so far never read)
+    assert f"Square Attack has decreased the robust accuracy of {share:.2f}%" in caplog.text
+    assert black_box_flag(pd.Series([0.0, share]), tolerance=1.0) == {"white_box_beats_black_box": share <= 1.0}
+    assert black_box_flag(pd.Series([0.0, 0.5]), tolerance=1.0) == {"white_box_beats_black_box": True}
+    assert black_box_flag(pd.Series([0.0, None]), tolerance=1.0) == {}  # an eps without the record: not judged

@@ -519,6 +519,11 @@ def test_autoattack_puts_the_papers_attacks_on_the_same_weights_beside_it(tmp_pa
     over = verdicts(cfg, level.assign(autoattack=0.0)).iloc[0]  # the paper's PGD 41 points above the worst case
     assert over.verdict in ("robustness reduced", "artefact of gradient masking") and "drop 41.0 points" in over.reason
     assert verdicts(cfg, level.assign(pgd_here=None)).verdict.str.startswith("not judged").all()
+    # which of AutoAttack's attacks broke what: recorded, shown, and judged (Square alone breaking 30%: masking)
+    assert aa.square_only.notna().all() and "| AutoAttack | only Square |" in md
+    masked = verdicts(cfg, level.assign(square_only=30.0)).iloc[0]
+    assert "sanity flag white_box_beats_black_box is False" in masked.reason
+    assert "white_box_beats_black_box" not in verdicts(cfg, level.assign(square_only=0.0)).iloc[0].reason
 
 
 @pytest.mark.slow

@@ -75,7 +75,8 @@ def check_installed(attack: str, packages: tuple[str, ...]) -> None:
 def register_attack(
     name: str, *, bounded: bool, passes: Callable[[dict], float], requires: tuple[str, ...] = (), **meta
 ):
-    """Register ``fn(model, x, y, eps, seed, **params) -> x_adv``; ``passes(params)``: its cost per example;
+    """Register ``fn(model, x, y, eps, seed, **params) -> x_adv`` (or ``(x_adv, {name: per-example tensor})``);
+    ``passes(params)``: its cost per example;
     ``requires``: optional packages it imports (checked whenever a config naming it is checked)."""
 
     def check(params):
@@ -104,11 +105,20 @@ class Attack:
     passes: float  # forward + input-gradient passes per example (the planner's cost; a forward is 1/2)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, seed: int = 0) -> torch.Tensor:
+        return self.run(model, x, y, eps, seed)[0]
+
+    def run(
+        self, model, x: torch.Tensor, y: torch.Tensor, eps: float | None, seed: int = 0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The examples and what the attack reports per example beside them (``{name: tensor of len(x)}``: an
+        attack function may return ``(x_adv, extras)``; the evaluation records each extra with the examples)."""
         if self.bounded and eps is None:
             raise ValueError(f"attack {self.name} needs an eps")
         check_eps(eps, self.name)
-        adv = self.fn(model, x, y, None if eps is None else float(eps), int(seed)).detach()
-        return adv.clamp(0.0, 1.0) if eps is None else project(adv, x, float(eps))
+        out = self.fn(model, x, y, None if eps is None else float(eps), int(seed))
+        adv, extras = out if isinstance(out, tuple) else (out, {})
+        adv = adv.detach()
+        return (adv.clamp(0.0, 1.0) if eps is None else project(adv, x, float(eps))), dict(extras)
 
 
 def attack_entry(cfg: Mapping | DictConfig):
