@@ -29,7 +29,7 @@ from pclc.experiment import chosen_studies, experiment_cells, out_dir, train_cfg
 from pclc.files import atomic_write_text
 from pclc.headers import config_block, config_yaml, csv_header, header, trained_on_notes
 from pclc.paper_data import param_eps
-from pclc.reports import mean_interval
+from pclc.reports import evaluated_on_notes, mean_interval
 from pclc.store import provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,8 @@ def write(cfg: DictConfig, tracker=None) -> list[Path]:
             f"{exp.near_zero.ours_at_most:g}% to count as within tolerance; "
             f"'arms tried': arms with a number for the cell",
             *(machines := trained_on_notes(cfg.store, [run_key(train_cfg(c, cfg)) for c in experiment_cells(cfg)])),
+            # each result file once (arms share files: the paper arm is Table 1's), named by the machine it ran on
+            *evaluated_on_notes(res.dropna(subset=["file"]).drop_duplicates("file")),
         ],
     )
     paths = [folder / "deviations.md", folder / "deviations.csv"]

@@ -142,6 +142,9 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
                 "n": None,
                 "accuracy": run.read_summary()["test_accuracy"],
                 "max_linf": None,
+                "device": None,
+                "seconds": None,
+                "file": None,
             }
         )
         for ec in [eval_cfg(cell, cfg, suite) for suite in cell_suites(cell, cfg)]:
@@ -155,6 +158,9 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
                         "n": r["n"],
                         "accuracy": r["accuracy"],
                         "max_linf": r["max_linf"],
+                        "device": r["device"],  # the machine that computed it (the report names each)
+                        "seconds": r["seconds"],
+                        "file": r["file"],
                     }
                 )
     return pd.DataFrame(
@@ -172,6 +178,9 @@ def arm_results(cfg: DictConfig) -> pd.DataFrame:
             "n",
             "accuracy",
             "max_linf",
+            "device",
+            "seconds",
+            "file",
         ],
     )
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from pclc.config import compose
 from pclc.deviation_report import _ms
@@ -13,7 +15,7 @@ from pclc.deviations import verdict
 from pclc.experiment import eval_cfg, experiment_cells, train_cfg
 from pclc.reports import seed_interval
 from pclc.reproduce import reproduce
-from pclc.store import RunDir, run_key
+from pclc.store import RunDir, device_name, run_key
 from pclc.train import phase_optimizer
 
 
@@ -135,6 +137,9 @@ def test_deviations_list_every_cell_outside_tolerance_with_the_arms_numbers(tmp_
     assert (
         "## Every cell outside tolerance (4 of 6 committed cells)" in text and "Saturation of the trained runs" in text
     )
+    # the machine that computed the arms' attacks, each result file once (a lease's GPU cells were unnamed)
+    files = {f for f in Path(cfg.store).glob("*/eval/*.json") if ".partial" not in f.name}
+    assert f"- attacks computed on: {device_name(torch.device('cpu'))} ({len(files)} result files" in text
 
 
 def test_unknown_study_or_arm_is_refused_before_any_work(tmp_path):
