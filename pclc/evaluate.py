@@ -41,6 +41,7 @@ from pclc.locks import held, lock_path
 from pclc.metrics import percent, predict, with_precision
 from pclc.progress import bar
 from pclc.results import craft_cache, result_path
+from pclc.sanity import sanity_warnings
 from pclc.store import (
     RunDir,
     digest,
@@ -203,40 +204,6 @@ def run_entry(
     return result
 
 
-def sanity_warnings(results: list[dict[str, Any]], margin: float = 1.0) -> list[str]:
-    """RobustBench-style warnings: signs that a model's gradients may be masked; an attack that should be at
-    least as strong counts as weaker only beyond ``margin`` points (``eval.warn_margin``)."""
-    warn = []
-    by = {(r["source"], r["kind"], r["eps"]): r["adv_accuracy"] for r in results}
-    for (src, kind, eps), acc in by.items():
-        if (
-            src == "white"
-            and kind in ("bim", "pgd", "mim")
-            and ("white", "fgsm", eps) in by
-            and acc > by[("white", "fgsm", eps)] + margin
-        ):
-            warn.append(
-                f"{kind} at eps {eps:g} ({acc:.1f}%) is weaker than FGSM ({by[('white', 'fgsm', eps)]:.1f}%): "
-                "iterative attacks should be at least as strong; gradients may be masked"
-            )
-        if src == "transfer" and ("white", kind, eps) in by and acc < by[("white", kind, eps)] - margin:
-            warn.append(
-                f"transferred {kind} at eps {eps:g} ({acc:.1f}%) beats white-box {kind} "
-                f"({by[('white', kind, eps)]:.1f}%): white-box gradients may be masked"
-            )
-    spsa = [(eps, acc) for (src, kind, eps), acc in by.items() if kind == "spsa"]
-    for eps, acc in spsa:
-        white = [a for (s, k, e), a in by.items() if s == "white" and k in ("pgd", "bim", "mim") and e == eps]
-        if white and acc < min(white) - margin:
-            warn.append(
-                f"gradient-free SPSA at eps {eps:g} ({acc:.1f}%) beats gradient attacks ({min(white):.1f}%): "
-                "gradients may be masked"
-            )
-    for w in warn:
-        log.warning(w)
-    return warn
-
-
 def _substitute(cfg: DictConfig, run: RunDir, run_cfg: DictConfig, device) -> tuple[RunDir, torch.nn.Module]:
     """The black-box substitute's run (trained through the run store when missing) and its model."""
     if cfg.eval.get("substitute_run"):
@@ -359,6 +326,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         results.append({k: v for k, v in r.items() if k != "records"} | {"file": str(out)})
     warnings = sanity_warnings(results, float(cfg.eval.get("warn_margin", 1.0)))
+    for w in warnings:
+        log.warning(w)
     summary = {
         "run": run.key,
         "clean_accuracy": clean_acc,

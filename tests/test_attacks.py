@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -348,7 +349,8 @@ def counting_attacks(monkeypatch) -> list[int]:
 
     def build(*a, **k):
         attack = real(*a, **k)
-        return lambda model, x, y, eps, seed: sizes.append(len(x)) or attack(model, x, y, eps, seed)
+        count = lambda model, x, y, eps, seed: sizes.append(len(x)) or attack.fn(model, x, y, eps, seed)  # noqa: E731
+        return dataclasses.replace(attack, fn=count)
 
     monkeypatch.setattr(ev, "build_attack", build)
     return sizes

@@ -38,13 +38,14 @@ from omegaconf import OmegaConf
 from pclc.config import compose, group_config
 from pclc.evaluate import evaluate
 from pclc.train import train
+import dataclasses
 import pclc.evaluate as ev
 real_build = ev.build_attack
 def build(*a, **k):
     atk = real_build(*a, **k)
-    def run(model, x, y, eps, seed):
-        print("ATTACK", flush=True); time.sleep(0.05); return atk(model, x, y, eps, seed)
-    return run
+    def fn(model, x, y, eps, seed):
+        print("ATTACK", flush=True); time.sleep(0.05); return atk.fn(model, x, y, eps, seed)
+    return dataclasses.replace(atk, fn=fn)
 ev.build_attack = build
 over = ["dataset=fake", "model=lenet5", "logger=none", "trainer.epochs_per_phase=2", "trainer.batch_size=64",
         f"store={sys.argv[1]}"]
