@@ -53,7 +53,7 @@ from pclc.store import (
     same_machine_type,
 )
 from pclc.tracking import build_tracker, metric_key, run_identity
-from pclc.zoo import restore
+from pclc.zoo import restore, uses_records
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = False  # the engine drops finished rows: every new batch shape would be autotuned
     run = RunDir.at(cfg.run_dir) if cfg.get("run_dir") else RunDir(cfg.store, run_key(cfg))
     if cfg.get("from_zoo") and not cfg.get("run_dir"):  # the weights from results/zoo: nothing trains
-        restore(run.key, cfg.store, cfg.get("zoo_dir"), records=cfg.get("zoo_records", True))
+        restore(run.key, cfg.store, cfg.get("zoo_dir"), records=uses_records(cfg))
     if not run.path.exists():
         raise ValueError(
             f"no run {run.key} in {run.path.parent}; train it first (python -m pclc.train dataset="

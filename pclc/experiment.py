@@ -193,11 +193,6 @@ def zoo_overrides(cfg: DictConfig) -> list[str]:
     return out + ([] if cfg.get("zoo_records", True) else ["zoo_records=false"])
 
 
-def zoo_records(cfg: DictConfig) -> bool:
-    """Whether the zoo's evaluation records stand for attacks (``from_zoo`` and not ``zoo_records=false``)."""
-    return bool(cfg.get("from_zoo")) and bool(cfg.get("zoo_records", True))
-
-
 def train_cfg(cell: Job, cfg: DictConfig) -> DictConfig:
     return compose("train", cell_overrides(cell, cfg))
 
@@ -282,13 +277,13 @@ def entries(ec: DictConfig) -> list:
 def missing_entries(cell: Job, cfg: DictConfig) -> list[tuple[DictConfig, Any]]:
     """(evaluation config, suite entry) of each evaluation this cell still needs: neither in the store nor, with
     ``from_zoo`` (and ``zoo_records``), among the zoo's records of the run (restored, not recomputed)."""
-    from pclc.zoo import records_dir
+    from pclc.zoo import records_dir, uses_records
 
     out = []
     for suite in cell_suites(cell, cfg):
         ec = eval_cfg(cell, cfg, suite, restrict=True)
         run = RunDir(cfg.store, run_key(ec))
-        recorded = records_dir(run.key, cfg.get("zoo_dir")) / "eval" if zoo_records(cfg) else None
+        recorded = records_dir(run.key, cfg.get("zoo_dir")) / "eval" if uses_records(cfg) else None
         for e in entries(ec):
             path = result_file(run, ec, e)
             if not path.exists() and not (recorded and (recorded / f"{path.name}.gz").exists()):

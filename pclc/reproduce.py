@@ -185,9 +185,9 @@ def run_audit(cfg: DictConfig, tracker=None) -> list[Path]:
         ac = audit_cfg(cell, cfg)
         run = RunDir(cfg.store, run_key(ac))
         if cfg.get("from_zoo"):  # also fills what the zoo's records hold and this store lacks
-            from pclc.zoo import restore
+            from pclc.zoo import restore, uses_records
 
-            restore(run.key, cfg.store, cfg.get("zoo_dir"), records=cfg.get("zoo_records", True))
+            restore(run.key, cfg.store, cfg.get("zoo_dir"), records=uses_records(cfg))
         if not run.finished:
             raise ValueError(f"run {run.key} ({cell.label}) is not trained; run stage=all first")
         checked_config(run)  # an edited config.yaml is refused before its reference run is trained

@@ -270,9 +270,9 @@ def train(cfg: DictConfig, until_epoch: int | None = None) -> dict[str, Any]:
     run = RunDir(cfg.store, run_key(cfg))
     with held(lock_path(cfg.store, run.key), f"run {run.key}"):
         if cfg.get("from_zoo"):  # weights from results/zoo, never trained here (another CPU trains other weights)
-            from pclc.zoo import restore
+            from pclc.zoo import restore, uses_records
 
-            restore(run.key, cfg.store, cfg.get("zoo_dir"), records=cfg.get("zoo_records", True))
+            restore(run.key, cfg.store, cfg.get("zoo_dir"), records=uses_records(cfg))
         return _train(cfg, run, until_epoch)
 
 

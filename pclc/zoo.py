@@ -173,6 +173,12 @@ def load(
     return cfg, model.to(device)
 
 
+def uses_records(cfg) -> bool:
+    """Whether a config takes the zoo's evaluation records for attacks (``from_zoo`` and not ``zoo_records=false``:
+    gpu-check's GPU step and verify take the weights alone)."""
+    return bool(cfg.get("from_zoo")) and bool(cfg.get("zoo_records", True))
+
+
 def restore(key: str, store: str | Path, zoo: str | Path | None = None, records: bool = True) -> RunDir:
     """Fill the run store with the zoo's run ``key`` (config, weights, summary): a finished run that trains
     nothing; with ``records``, also the zoo's records of what was evaluated on it elsewhere. A store run that
