@@ -43,6 +43,7 @@ from pclc.progress import bar
 from pclc.results import craft_cache, result_path
 from pclc.sanity import sanity_warnings
 from pclc.store import (
+    STALE,
     RunDir,
     digest,
     load_run,
@@ -129,7 +130,7 @@ def run_entry(
                 done.get("weights"),
                 header["weights"],
             )
-        out.rename(out.with_name(f"{out.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+        out.rename(out.with_name(f"{out.stem}{STALE}{time.strftime('%Y%m%d-%H%M%S')}.json"))
     batch_size = int(entry.params.get("batch_size", batch_size))
     folder = None if cache is None else cache(batch_size)
     partial = out.with_suffix(".partial.pt")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pclc.files import atomic_write_bytes
 from pclc.record_codec import ARRAYS, is_packed, named_arrays, pack, same_array
-from pclc.store import RunDir, runs_in, store_path
+from pclc.store import RunDir, is_stale, runs_in, store_path
 from pclc.zoo import CARRIED, ZooError, read_manifest, read_record, records_dir, zoo_dir
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def save(store: str | Path, keys: list[str] | None = None, zoo: str | Path | Non
     written = []
     for run in runs:
         for sub in CARRIED:
-            for src in sorted((run.path / sub).glob("*.json")):
+            for src in sorted(f for f in (run.path / sub).glob("*.json") if not is_stale(f)):  # set aside: none
                 dst = records_dir(run.key, zoo) / sub / f"{src.name}.gz"
                 data = src.read_bytes()
                 if dst.exists() and read_record(dst) == data:

@@ -33,7 +33,7 @@ from pclc.attacks.reference import STANDARD
 from pclc.attacks.suite import SuiteItem
 from pclc.files import CorruptFileError, read_json
 from pclc.metrics import percent
-from pclc.store import RunDir, model_state, runs_in, weights_digest
+from pclc.store import RunDir, is_stale, model_state, runs_in, weights_digest
 
 DEFAULT_BATCH = 1000  # eval.batch_size's default (configs/evaluate.yaml): results at it keep their plain names
 
@@ -217,7 +217,7 @@ def run_results(run: RunDir, files: Iterable[Path] | None = None, checked: bool 
     measured costs) skip files that cannot be read."""
     if files is None:
         files = sorted(run.eval.glob("*.json")) if run.eval.exists() else []
-    files = [f for f in files if f.exists() and ".stale-" not in f.name]
+    files = [f for f in files if f.exists() and not is_stale(f)]
     if not files or (checked and run_weights(run) is None):
         return []
     config = OmegaConf.to_container(run.stored_config()) if run.config.exists() else {}

@@ -98,6 +98,13 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+STALE = ".stale-"  # in the name of a result set aside (other weights, or to be computed again): not a result
+
+
+def is_stale(path: Path) -> bool:
+    return STALE in Path(path).name
+
+
 class RunDir:
     """Paths of one run in the store."""
 

@@ -125,6 +125,23 @@ def test_only_zoo_runs_have_records_and_a_store_file_is_never_overwritten(export
     assert not (run.path / "eval" / "white-fgsm.json").exists()
 
 
+def test_a_result_set_aside_is_never_saved_as_a_record(exported, tmp_path):  # noqa: F811
+    """A result renamed ``.stale-`` (other weights, or set aside to be computed again) is not a result: the zoo
+    never carries it (records save once copied such files too)."""
+    tmp, _ = exported
+    z = _copy_zoo(tmp, tmp_path / "zoo")
+    key = zoo.find("fake-lenet5-ce-s0", z)["key"]
+    store = tmp_path / "store"
+    shutil.copytree(tmp / "runs" / key, store / key)
+    result = json.dumps({"from": "this machine"}).encode()
+    (store / key / "eval").mkdir(exist_ok=True)
+    (store / key / "eval" / "white-pgd-x.json").write_bytes(result)
+    (store / key / "eval" / "white-pgd-x.stale-20261205-120000.json").write_bytes(result)
+    written = records.save(store, keys=[key], zoo=z)
+    assert "white-pgd-x.json.gz" in {p.name for p in written}
+    assert not [p for p in zoo.records_dir(key, z).rglob("*") if ".stale-" in p.name]
+
+
 def test_the_command_line_saves_and_refuses_in_one_line(exported, tmp_path, monkeypatch, capsys):  # noqa: F811
     tmp, _ = exported
     monkeypatch.setenv("PCLC_ZOO", str(_copy_zoo(tmp, tmp_path / "zoo")))
