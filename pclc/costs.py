@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pclc.attacks import build_attack
+from pclc.attacks import ATTACKS, build_attack
 from pclc.models import create_model
 from pclc.results import crafted_groups, read_store
 from pclc.store import RunDir, runs_in
@@ -145,13 +145,40 @@ def _per_example(df: pd.DataFrame) -> pd.Series:
     return df.seconds / df.n.clip(lower=1)
 
 
-def _attack_seconds(results: pd.DataFrame, dataset: str, model: str) -> dict[str, float]:
-    """Measured seconds per example of each white-box attack config on this model and dataset (else any)."""
+def attack_passes(kind: str | None, params: dict) -> float | None:
+    """Passes per example of registered attack ``kind`` with ``params`` (its registered cost); None where either is
+    unknown (a result file without them)."""
+    try:
+        return float(ATTACKS.get(kind).meta["passes"](params))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _attack_seconds(results: pd.DataFrame, dataset: str, model: str) -> dict[str, dict[float | None, float]]:
+    """Measured seconds per example of each white-box attack config on this model and dataset (else any), by the
+    passes its parameters cost (one config run at 40 steps and at 1000 is two prices; None: passes unknown)."""
     white = results[(results.source == "white") & (results.model == model)]
-    per: dict[str, float] = {}
+    per: dict[str, dict[float | None, float]] = {}
     for mine in (white, white[white.dataset == dataset]):  # the exact pair wins
-        per.update(_per_example(mine).groupby(mine.attack).median().to_dict())
+        passes = [attack_passes(k, json.loads(b or "{}")) for k, b in zip(mine.kind, mine.budget)]
+        secs = _per_example(mine).groupby(
+            [mine.attack, pd.Series(passes, index=mine.index, dtype=object)], dropna=False
+        )
+        for (config, p), s in secs.median().items():
+            per.setdefault(config, {})[None if p is None or pd.isna(p) else float(p)] = s
     return per
+
+
+def priced(measured: dict[float | None, float], passes: float | None) -> float:
+    """Seconds per example of an attack costing ``passes``, from one config's measurements by passes: the same
+    passes measured, else a measurement whose passes are unknown, else the nearest measured passes scaled (an
+    arm's ``nb_iter`` override: PGD at 1000 steps was priced as PGD-40's 3 s and took 59-81 s)."""
+    if passes in measured:
+        return measured[passes]
+    if None in measured or passes is None:
+        return measured.get(None, next(iter(measured.values())))
+    near = min(measured, key=lambda p: abs(math.log(p / passes)))
+    return measured[near] * passes / near
 
 
 AUDIT_AS_SUITE = {"autoattack": "autoattack_ref"}  # the audit's attack -> the suite's config running the same code
@@ -178,7 +205,7 @@ def _audit_records(store: Path, zoo: Path | None) -> list[tuple[str, dict]]:
     return out
 
 
-def _audit_seconds(records: list[tuple[str, dict]], dataset: str, model: str) -> dict[str, float]:
+def _audit_seconds(records: list[tuple[str, dict]], dataset: str, model: str) -> dict[str, dict[None, float]]:
     """Measured seconds per example of the audit's reference AutoAttack (version standard: the code the suite's
     ``autoattack_ref`` runs) on this model and dataset (else any), under the suite's config name. Its cost is the
     points each attack leaves robust, which no FLOP count knows: priced at its worst case (every point surviving
@@ -194,8 +221,8 @@ def _audit_seconds(records: list[tuple[str, dict]], dataset: str, model: str) ->
                 and r.get("attack") in AUDIT_AS_SUITE
             ):
                 per.setdefault(AUDIT_AS_SUITE[r["attack"]], []).append(float(r["seconds"]) / int(r["n"]))
-        if per:
-            return {k: statistics.fmean(v) for k, v in per.items()}
+        if per:  # passes unknown: the suite's config runs the same code
+            return {k: {None: statistics.fmean(v)} for k, v in per.items()}
     return {}
 
 
@@ -233,7 +260,7 @@ class CostModel:
         self.store, self.bench, self.zoo = store, bench, zoo
         self._audit: list[tuple[str, dict]] | None = None
         self.sources: set[str] = set()
-        self._attacks: dict[tuple, dict[str, float]] = {}  # the store is read once per (dataset, model)
+        self._attacks: dict[tuple, dict] = {}  # the store is read once per (dataset, model)
         self._epochs: dict[tuple, float | None] = {}
         self._results: pd.DataFrame | None = None
 
@@ -285,9 +312,9 @@ class CostModel:
                 self._audit = _audit_records(self.store, self.zoo)
             self._attacks[key] = {**_audit_seconds(self._audit, *key), **_attack_seconds(self.results, *key)}
         measured = self._attacks[key].get(entry.config)
-        if measured is not None:
+        if measured:
             self.sources.add("store")
-            return measured * n
+            return priced(measured, attack_passes(entry.kind, entry.params)) * n
         if self.bench is None:
             return None
         per = attack_seconds_per_example(self.bench, ec.dataset, model, entry.attack)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -416,8 +417,36 @@ def test_planner_measures_transfer_crafting_apart_from_the_targets_pass(tmp_path
     assert _transfer_seconds(results, "mnist", "cnn3") == {"pgd": pytest.approx(((9.9 + 12) / 2, 0.1))}
     assert _transfer_seconds(results, "mnist", "resnet56") == {}
     assert _attack_seconds(results, "mnist", "lenet5") == {
-        "pgd": 0.5
+        "pgd": {None: 0.5}
     }  # white-box only: transfer files are not PGD's cost
+
+
+def test_planner_prices_an_arms_step_count_not_the_configs_measured_default(tmp_path):
+    """The deviations study's ``steps1000`` arm runs the ``pgd`` config at nb_iter 1000: priced at PGD-40's
+    measured time (3 s) it took 59-81 s. The measured cost counts per pass, the same steps first."""
+    from pclc.costs import CostModel
+    from pclc.experiment import entries
+
+    store = tmp_path / "runs"
+    for i, (steps, secs) in enumerate(((40, 5.0), (100, 20.0))):
+        _eval_file(
+            store,
+            f"mnist-lenet5-ce-s{i}-aaaa",
+            f"white-pgd-eps0.1-{steps}",
+            attack="pgd",
+            kind="pgd",
+            source="white",
+            eps=0.1,
+            n=10,
+            seconds=secs,
+            params={"eps_iter": 0.01, "nb_iter": steps, "rand_init": True},
+        )
+    ec = compose("evaluate", ["dataset=mnist", "model=lenet5", "eval.subset=10"])
+    (base,) = [e for e in entries(ec) if e.config == "pgd" and e.eps == 0.1 and e.source == "white"]
+    cost = CostModel(store, None)
+    for steps, want in ((40, 5.0), (100, 20.0), (1000, 200.0), (20, 2.5)):
+        entry = dataclasses.replace(base, params={**base.params, "nb_iter": steps})
+        assert cost.attack(ec, "lenet5", entry) == pytest.approx(want)  # 1000 and 20: scaled from the nearest
 
 
 @pytest.mark.slow
@@ -580,8 +609,10 @@ def test_planner_prices_autoattack_at_the_audits_measured_time_not_its_worst_cas
     (gce / "autoattack-eps0.1-x.json.gz").write_bytes(gzip.compress(rec(600.0).encode()))
     records = _audit_records(store, zoo_dir)
     assert len(records) == 3
-    assert _audit_seconds(records, "fmnist", "lenet5") == {"autoattack_ref": pytest.approx(0.035)}
-    assert _audit_seconds(records, "mnist", "lenet5") == {"autoattack_ref": pytest.approx(0.035)}  # else any dataset
+    assert _audit_seconds(records, "fmnist", "lenet5") == {"autoattack_ref": {None: pytest.approx(0.035)}}
+    assert _audit_seconds(records, "mnist", "lenet5") == {
+        "autoattack_ref": {None: pytest.approx(0.035)}
+    }  # else any dataset
     assert _audit_seconds(records, "fmnist", "vgg13") == {}
 
     ec = compose("evaluate", ["dataset=fmnist", "model=lenet5", "attack/suite=autoattack", "eval.subset=1000"])
