@@ -93,3 +93,28 @@ def test_make_baselines_lists_every_method_at_its_seeds_under_autoattack():
     assert seeds["pclc+pgdat"] == seeds["ce+trades"] == [0, 1, 2] and seeds["ce+at"] == [0]
     assert cfg.experiment.kind == "autoattack" and cfg.experiment.subset == 1000 and not any(j.arm for j in jobs)
     assert {j.trainer for j in jobs} == {"paper", "adv_fgsm", "pgd_at", "fast_at", "trades"}
+
+
+def test_the_report_names_a_recipe_only_where_the_experiment_has_several():
+    """Every baseline is its own method's config (no arm): a recipe column reading "paper" beside PGD-AT said it
+    followed the paper's recipe. The AutoAttack experiment's arms (the GCE recipe) keep the column."""
+    import pandas as pd
+
+    from pclc.autoattack_report import to_markdown, verdict_lines
+
+    row = {"method": "ce+pgdat", "recipe": "paper", "seed": 0, "run": "r0", "eps": 0.1, "clean_accuracy": 77.6,
+           "autoattack": 66.5, "square_only": 0.6, "pgd_here": 68.6, "pgd_paper": None}  # fmt: skip
+    judged = pd.DataFrame([{"method": "ce+pgdat", "recipe": "paper", "seed": 0, "run": "r0", "verdict": "v",
+                            "reason": ""}])  # fmt: skip
+    one = to_markdown(pd.DataFrame([row]), ["pgd"])
+    assert (
+        one[0].startswith("| method | ε |")
+        and one[2] == "| ce+pgdat | 0.1 | 77.6 (n=1) | 66.5 (n=1) | 0.6 (n=1) | 68.6 (n=1) | — |"
+    )
+    assert len(one[1].split("|")) == len(one[0].split("|")) == len(one[2].split("|"))
+    assert "| method | verdict (seeds) |" in verdict_lines(judged) and "(ce+pgdat, seed 0)" in verdict_lines(judged)[-3]
+    two = pd.DataFrame([row, {**row, "recipe": "gce_recipe", "run": "r1"}])
+    assert to_markdown(two, ["pgd"])[0].startswith("| method | recipe | ε |")
+    assert "| ce+pgdat | gce_recipe | 0.1 |" in "\n".join(to_markdown(two, ["pgd"]))
+    both = pd.concat([judged, judged.assign(recipe="gce_recipe", run="r1")])
+    assert "| ce+pgdat | gce_recipe | v (1) |" in verdict_lines(both)
