@@ -449,6 +449,35 @@ def test_planner_prices_an_arms_step_count_not_the_configs_measured_default(tmp_
         assert cost.attack(ec, "lenet5", entry) == pytest.approx(want)  # 1000 and 20: scaled from the nearest
 
 
+def test_planner_prices_autoattack_from_the_same_training_first(tmp_path):
+    """AutoAttack attacks what its first attacks leave robust: 0.27 s per image on a PGD-AT LeNet-5 here, 0.01-0.06
+    on the audit's models; priced at the model's median the planner said 4.7 min for a cell that took 10."""
+    from pclc.costs import CostModel
+    from pclc.experiment import entries
+
+    store = tmp_path / "runs"
+    for key, secs, adv in (("fmnist-lenet5-ce-s0-aaaa", 10.0, None), ("fmnist-lenet5-ce-s1-bbbb", 270.0, "pgd")):
+        _eval_file(store, key, "white-aa-eps0.1-x", attack="autoattack_ref", kind="autoattack-ref", source="white",
+                   eps=0.1, n=1000, seconds=secs, params={"version": "standard"})  # fmt: skip
+        if adv:  # an adversarially trained run: its config names the trainer's attack
+            cfg = json.loads((store / key / "config.yaml").read_text())
+            cfg["resolved"]["trainer"] = {"adversarial": {"attack": adv}}
+            (store / key / "config.yaml").write_text(json.dumps(cfg))
+    ec = compose("evaluate", ["dataset=fmnist", "model=lenet5", "attack/suite=autoattack", "eval.subset=1000"])
+    (entry,) = [e for e in entries(ec) if e.eps == 0.1]
+    cost = CostModel(store, None)
+    pgdat = compose("evaluate", ["dataset=fmnist", "model=lenet5", "attack/suite=autoattack", "eval.subset=1000",
+                                 "trainer=pgd_at"])  # fmt: skip
+    assert cost.attack(pgdat, "lenet5", entry) == pytest.approx(270.0)  # the same training's measurement
+    pclc_pgdat = compose("evaluate", ["dataset=fmnist", "model=lenet5", "attack/suite=autoattack",
+                                      "eval.subset=1000", "trainer=pgd_at", "loss=pclc"])  # fmt: skip
+    assert cost.attack(pclc_pgdat, "lenet5", entry) == pytest.approx(270.0)  # the same adversarial training's
+    assert cost.attack(ec, "lenet5", entry) == pytest.approx(10.0)
+    trades = compose("evaluate", ["dataset=fmnist", "model=lenet5", "attack/suite=autoattack", "eval.subset=1000",
+                                  "trainer=trades"])  # fmt: skip
+    assert cost.attack(trades, "lenet5", entry) == pytest.approx(140.0)  # none of its own: the model's median
+
+
 @pytest.mark.slow
 def test_plan_counts_transfer_crafting_once_per_substitute(tmp_path):
     from pclc.costs import CostModel, _transfer_seconds
