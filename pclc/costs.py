@@ -176,9 +176,8 @@ def _attack_seconds(
     if training is not None:
         same_adv = white.adversarial.fillna("") == (adv or "")
         masks += [same_adv, same_adv & here, same_adv & (white.loss == loss), same_adv & (white.loss == loss) & here]
-    layers = [white[m] for m in masks]
     per: dict[str, dict[float | None, float]] = {}
-    for mine in layers:
+    for mine in (white[m] for m in masks):
         passes = [attack_passes(k, json.loads(b or "{}")) for k, b in zip(mine.kind, mine.budget)]
         secs = _per_example(mine).groupby(
             [mine.attack, pd.Series(passes, index=mine.index, dtype=object)], dropna=False
@@ -279,7 +278,7 @@ class CostModel:
         self.store, self.bench, self.zoo = store, bench, zoo
         self._audit: list[tuple[str, dict]] | None = None
         self.sources: set[str] = set()
-        self._attacks: dict[tuple, dict] = {}  # the store is read once per (dataset, model)
+        self._attacks: dict[tuple, dict] = {}  # the store is read once per (dataset, model, training)
         self._epochs: dict[tuple, float | None] = {}
         self._results: pd.DataFrame | None = None
 
