@@ -169,12 +169,12 @@ def verdict_lines(judged: pd.DataFrame) -> list[str]:
         "",
         "## Verdicts (the audit's rules, AutoAttack as the worst case)",
         "",
-        "| method | recipe | verdict (seeds) |" if show else "| method | verdict (seeds) |",
-        "|---|---|---|" if show else "|---|---|",
+        f"| method |{' recipe |' * show} verdict (seeds) |",
+        "|" + "---|" * (2 + show),
     ]
     for (meth, recipe), g in judged.groupby(["method", "recipe"], sort=False):
         counts = "; ".join(f"{v} ({n})" for v, n in g.verdict.value_counts(sort=False).items())
-        lines.append(f"| {meth} | {recipe} | {counts} |" if show else f"| {meth} | {counts} |")
+        lines.append(f"| {meth} |{f' {recipe} |' * show} {counts} |")
     lines += ["", "<details><summary>each model's verdict and the signals that fired</summary>", ""]
     lines += [
         f"- `{r.run}` ({r.method}, {f'{r.recipe}, ' if show else ''}seed {r.seed}): {r.reason or r.verdict}"
